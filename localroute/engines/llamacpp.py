@@ -1,0 +1,243 @@
+"""A llama.cpp model as a supervised worker process, implementing the Backend protocol.
+
+The gateway talks to the worker over HTTP on a Unix socket in a private (0700) runtime folder: no TCP
+port to race for, and no other local user can reach the model. The worker is started on first use (or
+at startup when `preload`), health-checked, and restarted on the next request after it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from localroute.backends.base import EngineState
+from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
+from localroute.config import LlamaCppModel
+from localroute.errors import EngineUnavailableError, OverloadedError
+
+log = logging.getLogger("localroute.engine")
+
+
+class LlamaCppEngine:
+    """One GGUF model served by one worker process, one request at a time, behind a bounded queue."""
+
+    def __init__(self, cfg: LlamaCppModel, model_path: Path, runtime_dir: Path) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.model_path = model_path
+        self.socket = runtime_dir / f"{cfg.name}.sock"
+        self.state: EngineState = "stopped"
+        self.restarts = 0
+        self.served = 0
+        self.last_error: str | None = None
+        self.load_seconds: float | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._http: OpenAIHTTP | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        self._start_lock = asyncio.Lock()
+        self._slot = asyncio.Semaphore(1)
+        self._admitted = 0  # being served + waiting
+        self._starts = 0
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._proc is not None and self._proc.returncode is None and self.state == "ready":
+                return
+            await self._stop_process()
+            if not self.model_path.is_file():
+                self.state = "unavailable"
+                self.last_error = "model file missing; run `localroute pull`"
+                raise EngineUnavailableError(
+                    f"Model '{self.name}' is not downloaded; the operator must run `localroute pull`.",
+                    code="model_not_downloaded",
+                )
+            await self._spawn()
+
+    async def _spawn(self) -> None:
+        self.state = "starting"
+        self._stderr.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        cmd = [
+            sys.executable, "-m", "localroute.engines.llamacpp_worker",
+            "--socket", str(self.socket), "--model-path", str(self.model_path),
+            "--name", self.name, "--n-ctx", str(self.cfg.n_ctx),
+            "--n-batch", str(self.cfg.n_batch), "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        if self.cfg.threads:
+            cmd += ["--threads", str(self.cfg.threads)]
+        if self.cfg.chat_format:
+            cmd += ["--chat-format", self.cfg.chat_format]
+        t0 = time.monotonic()
+        self._proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches the gateway, which stops us in order
+        )
+        if self._starts:
+            self.restarts += 1
+        self._starts += 1
+        self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            base_url="http://engine",
+            timeout=httpx.Timeout(self.cfg.request_timeout_s, connect=5.0, pool=None),
+        )
+        self._http = OpenAIHTTP(self._client)
+        await self._wait_healthy(t0)
+        self.load_seconds = time.monotonic() - t0
+        self.state = "ready"
+        self.last_error = None
+        log.info("engine %s ready in %.2fs (pid %d)", self.name, self.load_seconds, self._proc.pid)
+
+    async def _wait_healthy(self, t0: float) -> None:
+        assert self._proc is not None and self._client is not None
+        while time.monotonic() - t0 < self.cfg.load_timeout_s:
+            if self._proc.returncode is not None:
+                await asyncio.sleep(0.05)  # let stderr drain
+                reason = self._stderr[-1] if self._stderr else _exit_reason(self._proc.returncode)
+                self._fail(f"worker exited during load: {reason}")
+            try:
+                r = await self._client.get("/health", timeout=2.0)
+                if r.status_code == 200:
+                    return
+            except (httpx.TransportError, OSError):
+                pass
+            await asyncio.sleep(0.05)
+        await self._stop_process()
+        self._fail(f"worker not healthy after {self.cfg.load_timeout_s:.0f}s")
+
+    def _fail(self, reason: str) -> None:
+        self.state = "failed"
+        self.last_error = reason
+        log.warning("engine %s failed to start: %s", self.name, reason)
+        raise EngineUnavailableError(f"Model '{self.name}' failed to start; see the server log.")
+
+    async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._stderr.append(line[:500])
+
+    async def aclose(self) -> None:
+        async with self._start_lock:
+            await self._stop_process()
+            self.state = "stopped"
+
+    async def _stop_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client, self._http = None, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _admit(self) -> AsyncIterator[OpenAIHTTP]:
+        if self._admitted >= 1 + self.cfg.max_queue:
+            raise OverloadedError(
+                f"Model '{self.name}' is busy: its queue of {self.cfg.max_queue} is full.",
+                headers={"Retry-After": "1"},
+            )
+        self._admitted += 1
+        try:
+            async with self._slot:
+                if self._proc is None or self._proc.returncode is not None or self.state != "ready":
+                    await self.start()
+                assert self._http is not None
+                yield self._http
+        finally:
+            self._admitted -= 1
+
+    async def _lost(self) -> EngineUnavailableError:
+        """The connection broke: find out whether the worker died, and say so."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 1.0)
+        if proc is not None and proc.returncode is not None:
+            why = _exit_reason(proc.returncode)
+            self.state = "crashed"
+            self.last_error = f"worker {why}"
+            log.warning("engine %s worker %s; restarting on next request", self.name, why)
+            return EngineUnavailableError(
+                f"Model '{self.name}' crashed ({why}) while serving this request; "
+                "it will be restarted on the next request.",
+                code="engine_crashed",
+            )
+        return EngineUnavailableError(f"The connection to model '{self.name}' was lost.")
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        async with self._admit() as http:
+            try:
+                result = await http.complete(body)
+            except ConnectionLostError:
+                raise await self._lost() from None
+            self.served += 1
+            return result
+
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        async with self._admit() as http:
+            try:
+                async for chunk in http.stream(body):
+                    yield chunk
+            except ConnectionLostError:
+                raise await self._lost() from None
+            self.served += 1
+
+    def health(self) -> dict[str, Any]:
+        proc = self._proc
+        alive = proc is not None and proc.returncode is None
+        return {
+            "state": self.state if alive or self.state != "ready" else "crashed",
+            "engine": "llama_cpp",
+            "tier": self.cfg.tier,
+            "n_ctx": self.cfg.n_ctx,
+            "pid": proc.pid if alive and proc is not None else None,
+            "in_flight": self._admitted,
+            "queued": max(self._admitted - 1, 0),
+            "max_queue": self.cfg.max_queue,
+            "served": self.served,
+            "restarts": self.restarts,
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "last_error": self.last_error,
+        }
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"

