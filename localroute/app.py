@@ -130,9 +130,7 @@ class Gateway:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def models(self, request: Request) -> Response:
-        data = [
-            {"id": "auto", "object": "model", "created": self.created, "owned_by": "localroute"}
-        ] + [
+        data = [{"id": "auto", "object": "model", "created": self.created, "owned_by": "localroute"}] + [
             {"id": m.name, "object": "model", "created": self.created, "owned_by": "localroute"}
             for m in self.config.ladder()
         ]
@@ -147,9 +145,7 @@ class Gateway:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(
-            MethodNotAllowedError(f"Method {request.method} is not allowed here.")
-        )
+        return error_response(MethodNotAllowedError(f"Method {request.method} is not allowed here."))
     return error_response(NotFoundError(f"No such endpoint: {request.url.path[:200]}"))
 
 

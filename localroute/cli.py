@@ -36,9 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(cfg),
         host=host,
@@ -61,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="localroute", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="start the OpenAI-compatible gateway")
-    s.add_argument(
-        "--config", help="path to models.toml (default: ./models.toml or $LOCALROUTE_CONFIG)"
-    )
+    s.add_argument("--config", help="path to models.toml (default: ./models.toml or $LOCALROUTE_CONFIG)")
     s.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to bind (default from config: 8000)")
     s.set_defaults(func=cmd_serve)

@@ -34,9 +34,7 @@ def _not_reserved(name: str) -> str:
 
 
 # Checked on the field (not on Config) so that the error names `models[i] ('auto').name`.
-ModelName = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9][\w.:-]{0,63}$"), AfterValidator(_not_reserved)
-]
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.:-]{0,63}$"), AfterValidator(_not_reserved)]
 
 
 class HFSource(BaseModel):
@@ -100,6 +98,10 @@ class LlamaCppModel(BaseModel):
     default_max_tokens: Annotated[int, Field(ge=1)] = 512
     max_queue: Annotated[int, Field(ge=0, le=10_000)] = 16
     preload: bool = True
+    # Reuse the KV cache of a shared prompt prefix (as llama.cpp's server does). Faster for shared
+    # system prompts and multi-turn chat, but logits are not bit-identical across batch shapes, so
+    # temperature-0 output may differ from a cold run. False: every request evaluates from scratch.
+    cache_prompt: bool = True
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     price: Price = Price()
@@ -141,9 +143,7 @@ class Config(BaseModel):
         for i, m in enumerate(models):
             if m.name in seen:
                 first = seen[m.name]
-                raise ValueError(
-                    f"model name '{m.name}' is declared twice (models[{first}] and models[{i}])"
-                )
+                raise ValueError(f"model name '{m.name}' is declared twice (models[{first}] and models[{i}])")
             seen[m.name] = i
         return models
 

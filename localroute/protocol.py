@@ -194,4 +194,3 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequestError:
     if first["type"] == "literal_error" and isinstance(got, str) and len(got) <= 64:
         msg += f" (got {got!r})"
     return InvalidRequestError(f"Invalid value for '{param}': {msg}.", param=param or None)
-

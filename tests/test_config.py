@@ -60,9 +60,7 @@ def test_repo_models_toml_gives_the_expected_ladder(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LOCALROUTE_MODELS_DIR", raising=False)
     cfg = load_config(REPO_TOML)
     ladder = cfg.ladder()
-    assert [(m.name, m.tier, m.n_ctx, m.source.kind) for m in ladder] == [
-        ("smollm2-135m", 0, 2048, "pypi")
-    ]
+    assert [(m.name, m.tier, m.n_ctx, m.source.kind) for m in ladder] == [("smollm2-135m", 0, 2048, "pypi")]
     m = ladder[0]
     assert m.engine == "llama_cpp"
     assert (m.threads, m.default_max_tokens, m.max_queue, m.preload) == (2, 256, 16, True)
@@ -76,9 +74,7 @@ def test_repo_models_toml_gives_the_expected_ladder(monkeypatch: pytest.MonkeyPa
     assert cfg.model("auto") is None
 
 
-def test_repo_model_path_is_under_models_dir(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_repo_model_path_is_under_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LOCALROUTE_MODELS_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = load_config(REPO_TOML)
@@ -132,9 +128,7 @@ def test_model_path_per_source_kind(
 
 def test_ladder_orders_by_tier_then_file_order() -> None:
     def rung(name: str, tier: int) -> str:
-        return edit('name = "smollm2-135m"', f'name = "{name}"', MODEL).replace(
-            "tier = 0", f"tier = {tier}"
-        )
+        return edit('name = "smollm2-135m"', f'name = "{name}"', MODEL).replace("tier = 0", f"tier = {tier}")
 
     text = rung("big", 2) + rung("small-a", 0) + rung("mid", 1) + rung("small-b", 0)
     cfg = parse_config(text)
@@ -273,9 +267,7 @@ def test_bad_file_message_names_file_key_and_expectation(
     assert first_line.startswith(f"{path}: "), msg
     if key is not None:
         assert f"{path}: {key}" in msg, msg
-    expected = expected.replace(">= ", "greater than or equal to ").replace(
-        "<= ", "less than or equal to "
-    )
+    expected = expected.replace(">= ", "greater than or equal to ").replace("<= ", "less than or equal to ")
     assert expected in msg, msg
     for leak in LEAKS:
         assert leak not in msg, f"{leak!r} in {msg!r}"

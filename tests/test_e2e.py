@@ -61,9 +61,7 @@ def test_stream_joins_to_the_same_text_at_temperature_zero(client: openai.OpenAI
     assert text == whole.choices[0].message.content
     assert all(c.model == MODEL for c in chunks)
     assert len({c.id for c in chunks}) == 1
-    finishes = [
-        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
-    ]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     usage = chunks[-1].usage
     assert usage is not None and not chunks[-1].choices
@@ -154,9 +152,7 @@ def test_stream_prompt_longer_than_the_context_is_a_400_not_a_broken_stream(
             None,
         ),
         (
-            b'{"model": "auto", "messages": [{"role": "user", "content": "'
-            + b"a" * 5_000_000
-            + b'"}]}',
+            b'{"model": "auto", "messages": [{"role": "user", "content": "' + b"a" * 5_000_000 + b'"}]}',
             413,
             "request_too_large",
         ),

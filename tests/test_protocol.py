@@ -121,9 +121,7 @@ def test_accepted_values(fields: dict[str, Any], attr: str, expected: object) ->
 def test_output_limit_prefers_max_completion_tokens(
     max_tokens: int | None, max_completion_tokens: int | None, expected: int | None
 ) -> None:
-    req = parse_chat_request(
-        body(max_tokens=max_tokens, max_completion_tokens=max_completion_tokens)
-    )
+    req = parse_chat_request(body(max_tokens=max_tokens, max_completion_tokens=max_completion_tokens))
     assert req.output_limit() == expected
 
 
@@ -334,9 +332,7 @@ def test_invalid_utf8_names_the_offset() -> None:
 def test_model_validate_is_strict() -> None:
     # The edge parses JSON itself; the model must not coerce "10" into 10 behind its back either.
     with pytest.raises(ValueError, match="valid integer"):
-        ChatCompletionRequest.model_validate(
-            {"model": "m", "messages": MESSAGES, "max_tokens": "10"}
-        )
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, "max_tokens": "10"})
 
 
 # ---------------------------------------------------------------- error shape
@@ -363,9 +359,7 @@ def test_model_validate_is_strict() -> None:
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, APIError) else None,
 )
-def test_api_error_body_has_openai_shape(
-    error: APIError, status: int, etype: str, code: str | None
-) -> None:
+def test_api_error_body_has_openai_shape(error: APIError, status: int, etype: str, code: str | None) -> None:
     out = error.body()
     assert list(out) == ["error"]
     assert set(out["error"]) == {"message", "type", "param", "code"}

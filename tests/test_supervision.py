@@ -41,9 +41,7 @@ def test_sigkill_mid_request_is_a_503_and_the_next_request_restarts(own_server: 
 
     def call() -> None:
         try:
-            outcome["ok"] = client.chat.completions.create(
-                model=MODEL, messages=COUNT, max_tokens=900
-            )
+            outcome["ok"] = client.chat.completions.create(model=MODEL, messages=COUNT, max_tokens=900)
         except BaseException as exc:
             outcome["err"] = exc
 
@@ -71,9 +69,7 @@ def test_sigkill_mid_request_is_a_503_and_the_next_request_restarts(own_server: 
 def test_sigkill_mid_stream_ends_the_stream_with_an_error_event(own_server: Server) -> None:
     client = _client(own_server)
     pid = _engine(own_server)["pid"]
-    stream = client.chat.completions.create(
-        model=MODEL, messages=COUNT, max_tokens=900, stream=True
-    )
+    stream = client.chat.completions.create(model=MODEL, messages=COUNT, max_tokens=900, stream=True)
     got = []
     with pytest.raises(openai.APIError) as ei:
         for chunk in stream:

@@ -81,6 +81,8 @@ class LlamaCppEngine:
         ]  # fmt: skip
         if self.cfg.threads:
             cmd += ["--threads", str(self.cfg.threads)]
+        if not self.cfg.cache_prompt:
+            cmd.append("--no-cache-prompt")
         if self.cfg.chat_format:
             cmd += ["--chat-format", self.cfg.chat_format]
         t0 = time.monotonic()

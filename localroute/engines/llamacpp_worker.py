@@ -40,12 +40,17 @@ class Generation:
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = -1
     sampled: int = 0
+    _last_len: int = -1
 
     def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
-        # Called once per sampled token, before it is yielded; input_ids excludes that token.
+        # Called once per sampled token, before it is yielded (input_ids excludes that token), and
+        # once more after the loop with the same length as the last call: count strict growth only.
+        n = len(input_ids)
         if self.prompt_tokens < 0:
-            self.prompt_tokens = len(input_ids)
-        self.sampled += 1
+            self.prompt_tokens = n
+        if n > self._last_len:
+            self.sampled += 1
+            self._last_len = n
         return self.cancel.is_set()
 
     def usage(self, finish_reason: str | None) -> dict[str, int]:
@@ -62,27 +67,48 @@ class Generation:
 class Runner:
     """Owns the Llama object; serialises requests onto it."""
 
-    def __init__(self, llm: Any, name: str, n_ctx: int) -> None:
+    def __init__(self, llm: Any, name: str, n_ctx: int, cache_prompt: bool = True) -> None:
         self.llm = llm
+        self.cache_prompt = cache_prompt
         self.name = name
         self.n_ctx = n_ctx
         self.lock = asyncio.Lock()
         self.busy = False
         self.served = 0
+        self.current: Generation | None = None
+        self._install_hook()
+
+    def _install_hook(self) -> None:
+        """Route our per-token hook into llama.cpp's sampling loop.
+
+        `create_chat_completion` takes no stopping criteria, but its chat handler calls
+        `llm.create_completion(..., stopping_criteria=...)`; wrapping that one bound method on this
+        instance adds ours (cancellation and token accounting) beside the chat format's own.
+        """
+        original = self.llm.create_completion
+
+        def create_completion(*args: Any, **kwargs: Any) -> Any:
+            from llama_cpp import StoppingCriteriaList
+
+            hooks = StoppingCriteriaList()
+            if self.current is not None:
+                hooks.append(self.current.stopping_criteria)
+            if kwargs.get("stopping_criteria"):
+                hooks.extend(kwargs["stopping_criteria"])
+            kwargs["stopping_criteria"] = hooks or None
+            return original(*args, **kwargs)
+
+        self.llm.create_completion = create_completion
 
     def _kwargs(self, body: dict[str, Any], gen: Generation, stream: bool) -> dict[str, Any]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
         kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
-        from llama_cpp import StoppingCriteriaList
-
-        kw.update(
-            messages=[_flatten(m) for m in messages],
-            stream=stream,
-            model=self.name,
-            stopping_criteria=StoppingCriteriaList([gen.stopping_criteria]),
-        )
+        kw.update(messages=[_flatten(m) for m in messages], stream=stream, model=self.name)
+        self.current = gen
+        if not self.cache_prompt:
+            self.llm.reset()  # evaluate the whole prompt: same batch shapes, same logits, every time
         return kw
 
     def _translate(self, exc: Exception) -> APIError:
@@ -101,9 +127,7 @@ class Runner:
             try:
                 kw = self._kwargs(body, gen, stream=False)
                 try:
-                    result: dict[str, Any] = await asyncio.to_thread(
-                        self.llm.create_chat_completion, **kw
-                    )
+                    result: dict[str, Any] = await asyncio.to_thread(self.llm.create_chat_completion, **kw)
                 except (ValueError, RuntimeError) as exc:
                     raise self._translate(exc) from None
                 self.served += 1
@@ -223,6 +247,9 @@ def build_app(runner: Runner) -> Any:
                 watch.cancel()
         except APIError as exc:
             return error(exc)
+        except Exception as exc:  # one line to the gateway's log, never a traceback
+            print(f"worker error: {exc.__class__.__name__}", file=sys.stderr, flush=True)
+            return error(InternalError(f"llama.cpp failed: {exc.__class__.__name__}"))
 
     return Starlette(
         routes=[
@@ -272,9 +299,7 @@ def load_llama(args: argparse.Namespace) -> Any:
     )
 
 
-def main(
-    argv: list[str] | None = None, loader: Callable[[argparse.Namespace], Any] = load_llama
-) -> int:
+def main(argv: list[str] | None = None, loader: Callable[[argparse.Namespace], Any] = load_llama) -> int:
     p = argparse.ArgumentParser(prog="localroute-llamacpp-worker")
     p.add_argument("--socket", required=True)
     p.add_argument("--model-path", required=True)
@@ -283,6 +308,7 @@ def main(
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--chat-format", default=None)
+    p.add_argument("--no-cache-prompt", dest="cache_prompt", action="store_false")
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     args = p.parse_args(argv)
     _die_with_parent(args.parent_pid)
@@ -298,7 +324,7 @@ def main(
     import uvicorn
 
     uvicorn.run(
-        build_app(Runner(llm, args.name, args.n_ctx)),
+        build_app(Runner(llm, args.name, args.n_ctx, args.cache_prompt)),
         uds=args.socket,
         log_level="warning",
         access_log=False,
