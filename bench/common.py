@@ -42,8 +42,8 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def append_result(title: str, table: str, notes: str, packages: tuple[str, ...]) -> None:
-    cmd = "python -m " + " ".join([Path(sys.argv[0]).stem if sys.argv[0] else "?", *sys.argv[1:]])
+def append_result(module: str, title: str, table: str, notes: str, packages: tuple[str, ...]) -> None:
+    cmd = " ".join(["python -m", module, *sys.argv[1:]])
     block = (
         f"\n## {title} — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
         f"- command: `{cmd}`\n"

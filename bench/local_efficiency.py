@@ -4,7 +4,9 @@
 
 Both sides load the same GGUF with the same n_ctx, threads and batch size, run the same prompt at
 temperature 0, streaming, and alternate (raw, router, raw, router, ...) so drift hits both equally.
-Raw runs in this process; the router is a real `localroute serve` with its worker process.
+Raw llama-cpp-python runs in a child process that times itself in-process and idles between runs
+(loaded in this process, its llama.cpp threads slowed the router side by ~15 ms TTFT); the router is
+a real `localroute serve` with its worker process, timed from this process over HTTP.
 Decode tok/s counts streamed chunks after the first over the time from first to last chunk.
 """
 
@@ -18,11 +20,12 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from bench.common import append_result, median
-from localroute.config import load_config
+from localroute.config import LlamaCppModel, load_config
 
 PROMPT = [{"role": "user", "content": "Count from 1 to 300, separated by commas: 1, 2, 3,"}]
 
@@ -64,6 +67,18 @@ def _summ(t0: float, stamps: list[float]) -> tuple[float, float, int]:
     return ttft, tps, len(stamps)
 
 
+def raw_child(path: Path, m: LlamaCppModel) -> None:
+    """Serve timing requests on stdin: one line with max_tokens in, one JSON result line out."""
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(path), n_ctx=m.n_ctx, n_threads=m.threads, n_threads_batch=m.threads,
+        n_batch=m.n_batch, chat_format=m.chat_format, verbose=False,
+    )  # fmt: skip
+    for line in sys.stdin:
+        print(json.dumps(raw_run(llm, int(line))), flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,24 +89,34 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="models.toml")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=128)
+    # llama.cpp's threads spin for a while after a decode; on 2 cores the side that just ran would
+    # steal CPU from the side that runs next, so both sides get the same idle gap before they run.
+    ap.add_argument("--gap", type=float, default=0.5)
+    ap.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cfg = load_config(args.config)
     m = cfg.model(args.model) if args.model else cfg.ladder()[0]
     assert m is not None, "unknown model"
+    if args.raw_child:
+        raw_child(cfg.model_path(m), m)
+        return
 
-    from llama_cpp import Llama
+    raw_proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.local_efficiency", "--config", args.config, "--model", m.name,
+         "--raw-child"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert raw_proc.stdin is not None and raw_proc.stdout is not None
+    pipe_in, pipe_out = raw_proc.stdin, raw_proc.stdout
 
-    llm = Llama(
-        model_path=str(cfg.model_path(m)),
-        n_ctx=m.n_ctx,
-        n_threads=m.threads,
-        n_threads_batch=m.threads,
-        n_batch=m.n_batch,
-        chat_format=m.chat_format,
-        verbose=False,
-    )
+    def raw_remote(max_tokens: int) -> tuple[float, float, int]:
+        pipe_in.write(f"{max_tokens}\n")
+        pipe_in.flush()
+        ttft, tps, n = json.loads(pipe_out.readline())
+        return float(ttft), float(tps), int(n)
+
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
@@ -101,7 +126,10 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
+        # TCP_NODELAY: httpx writes headers and body in two sends, so without it Nagle holds the body
+        # until the server's delayed ACK (~10-40 ms after an idle gap); that is the client's cost, not ours.
+        nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300, transport=nodelay)
         for _ in range(600):
             try:
                 if client.get("/health").json()["engines"][m.name]["state"] == "ready":
@@ -109,15 +137,18 @@ def main() -> None:
             except (httpx.TransportError, KeyError, ValueError):
                 pass
             time.sleep(0.1)
-        raw_run(llm, 8), router_run(client, m.name, 8)  # warm both
+        raw_remote(8), router_run(client, m.name, 8)  # warm both
         raw: list[tuple[float, float, int]] = []
         via: list[tuple[float, float, int]] = []
         for _ in range(args.reps):
-            raw.append(raw_run(llm, args.max_tokens))
+            time.sleep(args.gap)
+            raw.append(raw_remote(args.max_tokens))
+            time.sleep(args.gap)
             via.append(router_run(client, m.name, args.max_tokens))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+        raw_proc.kill()
 
     r_ttft, v_ttft = median([x[0] for x in raw]), median([x[0] for x in via])
     r_tps, v_tps = median([x[1] for x in raw]), median([x[1] for x in via])
@@ -133,6 +164,7 @@ def main() -> None:
         "repetitions, medians. Goal: ratio ≥ 0.97 and ≤ 5 ms added TTFT."
     )
     append_result(
+        "bench.local_efficiency",
         "Local efficiency (router vs raw llama-cpp-python)",
         table,
         notes,
