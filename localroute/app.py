@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -28,10 +29,12 @@ from localroute.config import Config
 from localroute.errors import (
     APIError,
     InternalError,
+    InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
 )
+from localroute.policy import Hints
 from localroute.protocol import parse_chat_request
 from localroute.registry import build_backends
 from localroute.router import Router
@@ -74,6 +77,32 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def parse_hints(headers: Mapping[str, str]) -> Hints:
+    """Routing hints from `X-LocalRoute-Tier` (a tier number, `local` or `remote`) and
+    `X-LocalRoute-Max-Cost` (USD for this request)."""
+    tier = headers.get("x-localroute-tier")
+    if tier is not None:
+        tier = tier.strip().lower()
+        if not (tier in ("local", "remote") or (tier.isdigit() and len(tier) <= 3)):
+            raise InvalidRequestError(
+                "X-LocalRoute-Tier must be a tier number, 'local' or 'remote'.",
+                param="X-LocalRoute-Tier",
+            )
+    cost_raw = headers.get("x-localroute-max-cost")
+    max_cost = None
+    if cost_raw is not None:
+        try:
+            max_cost = float(cost_raw)
+        except ValueError:
+            max_cost = -1.0
+        if not math.isfinite(max_cost) or max_cost < 0:
+            raise InvalidRequestError(
+                "X-LocalRoute-Max-Cost must be a non-negative number of US dollars.",
+                param="X-LocalRoute-Max-Cost",
+            )
+    return Hints(tier=tier, max_cost=max_cost)
+
+
 def _sse(obj: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -90,32 +119,15 @@ class Gateway:
     async def chat(self, request: Request) -> Response:
         raw = await read_body(request, self.config.server.max_body_bytes)
         req = parse_chat_request(raw)
-        target = self.router.resolve(req.model)
-        name = target.model.name
-        body = req.engine_body(name, req.output_limit() or target.model.default_max_tokens)
-        headers = {
-            "x-localroute-model": name,
-            "x-localroute-tier": str(target.model.tier),
-            "x-localroute-route": target.route,
-            "x-localroute-escalations": "0",
-        }
+        hints = parse_hints(request.headers)
         if not req.stream:
-            result = await target.backend.complete(body)
-            result["model"] = name
-            return JSONResponse(result, headers=headers)
-        chunks = target.backend.stream(body)
-        try:
-            first = await chunks.__anext__()  # errors before any token still get a status code
-        except StopAsyncIteration:
-            first = None
+            result, trace = await self.router.complete(req, hints)
+            return JSONResponse(result, headers=trace.headers())
+        chunks, trace = await self.router.stream(req, hints)
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                if first is not None:
-                    first["model"] = name
-                    yield _sse(first)
                 async for chunk in chunks:
-                    chunk["model"] = name
                     yield _sse(chunk)
                 yield b"data: [DONE]\n\n"
             except APIError as exc:
@@ -126,8 +138,14 @@ class Gateway:
                 with anyio.CancelScope(shield=True):
                     await chunks.aclose()
 
-        headers["cache-control"] = "no-cache"
+        headers = {**trace.headers(), "cache-control": "no-cache"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    async def explain(self, request: Request) -> Response:
+        raw = await read_body(request, self.config.server.max_body_bytes)
+        req = parse_chat_request(raw)
+        decision = self.router.decide(req, parse_hints(request.headers))
+        return JSONResponse(decision.as_json())
 
     async def models(self, request: Request) -> Response:
         data = [{"id": "auto", "object": "model", "created": self.created, "owned_by": "localroute"}] + [
@@ -161,7 +179,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         holder["gw"] = Gateway(config, live)
         try:
             for m in config.ladder():
-                if getattr(m, "preload", False):
+                if getattr(m, "preload", True):
                     try:
                         await live[m.name].start()
                     except APIError as exc:
@@ -184,6 +202,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         routes=[
             Route("/v1/chat/completions", route("chat"), methods=["POST"]),
             Route("/v1/models", route("models"), methods=["GET"]),
+            Route("/v1/route/explain", route("explain"), methods=["POST"]),
             Route("/health", route("health"), methods=["GET"]),
         ],
         lifespan=lifespan,

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from localroute.config import Config, load_config
+from localroute.config import Config, LlamaCppModel, load_config
 from localroute.errors import ConfigError
 
 
@@ -29,7 +29,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
-    missing = [m.name for m in cfg.models if m.preload and not cfg.model_path(m).is_file()]
+    missing = [
+        m.name
+        for m in cfg.models
+        if isinstance(m, LlamaCppModel) and m.preload and not cfg.model_path(m).is_file()
+    ]
     if missing:
         print(
             f"localroute: model(s) {', '.join(missing)} not downloaded; run `localroute pull` first.",
@@ -37,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     logging.basicConfig(level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call is noise
     uvicorn.run(
         create_app(cfg),
         host=host,
@@ -55,6 +60,42 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return pull_models(cfg, names=args.models or None)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from localroute.evaluate import (
+        EvalError,
+        cost_model,
+        evaluate,
+        format_table,
+        load_dataset,
+        plot_report,
+        report_json,
+    )
+    from localroute.policy import Policy
+
+    try:
+        if args.plot:
+            import matplotlib  # noqa: F401  (fail before the work, not after)
+    except ImportError:
+        print("localroute: --plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return 1
+    cfg = _load(args.config)
+    try:
+        data = load_dataset(args.data, args.weak, args.strong)
+        report = evaluate(data, Policy(cfg), args.weak, args.strong, cost_model(cfg, args.output_tokens),
+                          seed=args.seed)  # fmt: skip
+        if args.plot:
+            plot_report(report, args.plot)
+    except EvalError as exc:
+        print(f"localroute: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report_json(report)) if args.json else format_table(report), flush=True)
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="localroute", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -67,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", help="path to models.toml")
     pl.add_argument("models", nargs="*", help="only these models (default: all)")
     pl.set_defaults(func=cmd_pull)
+    ev = sub.add_parser("eval", help="score the routing policy on labelled prompts (APGR, CPT, savings)")
+    ev.add_argument("--data", nargs="+", required=True, help="CSV files or folders of them")
+    ev.add_argument("--weak", required=True, help="boolean column: the weak model answered correctly")
+    ev.add_argument("--strong", required=True, help="boolean column: the strong model answered correctly")
+    ev.add_argument("--config", help="path to models.toml (policy weights and prices)")
+    ev.add_argument("--plot", help="write a PNG of quality against the share of strong calls")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    ev.add_argument("--output-tokens", type=int, default=256, help="assumed output tokens per request")
+    ev.set_defaults(func=cmd_eval)
     return p
 
 

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from localroute.errors import ConfigError
+from localroute.routing_config import RoutingConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 DEFAULT_MODELS_DIR = "~/.cache/localroute/models"
@@ -105,6 +106,8 @@ class LlamaCppModel(BaseModel):
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     price: Price = Price()
+    # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
 
     @model_validator(mode="after")
     def _max_tokens_fits(self) -> LlamaCppModel:
@@ -115,7 +118,29 @@ class LlamaCppModel(BaseModel):
         return self
 
 
-ModelConfig = Annotated[LlamaCppModel, Field(discriminator="engine")]
+class RemoteModel(BaseModel):
+    """An OpenAI-compatible provider: the only rung whose traffic leaves the machine."""
+
+    model_config = _FORBID
+    name: ModelName
+    engine: Literal["remote"]
+    tier: Annotated[int, Field(ge=0, le=100)] = 10
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    # The *name* of the environment variable holding the key, never the key. None: no auth header.
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    n_ctx: Annotated[int, Field(ge=128, le=10_000_000)] = 128_000
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    total_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    max_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    price: Price = Price()
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+ModelConfig = Annotated[LlamaCppModel | RemoteModel, Field(discriminator="engine")]
+LOCAL_ENGINES = frozenset({"llama_cpp", "vllm"})
 
 
 class ServerConfig(BaseModel):
@@ -133,6 +158,7 @@ class Config(BaseModel):
     model_config = _FORBID
     server: ServerConfig = ServerConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
+    routing: RoutingConfig = RoutingConfig()
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -160,7 +186,7 @@ class Config(BaseModel):
         path = Path(raw).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
-    def model_path(self, m: ModelConfig) -> Path:
+    def model_path(self, m: LlamaCppModel) -> Path:
         """Where this model's GGUF lives (or will, once pulled)."""
         src = m.source
         if isinstance(src, PathSource):

@@ -64,6 +64,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
+    # The sampled tokens' logprobs, as OpenAI returns them (no alternatives: top_logprobs is refused).
+    logprobs: bool | None = None
     # An end-user id for the caller's own bookkeeping: accepted and never forwarded.
     user: Annotated[str, Field(max_length=256)] | None = None
 

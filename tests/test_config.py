@@ -169,7 +169,7 @@ BAD_FILES = [
         "unknown-engine",
         edit('engine = "llama_cpp"', 'engine = "tensorrt"'),
         f"{M0}.engine",
-        "expected one of 'llama_cpp' (got 'tensorrt')",
+        "expected one of 'llama_cpp', 'remote' (got 'tensorrt')",
     ),
     (
         "bad-source-kind",

@@ -208,23 +208,28 @@ def test_curl_without_max_tokens_gets_a_completion(server: Server) -> None:
 def test_client_disconnect_mid_stream_frees_the_slot(server: Server, client: openai.OpenAI) -> None:
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
-        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas: 1, 2, 3,"}],
+        "max_tokens": 1500,
+        "temperature": 0,  # counts on, past 1,500 tokens, with this model
         "stream": True,
     }
-    with (
-        httpx.Client(timeout=60) as http,
-        http.stream("POST", server.url + "/v1/chat/completions", json=body) as r,
-    ):
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        got = [line for _, line in zip(range(6), lines, strict=False) if line.startswith("data:")]
-        assert got
-        assert server.health()["engines"][MODEL]["in_flight"] == 1  # type: ignore[index]
-    # The client is gone: the engine must stop generating and free its slot well before 1000 tokens.
-    assert wait_until(lambda: server.health()["engines"][MODEL]["in_flight"] == 0, timeout=10)
-    r2 = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
-    assert r2.choices[0].message.content is not None
+    for _ in range(3):  # leave, and come straight back: the engine must be free, not torn
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream("POST", server.url + "/v1/chat/completions", json=body) as r,
+        ):
+            assert r.status_code == 200
+            lines = r.iter_lines()  # held: a discarded iterator would close the response early
+            got = [line for _, line in zip(range(8), lines, strict=False) if line.startswith("data:")]
+            assert got and "data: [DONE]" not in got
+            h = server.health()["engines"][MODEL]  # type: ignore[index]
+            assert h["in_flight"] == 1, (got, h)
+        # 1,500 tokens take ~20 s to decode here; a freed slot answers this at once.
+        r2 = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, timeout=8)
+        assert r2.choices[0].message.content is not None
+    assert wait_until(lambda: server.health()["engines"][MODEL]["in_flight"] == 0, timeout=5)
+    eng = server.health()["engines"][MODEL]  # type: ignore[index]
+    assert eng["state"] == "ready" and eng["restarts"] == 0
 
 
 def test_health_reports_each_engine(server: Server) -> None:

@@ -23,7 +23,7 @@ import httpx
 
 from localroute.backends.base import EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
-from localroute.config import LlamaCppModel
+from localroute.config import Config, LlamaCppModel
 from localroute.errors import EngineUnavailableError, OverloadedError
 
 log = logging.getLogger("localroute.engine")
@@ -234,6 +234,10 @@ class LlamaCppEngine:
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
             "last_error": self.last_error,
         }
+
+
+def from_config(config: Config, model: LlamaCppModel, runtime_dir: Path) -> LlamaCppEngine:
+    return LlamaCppEngine(model, config.model_path(model), runtime_dir)
 
 
 def _exit_reason(code: int) -> str:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import math
 import os
 import re
 import signal
@@ -37,31 +38,25 @@ _PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens")
 class Generation:
     """Per-request state shared with llama.cpp's sampling loop (runs in a worker thread)."""
 
+    want_logprobs: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = -1
-    sampled: int = 0
-    _last_len: int = -1
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    last_is_eog: bool = False
+    reported: int = 0  # tokens whose logprobs were already attached to a stream chunk
 
     def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
-        # Called once per sampled token, before it is yielded (input_ids excludes that token), and
-        # once more after the loop with the same length as the last call: count strict growth only.
-        n = len(input_ids)
-        if self.prompt_tokens < 0:
-            self.prompt_tokens = n
-        if n > self._last_len:
-            self.sampled += 1
-            self._last_len = n
         return self.cancel.is_set()
 
-    def usage(self, finish_reason: str | None) -> dict[str, int]:
-        # An end-of-generation token is sampled but not part of the completion.
-        completion = max(self.sampled - (1 if finish_reason == "stop" else 0), 0)
+    def completion_tokens(self) -> int:
+        # An end-of-generation token is sampled but is not part of the completion.
+        return len(self.tokens) - (1 if self.last_is_eog else 0)
+
+    def usage(self) -> dict[str, int]:
         prompt = max(self.prompt_tokens, 0)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+        completion = self.completion_tokens()
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class Runner:
@@ -99,6 +94,55 @@ class Runner:
             return original(*args, **kwargs)
 
         self.llm.create_completion = create_completion
+        self._install_sampler_hook()
+
+    def _install_sampler_hook(self) -> None:
+        """Record each sampled token and, when asked, its logprob read from the last logits.
+
+        llama-cpp-python's own logprobs need `logits_all=True` (logits for every position, ~0.3 s a
+        token on a large vocabulary); the sampled token's row is already in the context, so a
+        log-softmax over that one row costs well under a millisecond.
+        """
+        import llama_cpp
+        import numpy as np
+
+        llm = self.llm
+        original = llm.sample
+        n_vocab = llm.n_vocab()
+        vocab = llm._model.vocab
+
+        def sample(*args: Any, **kwargs: Any) -> int:
+            token: int = original(*args, **kwargs)
+            gen = self.current
+            if gen is None:
+                return token
+            if gen.prompt_tokens < 0:
+                gen.prompt_tokens = llm.n_tokens
+            gen.tokens.append(token)
+            gen.last_is_eog = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+            if gen.want_logprobs:
+                idx = kwargs.get("idx")
+                row = idx - llm.n_tokens if idx is not None else -1
+                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, row)
+                logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+                top = float(logits.max())
+                lse = top + math.log(float(np.exp(logits - top).sum()))
+                gen.logprobs.append(float(logits[token]) - lse)
+            return token
+
+        llm.sample = sample
+
+    def token_entries(self, gen: Generation, upto: int) -> list[dict[str, Any]]:
+        """OpenAI `logprobs.content` entries for tokens [gen.reported, upto), end-of-generation excluded."""
+        out = []
+        for i in range(gen.reported, min(upto, len(gen.logprobs))):
+            if i == len(gen.tokens) - 1 and gen.last_is_eog:
+                break
+            raw = self.llm.detokenize([gen.tokens[i]])
+            out.append({"token": raw.decode("utf-8", "replace"), "logprob": round(gen.logprobs[i], 5),
+                        "bytes": list(raw), "top_logprobs": []})  # fmt: skip
+        gen.reported = max(gen.reported, min(upto, len(gen.logprobs)))
+        return out
 
     def _kwargs(self, body: dict[str, Any], gen: Generation, stream: bool) -> dict[str, Any]:
         messages = body.get("messages")
@@ -121,68 +165,95 @@ class Runner:
             )
         return InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
 
+    async def _acquire(self) -> None:
+        await self.lock.acquire()
+        self.busy = True
+
+    def _release(self) -> None:
+        self.current = None
+        self.busy = False
+        self.lock.release()
+
+    def _launch(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run `fn` on a thread. The lock is released when that thread is done with llama.cpp, not
+        when the request's coroutine ends: a client that leaves must not let the next request into a
+        context that is still decoding (two threads in one llama context abort the process)."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn)
+        fut.add_done_callback(lambda _f: self._release())
+        return fut
+
     async def complete(self, body: dict[str, Any], gen: Generation) -> dict[str, Any]:
-        async with self.lock:
-            self.busy = True
-            try:
-                kw = self._kwargs(body, gen, stream=False)
-                try:
-                    result: dict[str, Any] = await asyncio.to_thread(self.llm.create_chat_completion, **kw)
-                except (ValueError, RuntimeError) as exc:
-                    raise self._translate(exc) from None
-                self.served += 1
-                return result
-            finally:
-                self.busy = False
+        await self._acquire()
+        try:
+            kw = self._kwargs(body, gen, stream=False)
+            fut = self._launch(lambda: self.llm.create_chat_completion(**kw))
+        except BaseException:
+            self._release()
+            raise
+        try:
+            result: dict[str, Any] = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            gen.cancel.set()
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise self._translate(exc) from None
+        self.served += 1
+        result["usage"] = gen.usage()
+        if gen.want_logprobs:
+            result["choices"][0]["logprobs"] = {"content": self.token_entries(gen, len(gen.tokens))}
+        return result
 
     async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        async with self.lock:
-            self.busy = True
+        await self._acquire()
+        try:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
             kw = self._kwargs(body, gen, stream=True)
+        except BaseException:
+            self._release()
+            raise
 
-            def put(kind: str, item: Any) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+        def put(kind: str, item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
 
-            def produce() -> None:
-                try:
-                    chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
-                    for chunk in chunks:
-                        put("chunk", chunk)
-                except (ValueError, RuntimeError) as exc:
-                    put("error", self._translate(exc))
-                except Exception as exc:  # report, never let the thread die silently
-                    put("error", InternalError(f"llama.cpp failed: {exc.__class__.__name__}"))
-                finally:
-                    put("end", None)
-
-            done = loop.run_in_executor(None, produce)
-            last: dict[str, Any] | None = None
-            finish: str | None = None
+        def produce() -> None:
             try:
-                while True:
-                    kind, item = await queue.get()
-                    if kind == "end":
-                        break
-                    if kind == "error":
-                        if last is None:
-                            raise item  # nothing sent yet: let the caller answer with a status
-                        yield _sse(item.body())
-                        continue
-                    last = item
-                    finish = item["choices"][0].get("finish_reason") or finish
-                    yield _sse(item)
-                if include_usage and last is not None:
-                    tail = {k: last[k] for k in ("id", "object", "created", "model")}
-                    yield _sse({**tail, "choices": [], "usage": gen.usage(finish)})
-                yield b"data: [DONE]\n\n"
-                self.served += 1
+                chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
+                for chunk in chunks:
+                    put("chunk", chunk)
+            except (ValueError, RuntimeError) as exc:
+                put("error", self._translate(exc))
+            except Exception as exc:  # report, never let the thread die silently
+                put("error", InternalError(f"llama.cpp failed: {exc.__class__.__name__}"))
             finally:
-                gen.cancel.set()  # the client left or we finished: stop at the next token
-                await asyncio.shield(done)
-                self.busy = False
+                put("end", None)
+
+        self._launch(produce)
+        last: dict[str, Any] | None = None
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    if last is None:
+                        raise item  # nothing sent yet: let the caller answer with a status
+                    yield _sse(item.body())
+                    continue
+                last = item
+                ch = item["choices"][0] if item["choices"] else {}
+                if gen.want_logprobs and (ch.get("delta", {}).get("content") or ch.get("finish_reason")):
+                    entries = self.token_entries(gen, len(gen.tokens))
+                    item["choices"][0]["logprobs"] = {"content": entries} if entries else None
+                yield _sse(item)
+            if include_usage and last is not None:
+                tail = {k: last[k] for k in ("id", "object", "created", "model")}
+                yield _sse({**tail, "choices": [], "usage": gen.usage()})
+            yield b"data: [DONE]\n\n"
+            self.served += 1
+        finally:
+            gen.cancel.set()  # the client left or we finished: stop at the next token
 
 
 def _flatten(message: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +299,7 @@ def build_app(runner: Runner) -> Any:
             return error(InvalidRequestError("Request body is not valid JSON."))
         if not isinstance(body, dict):
             return error(InvalidRequestError("Request body must be a JSON object."))
-        gen = Generation()
+        gen = Generation(want_logprobs=body.get("logprobs") is True)
         try:
             if body.get("stream"):
                 agen = runner.stream(body, gen)

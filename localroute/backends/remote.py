@@ -1,0 +1,338 @@
+"""The remote frontier tier: an OpenAI-compatible provider over HTTPS, the only traffic that leaves the
+machine. Every request passes the egress guard right before it is sent, retries are bounded and only
+for failures that cannot have produced an answer, and the API key never appears in a message or log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from localroute.backends.base import EngineState
+from localroute.config import Config, RemoteModel
+from localroute.errors import (
+    APIError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    OverloadedError,
+    UpstreamError,
+    api_error_from_body,
+)
+
+log = logging.getLogger("localroute.remote")
+T = TypeVar("T")
+_Opened = tuple[httpx.Response, AsyncIterator[str], dict[str, Any] | None]
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Failures that happen before any response byte arrived: the provider cannot have answered.
+RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 2.0
+
+
+class RemoteTimeoutError(EngineUnavailableError):
+    """The provider did not answer within a read timeout or the total deadline."""
+
+    status = 504
+    default_code = "remote_timeout"
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth another try; `error` is what the caller sees if none is left."""
+
+    def __init__(self, error: APIError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+class RemoteBackend:
+    """One model of one OpenAI-compatible provider, reached at `base_url + /chat/completions`."""
+
+    def __init__(
+        self,
+        model: RemoteModel,
+        *,
+        env: Mapping[str, str] | None = None,
+        egress_guard: Callable[[dict[str, Any]], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = model.name
+        self.cfg = model
+        self.who = f"Remote provider '{model.name}'"  # how every message names the provider
+        self.url = model.base_url.rstrip("/") + "/chat/completions"
+        self.attempts = 0  # network sends, retries included
+        self.served = 0
+        self.failures = 0
+        self.retry_delays: collections.deque[float] = collections.deque(maxlen=32)
+        self.last_error: str | None = None
+        self._egress_guard = egress_guard
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        # Writes share the read limit; the pool waits as long as a connect may.
+        self._timeout = httpx.Timeout(
+            model.read_timeout_s, connect=model.connect_timeout_s, pool=model.connect_timeout_s
+        )
+        self._warned = False
+        environ = os.environ if env is None else env
+        self._api_key = environ.get(model.api_key_env, "") if model.api_key_env else ""
+        self._disabled: str | None = None
+        if model.api_key_env and not self._api_key:
+            self._disabled = f"API key variable {model.api_key_env} is not set"
+            self.last_error = self._disabled
+
+    def __repr__(self) -> str:
+        return f"RemoteBackend(name={self.name!r}, url={self.url!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._disabled is not None:
+            if not self._warned:
+                self._warned = True
+                log.warning("remote model %s is disabled: %s", self.name, self._disabled)
+            return
+        self._http()
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def health(self) -> dict[str, Any]:
+        state: EngineState = "unavailable" if self._disabled is not None else "ready"
+        return {
+            "state": state,
+            "engine": "remote",
+            "tier": self.cfg.tier,
+            "model": self.cfg.model,
+            "host": httpx.URL(self.url).host,
+            "served": self.served,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(transport=self._transport, timeout=self._timeout)
+        return self._client
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = self._outgoing(body, stream=False)
+        async with self._deadline(self._deadline_at()):
+            result = await self._retrying(lambda: self._complete_once(out))
+        self.served += 1
+        return result
+
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        out = self._outgoing(body, stream=True)
+        deadline = self._deadline_at()
+        # The deadline is armed only while this generator runs, never while the caller holds a chunk.
+        async with self._deadline(deadline):
+            resp, lines, chunk = await self._retrying(lambda: self._open_stream(out))
+        try:
+            while chunk is not None:
+                yield chunk
+                async with self._deadline(deadline):
+                    try:
+                        chunk = await self._next_chunk(lines)
+                    except _Retry as exc:  # after the first chunk nothing is retried
+                        raise self._failed(exc.error) from None
+            self.served += 1
+        finally:
+            await resp.aclose()
+
+    def _outgoing(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        if self._disabled is not None:
+            raise EngineUnavailableError(
+                f"Remote model '{self.name}' is disabled: {self._disabled}.", code="remote_disabled"
+            )
+        return {**body, "model": self.cfg.model, "stream": stream}
+
+    def _deadline_at(self) -> float:
+        return asyncio.get_running_loop().time() + self.cfg.total_timeout_s
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, when: float) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout_at(when) as scope:
+                yield
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            late = f"{self.who} did not finish within total_timeout_s={self.cfg.total_timeout_s:g}s."
+            raise self._failed(RemoteTimeoutError(late)) from None
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(self.cfg.max_retries + 1):
+            try:
+                return await attempt()
+            except _Retry as exc:
+                if n == self.cfg.max_retries:
+                    raise self._failed(exc.error) from None
+                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**n)
+                delay = random.uniform(delay / 2, delay)
+                if exc.retry_after is not None:
+                    delay = min(BACKOFF_CAP_S, max(delay, exc.retry_after))
+                self.retry_delays.append(delay)
+                log.info("remote %s: %s; retry in %.2fs", self.name, exc.error.message, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _send(self, out: dict[str, Any]) -> httpx.Response:
+        """One network attempt; returns a 200 response whose body is not yet read."""
+        client = self._http()
+        headers = {"Accept": "text/event-stream" if out["stream"] else "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        if self._egress_guard is not None:
+            self._egress_guard(out)  # the last word before any byte leaves the machine
+        request = client.build_request("POST", self.url, json=out, headers=headers)
+        self.attempts += 1
+        try:
+            resp = await client.send(request, stream=True)
+        except RETRY_EXCEPTIONS as exc:
+            raise _Retry(self._transport_error(exc)) from None
+        except httpx.HTTPError as exc:
+            raise self._failed(self._transport_error(exc)) from None
+        if resp.status_code == 200:
+            return resp
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError:
+            content = b""  # an error body cut short is still an error; its status says which
+        finally:
+            await resp.aclose()
+        retry_after = _retry_after(resp.headers)
+        error = self._status_error(resp.status_code, content, retry_after)
+        if resp.status_code in RETRY_STATUSES:
+            raise _Retry(error, retry_after)
+        raise self._failed(error)
+
+    async def _complete_once(self, out: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._send(out)
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError as exc:
+            raise self._failed(self._transport_error(exc, started=True)) from None
+        finally:
+            await resp.aclose()
+        data = _json(content)
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise self._failed(self._malformed("response"))
+        return data
+
+    async def _open_stream(self, out: dict[str, Any]) -> _Opened:
+        """Send, and read up to the first chunk: every failure until then may be retried."""
+        resp = await self._send(out)
+        lines = resp.aiter_lines()
+        try:
+            return resp, lines, await self._next_chunk(lines)
+        except BaseException:
+            await resp.aclose()
+            raise
+
+    async def _next_chunk(self, lines: AsyncIterator[str]) -> dict[str, Any] | None:
+        """The next SSE chunk, None at `[DONE]`. A dropped connection raises `_Retry`."""
+        try:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return None
+                chunk = _json(payload)
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise self._failed(api_error_from_body(502, self._scrubbed(chunk)))
+                if not isinstance(chunk, dict):
+                    raise self._failed(self._malformed("stream chunk"))
+                return chunk
+        except httpx.HTTPError as exc:
+            raise _Retry(self._transport_error(exc, started=True)) from None
+        raise _Retry(
+            UpstreamError(f"{self.who} ended the stream before it finished.", code="upstream_incomplete")
+        )
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _failed(self, error: APIError) -> APIError:
+        self.failures += 1
+        self.last_error = error.message
+        log.warning("remote %s failed: %s", self.name, error.message)
+        return error
+
+    def _transport_error(self, exc: httpx.HTTPError, *, started: bool = False) -> APIError:
+        if isinstance(exc, httpx.TimeoutException):
+            verb = "stopped sending" if started else "did not answer"
+            return RemoteTimeoutError(
+                f"{self.who} {verb} within read_timeout_s={self.cfg.read_timeout_s:g}s."
+            )
+        what = "dropped the connection" if started else "closed the connection without answering"
+        if isinstance(exc, httpx.ConnectError):
+            what = "could not be reached"
+        return EngineUnavailableError(f"{self.who} {what} ({type(exc).__name__}).", code="remote_unavailable")
+
+    def _malformed(self, what: str) -> UpstreamError:
+        return UpstreamError(f"{self.who} sent a malformed {what}.", code="upstream_malformed")
+
+    def _scrubbed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The error body with the key redacted and the provider named (providers echo bad keys)."""
+        err = dict(body["error"]) if isinstance(body.get("error"), dict) else {}
+        message = str(err.get("message") or "upstream error")[:500]
+        if self._api_key:
+            message = message.replace(self._api_key, "[redacted]")
+        return {"error": {**err, "message": f"{self.who}: {message}"}}
+
+    def _status_error(self, status: int, content: bytes, retry_after: float | None) -> APIError:
+        who, body = self.who, _json(content)
+        shaped = body if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
+        if status in (401, 403):
+            denied = (
+                f"{who} rejected localroute's credentials (HTTP {status}); the operator must check its key."
+            )
+            return UpstreamError(denied, code="remote_auth_failed")
+        if status in (400, 404, 422) and shaped:
+            return api_error_from_body(400 if status == 422 else status, self._scrubbed(shaped))
+        if status in (400, 422):
+            return InvalidRequestError(f"{who} refused the request (HTTP {status}).")
+        if status == 429:
+            wait = {"Retry-After": str(max(1, round(retry_after or 0)))}
+            return OverloadedError(
+                f"{who} is rate-limiting localroute.", code="remote_rate_limited", headers=wait
+            )
+        if status == 408 or status >= 500:
+            return EngineUnavailableError(f"{who} is unavailable (HTTP {status}).", code="remote_unavailable")
+        code = shaped["error"].get("code") if shaped else None
+        return UpstreamError(f"{who} answered HTTP {status}.", code=code if isinstance(code, str) else None)
+
+
+def _json(text: bytes | str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    try:
+        value = float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def from_config(config: Config, model: RemoteModel, runtime_dir: Path) -> RemoteBackend:
+    return RemoteBackend(model)

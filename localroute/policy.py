@@ -1,0 +1,255 @@
+"""The routing policy: pure, synchronous and fast. Request features in, a frozen Decision out.
+
+No I/O and no model calls: the state it needs (which rungs are unavailable) is passed in. The score is
+a logistic of length, conversation depth and keyword signals, so each term can be read as a reason.
+Only a bounded window of the prompt is scanned, so the cost does not grow with the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from localroute.config import LOCAL_ENGINES, Config, ModelConfig
+from localroute.errors import InvalidRequestError
+from localroute.protocol import ChatCompletionRequest
+from localroute.routing_config import Signal
+from localroute.signals import DEFAULT_SIGNALS
+
+HEAD_CHARS, TAIL_CHARS = 1200, 400  # the instruction is usually at the start or the end
+CHARS_PER_TOKEN = 4.0  # for the score: a typical English BPE average
+FIT_CHARS_PER_TOKEN = 3.0  # for context fit: pessimistic, the engine enforces the exact count
+MSG_OVERHEAD_TOKENS = 6
+_SPACE_PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in "'-;"})
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What the client asked of routing through headers."""
+
+    tier: str | None = None  # a tier number, "local" or "remote"
+    max_cost: float | None = None  # USD for this request
+
+
+NO_HINTS = Hints()
+
+
+@dataclass(frozen=True)
+class Features:
+    estimated_tokens: int
+    fit_tokens: int  # pessimistic prompt size used for context fit
+    output_tokens: int  # max_tokens asked, or the first candidate's default
+    depth: int  # user turns
+    hits: tuple[tuple[str, int], ...]  # (signal, capped hits)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes and why. `escalation` lists the rungs above, for the cascade."""
+
+    model: str
+    tier: int
+    score: float
+    reasons: tuple[str, ...]
+    estimated_tokens: int
+    thresholds: tuple[tuple[str, float], ...]
+    route: str
+    escalation: tuple[str, ...] = ()
+    features: Features | None = field(default=None, compare=False)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "tier": self.tier,
+            "score": round(self.score, 4),
+            "reasons": list(self.reasons),
+            "estimated_tokens": self.estimated_tokens,
+            "thresholds": dict(self.thresholds),
+            "route": self.route,
+            "escalation": list(self.escalation),
+        }
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    name: str
+    weight: float
+    max_hits: int
+    phrases: tuple[str, ...]
+    regexes: tuple[re.Pattern[str], ...]
+
+
+class Policy:
+    """Scores requests and picks the cheapest rung that can serve them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.r = config.routing
+        self.ladder: tuple[ModelConfig, ...] = tuple(config.ladder())
+        signals = list(self.r.signals)
+        if not self.r.replace_default_signals:
+            names = {s.name for s in signals}
+            signals = [s for s in DEFAULT_SIGNALS if s.name not in names] + signals
+        self._signals = tuple(_compile(s) for s in signals)
+        self._words: dict[str, tuple[int, ...]] = {}
+        prefixes: dict[str, list[int]] = {}
+        for i, s in enumerate(signals):
+            for w in s.words:
+                w = w.lower()
+                if " " in w:
+                    continue
+                if w.endswith("*"):
+                    prefixes.setdefault(w[:-1], []).append(i)
+                else:
+                    self._words[w] = (*self._words.get(w, ()), i)
+        self._prefixes = tuple((p, tuple(ids)) for p, ids in prefixes.items())
+        self._prefix_starts = tuple(p for p, _ in self._prefixes)
+
+    # -- features and score ----------------------------------------------------------------------
+
+    def signal_hits(self, text: str) -> tuple[tuple[str, int], ...]:
+        """Capped hits per signal in a bounded window of `text`."""
+        if len(text) > HEAD_CHARS + TAIL_CHARS:
+            text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+        lowered = text.lower()
+        counts = [0] * len(self._signals)
+        words, starts = self._words, self._prefix_starts
+        for w in lowered.translate(_SPACE_PUNCT).split():
+            ids = words.get(w)
+            if ids is not None:
+                for i in ids:
+                    counts[i] += 1
+            elif starts and w.startswith(starts):
+                for p, pids in self._prefixes:
+                    if w.startswith(p):
+                        for i in pids:
+                            counts[i] += 1
+        out = []
+        for i, sig in enumerate(self._signals):
+            n = counts[i]
+            for ph in sig.phrases:
+                if ph in lowered:
+                    n += 1
+            for rx in sig.regexes:
+                if rx.search(text):
+                    n += 1
+            if n:
+                out.append((sig.name, min(n, sig.max_hits)))
+        return tuple(out)
+
+    def features(self, req: ChatCompletionRequest) -> Features:
+        chars, user_turns, last_user = 0, 0, ""
+        for m in req.messages:
+            t = m.text()
+            chars += len(t)
+            if m.role == "user":
+                user_turns += 1
+                last_user = t
+        n = len(req.messages)
+        est = int(chars / CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * n
+        fit = math.ceil(chars / FIT_CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * n
+        out = req.output_limit() or self.ladder[0].default_max_tokens
+        return Features(est, fit, out, user_turns, self.signal_hits(last_user))
+
+    def score(self, f: Features) -> tuple[float, list[str]]:
+        """Difficulty in [0, 1], with one reason per term that moved it."""
+        r = self.r
+        z = r.bias
+        reasons: list[str] = []
+        ratio = max(f.estimated_tokens, 1) / r.length_pivot_tokens
+        length = max(-r.length_cap, min(r.length_cap, r.length_weight * math.log2(ratio)))
+        z += length
+        reasons.append(f"length ~{f.estimated_tokens} tokens ({length:+.2f})")
+        if f.depth > 1:
+            depth = r.depth_weight * min(f.depth - 1, 5)
+            z += depth
+            reasons.append(f"depth {f.depth} user turns ({depth:+.2f})")
+        weights = {s.name: s.weight for s in self._signals}
+        for name, hits in f.hits:
+            w = weights[name] * hits
+            z += w
+            reasons.append(f"keywords:{name} x{hits} ({w:+.2f})")
+        return 1.0 / (1.0 + math.exp(-z)), reasons
+
+    def score_text(self, prompt: str) -> float:
+        """The difficulty of a single-turn prompt (used by `localroute eval`)."""
+        req = ChatCompletionRequest(model="auto", messages=[{"role": "user", "content": prompt}])  # type: ignore[list-item]
+        return self.score(self.features(req))[0]
+
+    # -- the decision ----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        req: ChatCompletionRequest,
+        hints: Hints = NO_HINTS,
+        unavailable: Iterable[str] = (),
+    ) -> Decision:
+        """Pick a rung for `req`. A concrete model name bypasses the policy."""
+        f = self.features(req)
+        score, reasons = self.score(f)
+        thresholds = tuple((m.name, m.max_score) for m in self.ladder)
+        down = frozenset(unavailable)
+
+        def make(m: ModelConfig, route: str, above: Iterable[ModelConfig], why: str) -> Decision:
+            esc = tuple(x.name for x in above if x.name != m.name)
+            return Decision(m.name, m.tier, score, (*reasons, why), f.estimated_tokens, thresholds,
+                            route, esc, f)  # fmt: skip
+
+        if req.model != "auto":
+            m = self.config.model(req.model)
+            if m is None:
+                raise InvalidRequestError(f"unknown model {req.model[:64]!r}", param="model")
+            return make(m, "explicit", (), f"model {m.name} named in the request")
+
+        rungs = [m for m in self._hinted(hints) if m.name not in down]
+        fits = [m for m in rungs if f.fit_tokens + min(f.output_tokens, 1) < m.n_ctx]
+        if hints.max_cost is not None:
+            fits = [m for m in fits if self.estimated_cost(m, f) <= hints.max_cost]
+        if not fits:
+            if not rungs:
+                raise InvalidRequestError("No available model matches the routing hints.",
+                                          code="no_route")  # fmt: skip
+            biggest = max(rungs, key=lambda m: m.n_ctx)
+            return make(biggest, "policy:context", (), "no rung fits the prompt; largest context")
+        first_fit = fits[0]
+        cheapest_ok = next((m for m in fits if score <= m.max_score), fits[-1])
+        if cheapest_ok is not fits[0] and score <= first_fit.max_score:
+            cheapest_ok = first_fit
+        idx = fits.index(cheapest_ok)
+        above = fits[idx + 1 :]
+        if rungs and first_fit is not rungs[0] and cheapest_ok is first_fit:
+            return make(first_fit, "policy:context", above,
+                        f"~{f.fit_tokens}+{f.output_tokens} tokens do not fit the cheaper rungs")  # fmt: skip
+        if idx == 0:
+            why = f"score {score:.2f} <= {cheapest_ok.name} max {cheapest_ok.max_score:.2f}"
+            return make(cheapest_ok, f"policy:score<={cheapest_ok.max_score:.2f}", above, why)
+        below = fits[idx - 1]
+        why = f"score {score:.2f} > {below.name} max {below.max_score:.2f}"
+        return make(cheapest_ok, f"policy:score>{below.max_score:.2f}", above, why)
+
+    def _hinted(self, hints: Hints) -> list[ModelConfig]:
+        if hints.tier is None:
+            return list(self.ladder)
+        if hints.tier == "local":
+            return [m for m in self.ladder if m.engine in LOCAL_ENGINES]
+        if hints.tier == "remote":
+            return [m for m in self.ladder if m.engine not in LOCAL_ENGINES]
+        return [m for m in self.ladder if str(m.tier) == hints.tier]
+
+    @staticmethod
+    def estimated_cost(m: ModelConfig, f: Features) -> float:
+        """A rough upper estimate in USD, for the max-cost hint."""
+        p = m.price
+        tokens = (f.estimated_tokens * p.input_per_mtok + f.output_tokens * p.output_per_mtok) / 1e6
+        # Local compute: assume ~250 prompt and ~50 output tokens/s on a small CPU box.
+        seconds = f.estimated_tokens / 250 + f.output_tokens / 50
+        return tokens + p.per_hour * seconds / 3600
+
+
+def _compile(s: Signal) -> _Compiled:
+    phrases = tuple(w.lower() for w in s.words if " " in w)
+    regexes = tuple(re.compile(p, re.IGNORECASE) for p in s.patterns)
+    return _Compiled(s.name, s.weight, s.max_hits, phrases, regexes)

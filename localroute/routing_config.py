@@ -1,0 +1,70 @@
+"""The `[routing]` section of models.toml: policy weights, keyword signals and cascade thresholds."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+_FORBID = ConfigDict(extra="forbid", frozen=True)
+
+
+def _compiles(patterns: list[str]) -> list[str]:
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"pattern {p!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
+class Signal(BaseModel):
+    """Words, phrases and patterns; each hit moves the difficulty score by `weight` (negative: down).
+
+    `words` match whole words case-insensitively (a trailing `*` matches a prefix: `analy*`); entries
+    with a space are phrases. `patterns` are regular expressions, for what words cannot say.
+    """
+
+    model_config = _FORBID
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    weight: Annotated[float, Field(ge=-3.0, le=3.0)]
+    words: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    patterns: Annotated[list[str], AfterValidator(_compiles)] = []
+    # Matches beyond this count add nothing: one legal term is a signal, ten are not ten signals.
+    max_hits: Annotated[int, Field(ge=1, le=20)] = 2
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Signal:
+        if not self.words and not self.patterns:
+            raise ValueError(f"signal '{self.name}' needs `words` or `patterns`")
+        return self
+
+
+class CascadeConfig(BaseModel):
+    """When a local answer is judged too unsure, re-ask the next rung up."""
+
+    model_config = _FORBID
+    enabled: bool = True
+    # Confidence is read from the sampled tokens' logprobs (natural log).
+    min_mean_logprob: Annotated[float, Field(le=0)] = -1.2
+    min_tail_logprob: Annotated[float, Field(le=0)] = -4.5
+    tail_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # An answer cut off by max_tokens/context before this many tokens is escalated too.
+    min_length_tokens: Annotated[int, Field(ge=0)] = 32
+    # Streaming: tokens buffered and judged before the first byte goes out; then the rung is committed.
+    buffer_tokens: Annotated[int, Field(ge=1, le=512)] = 16
+
+
+class RoutingConfig(BaseModel):
+    model_config = _FORBID
+    # Logistic difficulty score: sigmoid(bias + length + depth + keyword signals).
+    bias: Annotated[float, Field(ge=-10, le=10)] = -0.6
+    # Length contributes length_weight * log2(tokens / length_pivot_tokens), clipped to ±length_cap.
+    length_weight: Annotated[float, Field(ge=0, le=5)] = 0.35
+    length_pivot_tokens: Annotated[int, Field(ge=1)] = 120
+    length_cap: Annotated[float, Field(ge=0, le=10)] = 1.5
+    depth_weight: Annotated[float, Field(ge=0, le=5)] = 0.15
+    signals: list[Signal] = []
+    replace_default_signals: bool = False
+    cascade: CascadeConfig = CascadeConfig()

@@ -1,0 +1,432 @@
+"""RemoteBackend against a real stand-in provider over loopback: success, retries, deadlines, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localroute.backends.base import Backend
+from localroute.backends.remote import RemoteBackend, RemoteTimeoutError
+from localroute.config import Config, RemoteModel
+from localroute.errors import (
+    APIError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    OverloadedError,
+    UpstreamError,
+)
+from localroute.registry import build_backend
+from tests.standin_fixtures import STANDIN_KEY, standin_fixture  # noqa: F401
+from tests.standin_provider import StandinProvider
+
+ENV = {"STANDIN_API_KEY": STANDIN_KEY}
+QUESTION = "What is the capital of France, and why is it there?"
+ANSWER = "Remote answer to: " + QUESTION[:40]
+BODY: dict[str, Any] = {
+    "model": "frontier",
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+    "max_tokens": 64,
+}
+
+
+def model(base_url: str, **overrides: Any) -> RemoteModel:
+    fields: dict[str, Any] = {
+        "name": "frontier",
+        "engine": "remote",
+        "base_url": base_url,
+        "model": "standin-frontier",
+        "api_key_env": "STANDIN_API_KEY",
+    }
+    return RemoteModel(**{**fields, **overrides})
+
+
+def complete(backend: RemoteBackend, body: dict[str, Any] = BODY) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        await backend.start()
+        try:
+            return await backend.complete(body)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def stream(
+    backend: RemoteBackend, body: dict[str, Any] = BODY
+) -> tuple[list[dict[str, Any]], Exception | None]:
+    """Every chunk the caller received, and the exception that ended the stream (None: clean end)."""
+
+    async def go() -> tuple[list[dict[str, Any]], Exception | None]:
+        chunks: list[dict[str, Any]] = []
+        await backend.start()
+        try:
+            async for chunk in backend.stream(body):
+                chunks.append(chunk)
+        except Exception as exc:
+            return chunks, exc
+        finally:
+            await backend.aclose()
+        return chunks, None
+
+    return asyncio.run(go())
+
+
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def key_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert STANDIN_KEY not in caplog.text
+
+
+# -- success -------------------------------------------------------------------------------------------
+
+
+def test_complete_sends_provider_model_and_key(standin: StandinProvider) -> None:
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    result = complete(backend)
+    assert result["choices"][0]["message"]["content"] == ANSWER
+    assert result["id"].startswith("chatcmpl-")
+    (req,) = standin.requests
+    assert req.path == "/v1/chat/completions"
+    assert req.headers["authorization"] == f"Bearer {STANDIN_KEY}"
+    assert req.body == {**BODY, "model": "standin-frontier", "stream": False}
+    assert BODY["model"] == "frontier"  # the caller's body is not mutated
+    assert backend.attempts == 1
+    health = backend.health()
+    assert health["state"] == "ready" and health["served"] == 1 and health["failures"] == 0
+    assert (health["engine"], health["host"], health["model"]) == ("remote", "127.0.0.1", "standin-frontier")
+
+
+def test_stream_joins_to_answer_with_usage_and_logprobs(standin: StandinProvider) -> None:
+    body = {**BODY, "stream_options": {"include_usage": True}, "logprobs": True}
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    chunks, error = stream(backend, body)
+    assert error is None
+    assert text_of(chunks) == ANSWER
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(ANSWER.split())
+    lps = [
+        lp
+        for c in chunks
+        if c["choices"] and c["choices"][0]["logprobs"]
+        for lp in c["choices"][0]["logprobs"]["content"]
+    ]
+    assert "".join(lp["token"] for lp in lps) == ANSWER and {lp["logprob"] for lp in lps} == {-0.05}
+    assert standin.requests[0].body["stream"] is True
+    assert backend.attempts == 1 and backend.health()["served"] == 1
+
+
+def test_no_authorization_header_without_api_key_env() -> None:
+    with StandinProvider() as provider:
+        complete(RemoteBackend(model(provider.base_url, api_key_env=None), env=ENV))
+        assert "authorization" not in provider.requests[0].headers
+
+
+def test_registry_builds_a_remote_backend() -> None:
+    cfg = model("https://api.example.com/v1/")
+    backend = build_backend(Config(models=[cfg]), cfg, Path("."))
+    assert isinstance(backend, RemoteBackend) and isinstance(backend, Backend)
+    assert backend.url == "https://api.example.com/v1/chat/completions"
+    assert backend.health()["host"] == "api.example.com"
+
+
+# -- disabled ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [{}, {"STANDIN_API_KEY": ""}])
+def test_missing_key_disables_without_network(
+    standin: StandinProvider, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = RemoteBackend(model(standin.base_url), env=env)
+    health = backend.health()
+    assert health["state"] == "unavailable"
+    assert health["last_error"] == "API key variable STANDIN_API_KEY is not set"
+
+    async def go() -> None:
+        await backend.start()
+        await backend.start()
+        with pytest.raises(EngineUnavailableError) as info:
+            await backend.complete(BODY)
+        assert info.value.code == "remote_disabled" and "STANDIN_API_KEY" in info.value.message
+        with pytest.raises(EngineUnavailableError) as info:
+            async for _ in backend.stream(BODY):
+                pass
+        assert info.value.code == "remote_disabled"
+        await backend.aclose()
+
+    asyncio.run(go())
+    warnings = [r for r in caplog.records if r.name == "localroute.remote" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "STANDIN_API_KEY" in warnings[0].getMessage()
+    assert standin.requests == [] and backend.attempts == 0
+
+
+# -- retries -------------------------------------------------------------------------------------------
+
+
+def test_retries_503_then_succeeds(standin: StandinProvider) -> None:
+    standin.set("fail", status=503, times=2)
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    assert complete(backend)["choices"][0]["message"]["content"] == ANSWER
+    assert backend.attempts == 3 and len(standin.requests) == 3
+    assert len(backend.retry_delays) == 2
+
+
+def test_5xx_after_retries_is_unavailable(standin: StandinProvider) -> None:
+    standin.set("fail", status=502)
+    backend = RemoteBackend(model(standin.base_url, max_retries=1), env=ENV)
+    with pytest.raises(EngineUnavailableError) as info:
+        complete(backend)
+    assert info.value.code == "remote_unavailable" and "frontier" in info.value.message
+    assert backend.attempts == 2 and len(standin.requests) == 2
+    assert backend.health()["failures"] == 1 and "HTTP 502" in backend.health()["last_error"]
+
+
+def test_429_retry_after_is_honoured(standin: StandinProvider) -> None:
+    standin.set("fail", status=429, retry_after=0.5, times=1)
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    complete(backend)
+    assert list(backend.retry_delays) == [0.5]  # the backoff alone would wait 0.1-0.2 s
+    assert backend.attempts == 2
+
+
+def test_429_after_retries_is_overloaded_with_retry_after(standin: StandinProvider) -> None:
+    standin.set("fail", status=429, retry_after=3)
+    backend = RemoteBackend(model(standin.base_url, max_retries=0), env=ENV)
+    with pytest.raises(OverloadedError) as info:
+        complete(backend)
+    assert info.value.status == 429 and info.value.headers == {"Retry-After": "3"}
+    assert info.value.code == "remote_rate_limited" and backend.attempts == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_client_errors_are_not_retried(standin: StandinProvider, status: int) -> None:
+    standin.set("fail", status=status, message="temperature is out of range", code="invalid_value")
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    with pytest.raises(InvalidRequestError) as info:
+        complete(backend)
+    assert info.value.code == "invalid_value" and info.value.status == 400
+    assert "frontier" in info.value.message and "temperature is out of range" in info.value.message
+    assert backend.attempts == 1 and len(standin.requests) == 1
+
+
+def test_rejected_credentials_are_502_and_never_echo_the_key(standin: StandinProvider) -> None:
+    # The stand-in echoes the key it got in its 401 message, as real providers do.
+    wrong = "sk-wrong-key-0123456789"
+    backend = RemoteBackend(model(standin.base_url), env={"STANDIN_API_KEY": wrong})
+    with pytest.raises(UpstreamError) as info:
+        complete(backend)
+    error = info.value
+    assert error.status == 502 and "rejected localroute's credentials" in error.message
+    dumped = json.dumps([error.body(), str(error), repr(backend), backend.health()])
+    assert wrong not in dumped and backend.attempts == 1
+    standin.set("fail", status=401, message=f"Incorrect API key provided: {STANDIN_KEY}")
+    with pytest.raises(UpstreamError) as info:
+        complete(RemoteBackend(model(standin.base_url), env=ENV))
+    assert STANDIN_KEY not in json.dumps([info.value.body(), str(info.value)])
+
+
+def test_provider_messages_never_carry_the_key(standin: StandinProvider) -> None:
+    standin.set("fail", status=400, message=f"key {STANDIN_KEY} may not use this model")
+    with pytest.raises(InvalidRequestError) as info:
+        complete(RemoteBackend(model(standin.base_url), env=ENV))
+    assert STANDIN_KEY not in json.dumps(info.value.body()) and "[redacted]" in info.value.message
+
+
+def test_standin_models_and_auth(standin: StandinProvider) -> None:
+    ok = httpx.get(standin.base_url + "/models", headers={"Authorization": f"Bearer {STANDIN_KEY}"})
+    assert ok.status_code == 200 and ok.json()["data"][0]["id"] == standin.model
+    denied = httpx.get(standin.base_url + "/models")
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+    assert [r.path for r in standin.requests] == ["/v1/models", "/v1/models"]
+
+
+def test_reset_connection_is_a_connection_error(standin: StandinProvider) -> None:
+    standin.set("reset", times=1)
+    with pytest.raises(httpx.TransportError):
+        httpx.post(
+            standin.base_url + "/chat/completions",
+            json=BODY,
+            headers={"Authorization": f"Bearer {STANDIN_KEY}"},
+        )
+    assert len(standin.requests) == 1
+
+
+def test_reset_is_retried(standin: StandinProvider) -> None:
+    standin.set("reset", times=1)
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    assert complete(backend)["choices"][0]["message"]["content"] == ANSWER
+    assert backend.attempts == 2 and len(standin.requests) == 2
+
+
+def test_reset_every_time_is_unavailable(standin: StandinProvider) -> None:
+    standin.set("reset")
+    backend = RemoteBackend(model(standin.base_url, max_retries=1), env=ENV)
+    chunks, error = stream(backend)
+    assert chunks == [] and isinstance(error, EngineUnavailableError)
+    assert error.code == "remote_unavailable" and backend.attempts == 2
+
+
+def test_connect_refused_is_unavailable() -> None:
+    backend = RemoteBackend(model(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1), env=ENV)
+    with pytest.raises(EngineUnavailableError) as info:
+        complete(backend)
+    assert info.value.code == "remote_unavailable" and "could not be reached" in info.value.message
+    assert backend.attempts == 2
+
+
+# -- streams ---------------------------------------------------------------------------------------------
+
+
+def test_stream_break_after_first_chunks_is_not_retried(standin: StandinProvider) -> None:
+    standin.set("stream_break", chunks=2)
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    chunks, error = stream(backend)
+    assert len(chunks) == 2 and text_of(chunks) == "Remote"
+    assert isinstance(error, APIError) and "frontier" in error.message
+    assert backend.attempts == 1 and len(standin.requests) == 1
+    assert backend.health()["served"] == 0 and backend.health()["failures"] == 1
+
+
+def test_stream_break_before_first_chunk_is_retried(standin: StandinProvider) -> None:
+    standin.set("stream_break", chunks=0, times=1)
+    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    chunks, error = stream(backend)
+    assert error is None and text_of(chunks) == ANSWER
+    assert backend.attempts == 2 and len(standin.requests) == 2
+
+
+def test_stream_error_status_before_first_chunk(standin: StandinProvider) -> None:
+    standin.set("fail", status=400, message="bad messages")
+    chunks, error = stream(RemoteBackend(model(standin.base_url), env=ENV))
+    assert chunks == [] and isinstance(error, InvalidRequestError)
+
+
+# -- timeouts ------------------------------------------------------------------------------------------
+
+
+def test_slow_beyond_read_timeout_times_out_after_retries(standin: StandinProvider) -> None:
+    standin.set("slow", delay_s=5)
+    backend = RemoteBackend(model(standin.base_url, read_timeout_s=0.2, max_retries=1), env=ENV)
+    with pytest.raises(RemoteTimeoutError) as info:
+        complete(backend)
+    assert info.value.status == 504 and info.value.code == "remote_timeout"
+    assert backend.attempts == 2 and len(standin.requests) == 2
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hang_is_cut_by_the_total_deadline(standin: StandinProvider, streaming: bool) -> None:
+    standin.set("hang")
+    backend = RemoteBackend(model(standin.base_url, total_timeout_s=1, read_timeout_s=60), env=ENV)
+    t0 = time.monotonic()
+    if streaming:
+        chunks, error = stream(backend)
+        assert chunks == []
+    else:
+        with pytest.raises(RemoteTimeoutError) as info:
+            complete(backend)
+        error = info.value
+    assert isinstance(error, RemoteTimeoutError) and "total_timeout_s=1s" in error.message
+    assert time.monotonic() - t0 < 10
+    assert backend.attempts == 1
+
+
+def test_drip_within_read_timeout_is_cut_by_the_total_deadline(standin: StandinProvider) -> None:
+    standin.set("drip", delay_s=0.02)
+    backend = RemoteBackend(model(standin.base_url, total_timeout_s=1, read_timeout_s=2), env=ENV)
+    t0 = time.monotonic()
+    _, error = stream(backend)
+    assert isinstance(error, RemoteTimeoutError) and "total_timeout_s" in error.message
+    assert time.monotonic() - t0 < 10 and backend.attempts == 1
+
+
+def test_drip_completes_when_the_deadline_allows(standin: StandinProvider) -> None:
+    standin.set("drip", delay_s=0.0005)
+    backend = RemoteBackend(model(standin.base_url, read_timeout_s=2), env=ENV)
+    assert complete(backend)["choices"][0]["message"]["content"] == ANSWER
+
+
+# -- egress guard ----------------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_egress_guard_refusal_propagates_before_any_send(standin: StandinProvider, streaming: bool) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def guard(body: dict[str, Any]) -> None:
+        seen.append(body)
+        raise Refused("private request")
+
+    backend = RemoteBackend(model(standin.base_url), env=ENV, egress_guard=guard)
+    if streaming:
+        _, error = stream(backend)
+        assert isinstance(error, Refused)
+    else:
+        with pytest.raises(Refused):
+            complete(backend)
+    assert standin.requests == [] and backend.attempts == 0
+    assert seen[0]["model"] == "standin-frontier"
+    assert backend.health()["failures"] == 0
+
+
+def test_egress_guard_sees_every_attempt(standin: StandinProvider) -> None:
+    seen: list[dict[str, Any]] = []
+    standin.set("fail", status=503, times=1)
+    complete(RemoteBackend(model(standin.base_url), env=ENV, egress_guard=seen.append))
+    assert len(seen) == 2 == len(standin.requests)
+
+
+# -- malformed provider output (the stand-in speaks valid OpenAI, so a mock transport plays broken) ---------
+
+
+def broken(content: bytes, content_type: str) -> httpx.MockTransport:
+    return httpx.MockTransport(
+        lambda _: httpx.Response(200, content=content, headers={"content-type": content_type})
+    )
+
+
+def test_malformed_json_is_upstream_malformed() -> None:
+    backend = RemoteBackend(
+        model("http://provider.test/v1"), env=ENV, transport=broken(b"{not json", "application/json")
+    )
+    with pytest.raises(UpstreamError) as info:
+        complete(backend)
+    assert info.value.code == "upstream_malformed" and backend.attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("sse", "code"),
+    [
+        (b"data: {not json\n\n", "upstream_malformed"),
+        (b'data: {"error": {"message": "overloaded", "type": "server_error", "code": "boom"}}\n\n', "boom"),
+        (b'data: {"choices": []}\n\n', "upstream_incomplete"),
+    ],
+)
+def test_malformed_or_failed_streams(sse: bytes, code: str) -> None:
+    backend = RemoteBackend(
+        model("http://provider.test/v1", max_retries=0), env=ENV, transport=broken(sse, "text/event-stream")
+    )
+    _, error = stream(backend)
+    assert isinstance(error, APIError) and error.code == code
