@@ -96,6 +96,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from localroute.explain import run
+
+    cfg = _load(args.config)
+    if args.file and args.file != "-":
+        with open(args.file, encoding="utf-8") as fh:
+            return run(cfg, fh, args.jsonl)
+    return run(cfg, None, args.jsonl)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="localroute", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -108,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", help="path to models.toml")
     pl.add_argument("models", nargs="*", help="only these models (default: all)")
     pl.set_defaults(func=cmd_pull)
+    ex = sub.add_parser("explain", help="show the routing decision for requests, offline")
+    ex.add_argument("--config", help="path to models.toml")
+    ex.add_argument("--jsonl", action="store_true", help="one request per line")
+    ex.add_argument("file", nargs="?", help="requests file (default: stdin)")
+    ex.set_defaults(func=cmd_explain)
     ev = sub.add_parser("eval", help="score the routing policy on labelled prompts (APGR, CPT, savings)")
     ev.add_argument("--data", nargs="+", required=True, help="CSV files or folders of them")
     ev.add_argument("--weak", required=True, help="boolean column: the weak model answered correctly")

@@ -46,7 +46,8 @@ class Server:
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            # Hermetic: never reach a real provider from tests, whatever the machine's environment holds.
+            env={**{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}, "HF_HUB_OFFLINE": "1"},
         )
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, object]:
