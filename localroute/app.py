@@ -7,12 +7,17 @@ so no traceback ever reaches a client or the log.
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
+import hashlib
+import hmac
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from localroute.audit import AuditLog
 from localroute.backends.base import Backend
 from localroute.config import Config
+from localroute.cost import baseline_cost, request_cost
 from localroute.errors import (
     APIError,
     InternalError,
@@ -35,9 +42,11 @@ from localroute.errors import (
     PayloadTooLargeError,
 )
 from localroute.policy import Hints
-from localroute.protocol import parse_chat_request
+from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, resolve
+from localroute.privacy_config import APIKey
+from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
-from localroute.router import Router
+from localroute.router import Router, Trace
 
 log = logging.getLogger("localroute")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -103,6 +112,14 @@ def parse_hints(headers: Mapping[str, str]) -> Hints:
     return Hints(tier=tier, max_cost=max_cost)
 
 
+def _key_digest(key: APIKey) -> str | None:
+    """The SHA-256 (hex) a presented key must match; env-referenced keys are hashed at startup."""
+    if key.sha256 is not None:
+        return key.sha256
+    value = os.environ.get(key.env or "", "")
+    return hashlib.sha256(value.encode()).hexdigest() if value else None
+
+
 def _sse(obj: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -110,36 +127,123 @@ def _sse(obj: Mapping[str, Any]) -> bytes:
 class Gateway:
     """Request handlers over a router; built once per app by the lifespan."""
 
-    def __init__(self, config: Config, backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        detector: Detector,
+        audit: AuditLog | None,
+    ) -> None:
         self.config = config
         self.backends = backends
         self.router = Router(config, backends)
+        self.detector = detector
+        self.audit = audit
         self.created = int(time.time())
+        self._keys = [(k, _key_digest(k)) for k in config.keys]
+
+    def classify(self, request: Request, req: ChatCompletionRequest) -> Privacy:
+        """The request's privacy class: header, API key policy, detected data, config default."""
+        header = request.headers.get("x-localroute-privacy")
+        if header is not None and header.strip().lower() not in ("private", "public"):
+            raise InvalidRequestError(
+                "X-LocalRoute-Privacy must be 'private' or 'public'.", param="X-LocalRoute-Privacy"
+            )
+        kinds = self.detector.kinds_in(m.text() for m in req.messages)
+        return resolve(self.config.privacy, header, self._key_policy(request), kinds)
+
+    def _key_policy(self, request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        if not self._keys or not auth.lower().startswith("bearer "):
+            return None
+        digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()
+        policy = None
+        for key, want in self._keys:  # compare against every key: no early exit to time
+            if want is not None and hmac.compare_digest(digest, want):
+                policy = key.privacy
+        return policy
 
     async def chat(self, request: Request) -> Response:
+        t0 = time.monotonic()
+        rid = "req-" + uuid.uuid4().hex[:20]
         raw = await read_body(request, self.config.server.max_body_bytes)
         req = parse_chat_request(raw)
         hints = parse_hints(request.headers)
-        if not req.stream:
-            result, trace = await self.router.complete(req, hints)
-            return JSONResponse(result, headers=trace.headers())
-        chunks, trace = await self.router.stream(req, hints)
+        privacy = self.classify(request, req)
+        CURRENT.set(privacy)  # this request's task: the egress guard reads it
+        try:
+            if not req.stream:
+                result, trace = await self.router.complete(req, hints, privacy)
+                self._record(rid, privacy, trace, 200, t0)
+                return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
+            chunks, trace = await self.router.stream(req, hints, privacy)
+        except APIError as exc:
+            self._record(rid, privacy, None, exc.status, t0, error=exc.code or exc.type)
+            exc.headers = {**exc.headers, "x-request-id": rid}
+            raise
 
         async def events() -> AsyncIterator[bytes]:
+            status, error = 200, None
             try:
                 async for chunk in chunks:
                     yield _sse(chunk)
                 yield b"data: [DONE]\n\n"
             except APIError as exc:
+                status, error = exc.status, exc.code or exc.type
                 yield _sse(exc.body())  # headers are gone; the SDK raises on an error event
             finally:
                 # The client may have left (we are being cancelled): close the engine stream anyway,
                 # so its slot is freed now rather than when the garbage collector gets to it.
                 with anyio.CancelScope(shield=True):
                     await chunks.aclose()
+                self._record(rid, privacy, trace, status, t0, error=error)
 
-        headers = {**trace.headers(), "cache-control": "no-cache"}
+        headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    def _record(
+        self,
+        rid: str,
+        privacy: Privacy,
+        trace: Trace | None,
+        status: int,
+        t0: float,
+        error: str | None = None,
+    ) -> None:
+        """One audit record per request: no prompt or answer text, no matched data, no keys."""
+        if self.audit is None:
+            return
+        seconds = time.monotonic() - t0
+        rec: dict[str, Any] = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "id": rid,
+            "privacy": privacy.as_json(),
+            "status": status,
+            "error": error,
+            "latency_ms": round(seconds * 1000, 1),
+        }
+        if trace is not None:
+            d = trace.decision
+            answered = self.config.model(trace.model) if trace.model else None
+            usage = trace.usage
+            rec.update(
+                decision={"model": d.model, "tier": d.tier, "score": round(d.score, 4), "route": d.route},
+                route=trace.route,
+                model=trace.model or None,
+                escalations=trace.escalations,
+                attempts=trace.attempts,
+                tokens={
+                    "prompt": usage.get("prompt_tokens", 0),
+                    "completion": usage.get("completion_tokens", 0),
+                },
+                cost_usd=round(request_cost(answered, usage, seconds), 8) if answered else 0.0,
+                baseline_usd=round(baseline_cost(self.config, usage), 8),
+            )
+        try:
+            self.audit.append(rec)
+        except OSError as exc:  # the log must not take requests down; say so, once per failure
+            log.error("audit log write failed: %s", exc.__class__.__name__)
 
     async def explain(self, request: Request) -> Response:
         raw = await read_body(request, self.config.server.max_body_bytes)
@@ -175,8 +279,10 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Path(tempfile.mkdtemp(prefix="localroute-"))  # 0700: only we reach the sockets
         owned = backends is None
-        live = build_backends(config, runtime) if backends is None else backends
-        holder["gw"] = Gateway(config, live)
+        detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
+        live = build_backends(config, runtime, EgressGuard(detector)) if backends is None else backends
+        audit = AuditLog(config.audit_path()) if config.privacy.audit_enabled else None
+        holder["gw"] = Gateway(config, live, detector, audit)
         try:
             for m in config.ladder():
                 if getattr(m, "preload", True):
@@ -189,6 +295,8 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
             if owned:
                 for b in live.values():
                     await b.aclose()
+            if audit is not None:
+                audit.close()
             shutil.rmtree(runtime, ignore_errors=True)
 
     def route(attr: str) -> Handler:

@@ -106,6 +106,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return run(cfg, None, args.jsonl)
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from localroute.audit import verify
+
+    if args.path:
+        path = Path(args.path)
+    else:
+        path = _load(args.config).audit_path()
+    if not path.is_file():
+        print(f"localroute: no audit log at {path}", file=sys.stderr)
+        return 2
+    result = verify(path)
+    print(result.report())
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="localroute", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", help="path to models.toml")
     pl.add_argument("models", nargs="*", help="only these models (default: all)")
     pl.set_defaults(func=cmd_pull)
+    au = sub.add_parser("audit", help="work with the hash-chained audit log")
+    au_sub = au.add_subparsers(dest="audit_command", required=True)
+    av = au_sub.add_parser("verify", help="check the chain; count private records that touched a remote rung")
+    av.add_argument("path", nargs="?", help="audit log (default: privacy.audit_path from the config)")
+    av.add_argument("--config", help="path to models.toml")
+    av.set_defaults(func=cmd_audit_verify)
     ex = sub.add_parser("explain", help="show the routing decision for requests, offline")
     ex.add_argument("--config", help="path to models.toml")
     ex.add_argument("--jsonl", action="store_true", help="one request per line")

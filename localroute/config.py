@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from localroute.errors import ConfigError
+from localroute.privacy_config import APIKey, PrivacyConfig
 from localroute.routing_config import RoutingConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
@@ -159,6 +160,8 @@ class Config(BaseModel):
     server: ServerConfig = ServerConfig()
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routing: RoutingConfig = RoutingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    keys: list[APIKey] = []
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -179,6 +182,11 @@ class Config(BaseModel):
     def ladder(self) -> list[ModelConfig]:
         """Models from the cheapest rung up (by tier, then file order)."""
         return sorted(self.models, key=lambda m: m.tier)
+
+    def audit_path(self) -> Path:
+        env = os.environ.get("LOCALROUTE_AUDIT_PATH")
+        path = Path(env if env else self.privacy.audit_path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
 
     def models_dir(self) -> Path:
         env = os.environ.get("LOCALROUTE_MODELS_DIR")

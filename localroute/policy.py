@@ -12,6 +12,8 @@ import re
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter
 
 from localroute.config import LOCAL_ENGINES, Config, ModelConfig
 from localroute.errors import InvalidRequestError
@@ -23,7 +25,13 @@ HEAD_CHARS, TAIL_CHARS = 1200, 400  # the instruction is usually at the start or
 CHARS_PER_TOKEN = 4.0  # for the score: a typical English BPE average
 FIT_CHARS_PER_TOKEN = 3.0  # for context fit: pessimistic, the engine enforces the exact count
 MSG_OVERHEAD_TOKENS = 6
-_SPACE_PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in "'-;"})
+# Punctuation becomes a space; every other ASCII character maps to itself, so that translate never
+# takes its slow path of a failed lookup per character.
+_SPACE_PUNCT = str.maketrans(
+    {chr(i): " " if chr(i) in string.punctuation and chr(i) not in "'-;" else chr(i) for i in range(128)}
+)
+# Escapes that mean the same in lower-cased text (classes, anchors, whitespace, escaped punctuation).
+_PLAIN_ESCAPE = re.compile(r"\\(?:[dDwWsSbBAZnrtfv]|[^A-Za-z0-9])")
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,9 @@ class _Compiled:
     name: str
     weight: float
     max_hits: int
-    phrases: tuple[str, ...]
-    regexes: tuple[re.Pattern[str], ...]
+    phrases: tuple[str, ...]  # substrings of the lower-cased text
+    lowered: tuple[re.Pattern[str], ...]  # case-sensitive, searched in the lower-cased text
+    cased: tuple[re.Pattern[str], ...]  # IGNORECASE, searched in the text as written
 
 
 class Policy:
@@ -89,26 +98,37 @@ class Policy:
         self.config = config
         self.r = config.routing
         self.ladder: tuple[ModelConfig, ...] = tuple(config.ladder())
+        self._thresholds = tuple((m.name, m.max_score) for m in self.ladder)
         signals = list(self.r.signals)
         if not self.r.replace_default_signals:
             names = {s.name for s in signals}
             signals = [s for s in DEFAULT_SIGNALS if s.name not in names] + signals
         self._signals = tuple(_compile(s) for s in signals)
-        self._words: dict[str, tuple[int, ...]] = {}
-        prefixes: dict[str, list[int]] = {}
+        self._weights = {s.name: s.weight for s in self._signals}
+        exact: dict[str, set[int]] = {}
+        stems: dict[str, set[int]] = {}
         for i, s in enumerate(signals):
-            for w in s.words:
-                w = w.lower()
-                if " " in w:
-                    continue
-                if w.endswith("*"):
-                    prefixes.setdefault(w[:-1], []).append(i)
-                else:
-                    self._words[w] = (*self._words.get(w, ()), i)
-        self._prefixes = tuple((p, tuple(ids)) for p, ids in prefixes.items())
-        self._prefix_starts = tuple(p for p, _ in self._prefixes)
+            for w in map(str.lower, s.words):
+                if not _is_phrase(w):
+                    (stems if w.endswith("*") else exact).setdefault(w.rstrip("*"), set()).add(i)
+        # Words are looked up by their first `key_len` characters before anything else: most words of a
+        # prompt match nothing, and this drops them in C (see signal_hits).
+        self._key_len = min([4, *map(len, stems)])
+        self._stems: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {}
+        for p, ids in stems.items():
+            self._stems[p[: self._key_len]] = (*self._stems.get(p[: self._key_len], ()), (p, frozenset(ids)))
+        # A word counts once for each signal that lists it, whole or by a prefix.
+        self._exact = {w: tuple(sorted(ids | self._stem_ids(w))) for w, ids in exact.items()}
+        self._keys = frozenset(w[: self._key_len] for w in (*exact, *stems))
 
     # -- features and score ----------------------------------------------------------------------
+
+    def _stem_ids(self, word: str) -> frozenset[int]:
+        found: frozenset[int] = frozenset()
+        for p, ids in self._stems.get(word[: self._key_len], ()):
+            if word.startswith(p):
+                found |= ids
+        return found
 
     def signal_hits(self, text: str) -> tuple[tuple[str, int], ...]:
         """Capped hits per signal in a bounded window of `text`."""
@@ -116,24 +136,24 @@ class Policy:
             text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
         lowered = text.lower()
         counts = [0] * len(self._signals)
-        words, starts = self._words, self._prefix_starts
-        for w in lowered.translate(_SPACE_PUNCT).split():
-            ids = words.get(w)
-            if ids is not None:
-                for i in ids:
-                    counts[i] += 1
-            elif starts and w.startswith(starts):
-                for p, pids in self._prefixes:
-                    if w.startswith(p):
-                        for i in pids:
-                            counts[i] += 1
+        words = lowered.translate(_SPACE_PUNCT).split()
+        # map/compress run in C: only words whose first characters begin a signal word reach Python.
+        keys = map(itemgetter(slice(0, self._key_len)), words)
+        exact = self._exact
+        for w in compress(words, map(self._keys.__contains__, keys)):
+            ids = exact.get(w)
+            for i in self._stem_ids(w) if ids is None else ids:
+                counts[i] += 1
         out = []
         for i, sig in enumerate(self._signals):
             n = counts[i]
             for ph in sig.phrases:
                 if ph in lowered:
                     n += 1
-            for rx in sig.regexes:
+            for rx in sig.lowered:
+                if rx.search(lowered):
+                    n += 1
+            for rx in sig.cased:
                 if rx.search(text):
                     n += 1
             if n:
@@ -148,26 +168,27 @@ class Policy:
             if m.role == "user":
                 user_turns += 1
                 last_user = t
-        n = len(req.messages)
-        est = int(chars / CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * n
-        fit = math.ceil(chars / FIT_CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * n
-        out = req.output_limit() or self.ladder[0].default_max_tokens
-        return Features(est, fit, out, user_turns, self.signal_hits(last_user))
+        return self._features(chars, len(req.messages), user_turns, last_user, req.output_limit())
+
+    def _features(self, chars: int, messages: int, depth: int, last_user: str, limit: int | None) -> Features:
+        est = int(chars / CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * messages
+        fit = math.ceil(chars / FIT_CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * messages
+        out = limit or self.ladder[0].default_max_tokens
+        return Features(est, fit, out, depth, self.signal_hits(last_user))
 
     def score(self, f: Features) -> tuple[float, list[str]]:
         """Difficulty in [0, 1], with one reason per term that moved it."""
         r = self.r
         z = r.bias
-        reasons: list[str] = []
         ratio = max(f.estimated_tokens, 1) / r.length_pivot_tokens
         length = max(-r.length_cap, min(r.length_cap, r.length_weight * math.log2(ratio)))
         z += length
-        reasons.append(f"length ~{f.estimated_tokens} tokens ({length:+.2f})")
+        reasons = [f"length ~{f.estimated_tokens} tokens ({length:+.2f})"]
         if f.depth > 1:
             depth = r.depth_weight * min(f.depth - 1, 5)
             z += depth
             reasons.append(f"depth {f.depth} user turns ({depth:+.2f})")
-        weights = {s.name: s.weight for s in self._signals}
+        weights = self._weights
         for name, hits in f.hits:
             w = weights[name] * hits
             z += w
@@ -176,8 +197,7 @@ class Policy:
 
     def score_text(self, prompt: str) -> float:
         """The difficulty of a single-turn prompt (used by `localroute eval`)."""
-        req = ChatCompletionRequest(model="auto", messages=[{"role": "user", "content": prompt}])  # type: ignore[list-item]
-        return self.score(self.features(req))[0]
+        return self.score(self._features(len(prompt), 1, 1, prompt, None))[0]
 
     # -- the decision ----------------------------------------------------------------------------
 
@@ -190,7 +210,7 @@ class Policy:
         """Pick a rung for `req`. A concrete model name bypasses the policy."""
         f = self.features(req)
         score, reasons = self.score(f)
-        thresholds = tuple((m.name, m.max_score) for m in self.ladder)
+        thresholds = self._thresholds
         down = frozenset(unavailable)
 
         def make(m: ModelConfig, route: str, above: Iterable[ModelConfig], why: str) -> Decision:
@@ -249,7 +269,22 @@ class Policy:
         return tokens + p.per_hour * seconds / 3600
 
 
+def _is_phrase(word: str) -> bool:
+    """Words with a space, or with punctuation that splitting removes, are matched as substrings."""
+    return word.rstrip("*").translate(_SPACE_PUNCT) != word.rstrip("*") or " " in word
+
+
+def _caseless(pattern: str) -> bool:
+    """True if `pattern` has no upper-case letter outside escapes like \\D or \\S: searched without
+    IGNORECASE in lower-cased text it then matches where IGNORECASE matches in the original (for all
+    but a few non-ASCII letters such as the long s), and without IGNORECASE re can skip ahead to a
+    pattern's literal first character instead of trying every position."""
+    rest = _PLAIN_ESCAPE.sub("", pattern)
+    return "\\" not in rest and rest == rest.lower()
+
+
 def _compile(s: Signal) -> _Compiled:
-    phrases = tuple(w.lower() for w in s.words if " " in w)
-    regexes = tuple(re.compile(p, re.IGNORECASE) for p in s.patterns)
-    return _Compiled(s.name, s.weight, s.max_hits, phrases, regexes)
+    phrases = tuple(dict.fromkeys(w.lower().rstrip("*") for w in s.words if _is_phrase(w.lower())))
+    lowered = tuple(re.compile(p) for p in s.patterns if _caseless(p))
+    cased = tuple(re.compile(p, re.IGNORECASE) for p in s.patterns if not _caseless(p))
+    return _Compiled(s.name, s.weight, s.max_hits, phrases, lowered, cased)

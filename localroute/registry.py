@@ -4,6 +4,7 @@ the app never imports a concrete engine and optional runtimes (vLLM) cost nothin
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,19 @@ def _load(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_backend(config: Config, model: ModelConfig, runtime_dir: Path) -> Backend:
+def build_backend(
+    config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: Callable[[dict[str, Any]], None]
+) -> Backend:
     factory = _load(ENGINES[model.engine])
-    backend: Backend = factory(config, model, runtime_dir)
+    if model.engine == "remote":  # the only rung that leaves the machine gets the guard
+        backend: Backend = factory(config, model, runtime_dir, egress_guard=egress_guard)
+    else:
+        backend = factory(config, model, runtime_dir)
     return backend
 
 
-def build_backends(config: Config, runtime_dir: Path) -> dict[str, Backend]:
+def build_backends(
+    config: Config, runtime_dir: Path, egress_guard: Callable[[dict[str, Any]], None]
+) -> dict[str, Backend]:
     """One backend per configured model, keyed by model name, not yet started."""
-    return {m.name: build_backend(config, m, runtime_dir) for m in config.models}
+    return {m.name: build_backend(config, m, runtime_dir, egress_guard) for m in config.models}

@@ -18,11 +18,13 @@ from localroute.errors import (
     APIError,
     ContextLengthExceededError,
     EngineUnavailableError,
+    InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
     UpstreamError,
 )
 from localroute.policy import NO_HINTS, Decision, Hints, Policy
+from localroute.privacy import Privacy, PrivacyViolationError
 from localroute.protocol import ChatCompletionRequest
 
 Chunks = AsyncGenerator[dict[str, Any], None]
@@ -38,10 +40,14 @@ class Trace:
     tier: int = 0
     escalations: int = 0
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
 
     def attempt(self, m: ModelConfig, outcome: str, reason: str | None, t0: float) -> None:
         ms = round((time.monotonic() - t0) * 1000, 1)
-        self.attempts.append({"model": m.name, "outcome": outcome, "reason": reason, "ms": ms})
+        remote = m.engine not in LOCAL_ENGINES
+        self.attempts.append(
+            {"model": m.name, "outcome": outcome, "reason": reason, "ms": ms, "remote": remote}
+        )
 
     def moved(self, route: str) -> None:
         self.route = route
@@ -54,6 +60,22 @@ class Trace:
             "x-localroute-route": self.route,
             "x-localroute-escalations": str(self.escalations),
         }
+
+
+def _outcome(exc: APIError) -> str:
+    return "refused" if isinstance(exc, PrivacyViolationError) else "error"
+
+
+def _fail_closed(exc: APIError) -> APIError:
+    """What a private request gets when no local rung could answer: never a remote attempt."""
+    if isinstance(exc, ContextLengthExceededError):
+        return ContextLengthExceededError(
+            exc.message + " This request is private, so it is not sent to a remote model.", param=exc.param
+        )
+    return PrivacyViolationError(
+        f"No local model could serve this private request ({exc.code or exc.type}); "
+        "it is not sent off this machine."
+    )
 
 
 def _failure_route(exc: APIError) -> str | None:
@@ -85,18 +107,31 @@ class Router:
     def unavailable(self) -> set[str]:
         return {n for n, b in self.backends.items() if b.health().get("state") == "unavailable"}
 
-    def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS) -> Decision:
+    def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False) -> Decision:
+        """The policy's decision; for a private request remote rungs do not exist."""
         if req.model != "auto" and self.config.model(req.model) is None:
             raise ModelNotFoundError(
                 f"The model '{req.model[:64]}' does not exist. Use 'auto' or one of: "
                 + ", ".join(m.name for m in self.config.models) + ".",
                 param="model",
             )  # fmt: skip
-        return self.policy.decide(req, hints, self.unavailable())
+        if not private:
+            return self.policy.decide(req, hints, self.unavailable())
+        named = self.config.model(req.model)
+        if (named is not None and named.engine not in LOCAL_ENGINES) or hints.tier == "remote":
+            raise PrivacyViolationError("This request is private and cannot be sent to a remote model.")
+        remote = {m.name for m in self.config.models if m.engine not in LOCAL_ENGINES}
+        try:
+            return self.policy.decide(req, hints, self.unavailable() | remote)
+        except InvalidRequestError as exc:
+            if exc.code != "no_route":
+                raise
+            raise PrivacyViolationError("No local model is available for this private request.") from None
 
-    def _chain(self, d: Decision, req: ChatCompletionRequest) -> list[ModelConfig]:
+    def _chain(self, d: Decision, req: ChatCompletionRequest, private: bool) -> list[ModelConfig]:
         names = [d.model, *d.escalation] if req.model == "auto" else [d.model]
-        return [m for n in names if (m := self.config.model(n)) is not None]
+        chain = [m for n in names if (m := self.config.model(n)) is not None]
+        return [m for m in chain if m.engine in LOCAL_ENGINES] if private else chain
 
     def _judges(self, m: ModelConfig, has_next: bool) -> bool:
         return self.cascade.enabled and has_next and m.engine in LOCAL_ENGINES
@@ -105,6 +140,8 @@ class Router:
         body = req.engine_body(m.name, req.output_limit() or m.default_max_tokens)
         if judge:
             body["logprobs"] = True
+        if req.stream:  # always ask for usage: the audit log counts tokens; the client gets it if asked
+            body["stream_options"] = {"include_usage": True}
         return body
 
     def _verdict(self, logprobs: list[float], finish: str | None, tokens: int) -> str | None:
@@ -124,11 +161,12 @@ class Router:
     # -- non-streaming ---------------------------------------------------------------------------
 
     async def complete(
-        self, req: ChatCompletionRequest, hints: Hints = NO_HINTS
+        self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, privacy: Privacy | None = None
     ) -> tuple[dict[str, Any], Trace]:
-        d = self.decide(req, hints)
+        private = privacy is not None and privacy.private
+        d = self.decide(req, hints, private)
         trace = Trace(d, d.route)
-        chain = self._chain(d, req)
+        chain = self._chain(d, req, private)
         kept: tuple[dict[str, Any], ModelConfig] | None = None
         for i, m in enumerate(chain):
             last = i == len(chain) - 1
@@ -138,11 +176,13 @@ class Router:
                 result = await self.backends[m.name].complete(self._body(req, m, judge))
             except APIError as exc:
                 route = _failure_route(exc)
-                trace.attempt(m, "error", exc.code or exc.type, t0)
+                trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
                 if route is None or last:
                     if kept is not None and route is not None:
                         trace.route = "kept:escalation_failed"
                         return self._answer(kept[0], kept[1], req, trace)
+                    if private and route is not None:
+                        raise _fail_closed(exc) from None
                     raise
                 trace.moved(route)
                 continue
@@ -163,16 +203,22 @@ class Router:
         self, result: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest, trace: Trace
     ) -> tuple[dict[str, Any], Trace]:
         trace.model, trace.tier = m.name, m.tier
+        usage = result.get("usage")
+        if isinstance(usage, dict):
+            trace.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
         return self._finish(result, m, req), trace
 
     # -- streaming -------------------------------------------------------------------------------
 
-    async def stream(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS) -> tuple[Chunks, Trace]:
+    async def stream(
+        self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, privacy: Privacy | None = None
+    ) -> tuple[Chunks, Trace]:
         """Open a stream on the first rung that commits. Judgement and fallback happen before the
         first byte reaches the client; after that the rung is committed and chunks flow through."""
-        d = self.decide(req, hints)
+        private = privacy is not None and privacy.private
+        d = self.decide(req, hints, private)
         trace = Trace(d, d.route)
-        chain = self._chain(d, req)
+        chain = self._chain(d, req, private)
         held: _Held | None = None
         error: APIError | None = None
         try:
@@ -186,7 +232,7 @@ class Router:
                 except APIError as exc:
                     await _close(chunks)
                     route = _failure_route(exc)
-                    trace.attempt(m, "error", exc.code or exc.type, t0)
+                    trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
                     if route is None:
                         raise
                     error = exc
@@ -212,7 +258,7 @@ class Router:
                 h, held = held, None
                 return self._relay(h.model, h.chunks, h.buffered, h.done, req, trace), trace
             assert error is not None
-            raise error
+            raise _fail_closed(error) if private else error
         finally:
             if held is not None:
                 await _close(held.chunks)
@@ -233,7 +279,7 @@ class Router:
                 return buffered, logprobs, finish, False
         return buffered, logprobs, finish, True
 
-    async def _relay(
+    def _relay(
         self,
         m: ModelConfig,
         chunks: Chunks,
@@ -242,15 +288,42 @@ class Router:
         req: ChatCompletionRequest,
         trace: Trace,
     ) -> Chunks:
+        # Set now, not in the generator: the response headers are built before its first chunk.
         trace.model, trace.tier = m.name, m.tier
+        return self._flow(m, chunks, buffered, done, req, trace)
+
+    async def _flow(
+        self,
+        m: ModelConfig,
+        chunks: Chunks,
+        buffered: list[dict[str, Any]],
+        done: bool,
+        req: ChatCompletionRequest,
+        trace: Trace,
+    ) -> Chunks:
+        wants_usage = req.stream_options is not None and req.stream_options.include_usage
         try:
             for chunk in buffered:
-                yield self._finish(chunk, m, req)
+                if self._keep(chunk, trace, wants_usage):
+                    yield self._finish(chunk, m, req)
             if not done:
                 async for chunk in chunks:
-                    yield self._finish(chunk, m, req)
+                    if self._keep(chunk, trace, wants_usage):
+                        yield self._finish(chunk, m, req)
         finally:
             await _close(chunks)
+
+    @staticmethod
+    def _keep(chunk: dict[str, Any], trace: Trace, wants_usage: bool) -> bool:
+        """Record a usage chunk; pass it on only if the client asked for one."""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            trace.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+            if not chunk.get("choices"):
+                return wants_usage
+            if not wants_usage:
+                chunk.pop("usage", None)
+        return True
 
 
 async def _close(chunks: Chunks) -> None:

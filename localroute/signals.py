@@ -1,8 +1,13 @@
-"""Default keyword signals for the routing policy. models.toml can add to them or replace them.
+r"""Default keyword signals for the routing policy. models.toml can add to them or replace them.
 
 Chosen for what makes a request hard for a small model in general (multi-step math, formal reasoning,
 code, expert domains, open-ended analysis) or easy (transforming given text, greetings), not for any
 one benchmark's subjects.
+
+Patterns are searched in the lower-cased prompt, so they are written in lower case. Each one starts with
+a literal character where it can, because `re` then jumps from one occurrence of that character to the
+next instead of trying a match at every position; a fixed-width lookbehind checks what must come before
+(`%(?<=\d%)`: a percent sign after a digit). Roman numerals count from the second line on.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
         weight=0.3,
         max_hits=2,
         words=["respectively", "both", "each of the following"],
-        patterns=[r"\b(?:statement|scenario|case|part|step)\s*\(?\d", r"(?m)^\s*(?:I{1,3}|IV|V)[.)]\s",
-                  r"(?m)^\s*\(?[ivx]{1,3}\)\s"],
+        patterns=[r"(?:statement|scenario|case|part|step)\s*\(?\d", r"\n\s*(?:i{1,3}|iv|v)[.)]\s",
+                  r"\n\s*\(?[ivx]{1,3}\)\s"],
     ),
     Signal(
         name="math",
@@ -36,7 +41,7 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
             "vector*", "eigen*", "logarithm*", "exponent*", "modulo", "fraction*", "velocity",
             "acceleration", "expected value", "variance", "interest rate", "per hour", "each",
         ],
-        patterns=[r"\d+(?:\.\d+)?\s*[-+*/\u00d7\u00f7^=<>]\s*\(?\d", r"\$\d", r"\b\d+(?:\.\d+)?\s*%"],
+        patterns=[r"[0-9](?:\.[0-9]+)?\s*[-+*/×÷^=<>]\s*\(?[0-9]", r"\$\d", r"%(?<=\d%)|%(?<=\d\s%)"],
     ),
     Signal(
         name="reasoning",
@@ -57,7 +62,7 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
             "javascript", "typescript", "java", "rust", "golang", "sql", "regex", "api", "bug",
             "complexity", "refactor*", "recursion", "recursive", "class", "script", "program*",
         ],
-        patterns=[r"```", r"\bdef \w+\(", r"[{};]\s*\n", r"\w+\([^)]*\)\s*[{:]"],
+        patterns=[r"```", r"def (?<=\bdef )\w+\(", r"[{};]\s*\n", r"\((?<=\w\()[^)]*\)\s*[{:]"],
     ),
     Signal(
         name="analysis",

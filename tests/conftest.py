@@ -31,6 +31,7 @@ class Server:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = config.parent / f"server-{port}.log"
+        self.audit = config.parent / "audit.jsonl"
         self._log_fh = self.log.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -47,7 +48,11 @@ class Server:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             # Hermetic: never reach a real provider from tests, whatever the machine's environment holds.
-            env={**{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}, "HF_HUB_OFFLINE": "1"},
+            env={
+                **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"},
+                "HF_HUB_OFFLINE": "1",
+                "LOCALROUTE_AUDIT_PATH": str(config.parent / "audit.jsonl"),
+            },
         )
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, object]:
@@ -58,9 +63,8 @@ class Server:
             try:
                 r = httpx.get(self.url + "/health", timeout=2)
                 engines = r.json()["engines"]
-                if r.status_code == 200 and all(
-                    e["state"] == "ready" for e in engines.values() if e.get("preload", True)
-                ):
+                local = [e for e in engines.values() if e.get("engine") == "llama_cpp"]
+                if r.status_code == 200 and all(e["state"] == "ready" for e in local):
                     return r.json()  # type: ignore[no-any-return]
             except httpx.TransportError:
                 pass

@@ -334,5 +334,11 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def from_config(config: Config, model: RemoteModel, runtime_dir: Path) -> RemoteBackend:
-    return RemoteBackend(model)
+def from_config(
+    config: Config,
+    model: RemoteModel,
+    runtime_dir: Path,
+    *,
+    egress_guard: Callable[[dict[str, Any]], None] | None = None,
+) -> RemoteBackend:
+    return RemoteBackend(model, egress_guard=egress_guard)

@@ -1,0 +1,127 @@
+"""The audit log: append-only JSONL, one record per request, each record chained to the one before
+by SHA-256, so that a deleted, edited or truncated record is found by `localroute audit verify`.
+
+Records hold decisions, privacy classes, rungs tried, tokens, cost and latency; never prompt or
+answer text unless the operator opts in, never matched personal data, never keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """SHA-256 of the record without its own `hash` field (its `prev` is included)."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+class AuditLog:
+    """Appends chained records to one file. Opened once per process; appends are line-atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._prev = self._tail_hash()
+        self._fh = path.open("a", encoding="utf-8")
+        os.chmod(path, 0o600)
+
+    def _tail_hash(self) -> str:
+        """The hash of the last complete record, so a restart continues the chain."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return GENESIS
+        with self.path.open("rb") as fh:
+            fh.seek(max(0, self.path.stat().st_size - 65536))
+            lines = fh.read().splitlines()
+        for line in reversed(lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a torn tail: verify will report it; we chain onto the last good record
+            if isinstance(rec, dict) and isinstance(rec.get("hash"), str):
+                return str(rec["hash"])
+        return GENESIS
+
+    def append(self, record: dict[str, Any]) -> str:
+        rec = {**record, "prev": self._prev}
+        rec["hash"] = record_hash(rec)
+        self._fh.write(_canonical(rec).decode() + "\n")
+        self._fh.flush()
+        self._prev = rec["hash"]
+        return self._prev
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class Verification:
+    records: int = 0
+    private: int = 0
+    private_remote: int = 0
+    broken_at: int | None = None  # 1-based line number of the first broken link
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None and self.private_remote == 0
+
+    def report(self) -> str:
+        lines = [
+            f"records checked: {self.records}",
+            f"private records: {self.private}",
+            f"private records that touched a remote rung: {self.private_remote}",
+        ]
+        if self.broken_at is not None:
+            lines.append(f"chain BROKEN at line {self.broken_at}: {self.problem}")
+        else:
+            lines.append("chain intact")
+        return "\n".join(lines)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as fh:
+        yield from enumerate(fh, 1)
+
+
+def verify(path: Path) -> Verification:
+    """Check every link of the chain and count private records that reached a remote rung."""
+    v = Verification()
+    prev = GENESIS
+    for n, raw in _lines(path):
+        if not raw.endswith(b"\n"):
+            v.broken_at, v.problem = n, "truncated record (no line end)"
+            return v
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            v.broken_at, v.problem = n, "not valid JSON"
+            return v
+        if not isinstance(rec, dict):
+            v.broken_at, v.problem = n, "not a JSON object"
+            return v
+        if rec.get("prev") != prev:
+            v.broken_at, v.problem = n, "does not follow the previous record (deleted or reordered)"
+            return v
+        if rec.get("hash") != record_hash(rec):
+            v.broken_at, v.problem = n, "content does not match its hash (edited)"
+            return v
+        prev = rec["hash"]
+        v.records += 1
+        if (rec.get("privacy") or {}).get("class") == "private":
+            v.private += 1
+            if any(a.get("remote") and a.get("outcome") != "refused" for a in rec.get("attempts") or ()):
+                v.private_remote += 1
+    return v

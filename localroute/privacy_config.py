@@ -1,0 +1,50 @@
+"""The `[privacy]` section of models.toml and the API keys that carry a privacy policy."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_FORBID = ConfigDict(extra="forbid", frozen=True)
+PIIKind = Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"]
+ALL_KINDS: tuple[PIIKind, ...] = ("email", "phone", "card", "iban", "ssn", "ip", "secret")
+
+
+def _patterns_compile(patterns: dict[str, str]) -> dict[str, str]:
+    for name, p in patterns.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+            raise ValueError(f"pattern name {name!r} must be lowercase letters, digits or _")
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"pattern {name!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
+class APIKey(BaseModel):
+    """A client API key, stored as its SHA-256 (hex), or read from an environment variable."""
+
+    model_config = _FORBID
+    name: Annotated[str, Field(pattern=r"^[\w.-]{1,64}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    privacy: Literal["private", "public", "auto"] = "auto"
+
+
+class PrivacyConfig(BaseModel):
+    model_config = _FORBID
+    # The one-line switch for privacy-first deployments: "private" keeps every request local unless
+    # the client marks it public (and nothing sensitive is detected in it).
+    default: Literal["private", "public"] = "public"
+    detect: list[PIIKind] = list(ALL_KINDS)
+    extra_patterns: Annotated[dict[str, str], AfterValidator(_patterns_compile)] = {}
+    # May `X-LocalRoute-Privacy: public` override detected personal data? Off: detection wins.
+    allow_public_override: bool = False
+    # Replace detected spans with typed placeholders before a *public* request goes remote.
+    redact: bool = False
+    audit_path: str = "~/.local/state/localroute/audit.jsonl"
+    audit_enabled: bool = True
+    # Store prompt and answer text in the audit log. Off by default: the log proves, it does not keep.
+    audit_content: bool = False
