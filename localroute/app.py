@@ -7,7 +7,6 @@ so no traceback ever reaches a client or the log.
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
 import hashlib
 import hmac
 import json
@@ -19,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,6 @@ class Gateway:
         seconds = time.monotonic() - t0
         rec: dict[str, Any] = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            + f".{int(time.time() * 1000) % 1000:03d}Z",
             "id": rid,
             "privacy": privacy.as_json(),
             "status": status,
