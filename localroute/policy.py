@@ -8,30 +8,18 @@ Only a bounded window of the prompt is scanned, so the cost does not grow with t
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import itemgetter
 
 from localroute.config import LOCAL_ENGINES, Config, ModelConfig
 from localroute.errors import InvalidRequestError
 from localroute.protocol import ChatCompletionRequest
-from localroute.routing_config import Signal
-from localroute.signals import DEFAULT_SIGNALS
+from localroute.signals import DEFAULT_SIGNALS, SignalMatcher
 
 HEAD_CHARS, TAIL_CHARS = 1200, 400  # the instruction is usually at the start or the end
 CHARS_PER_TOKEN = 4.0  # for the score: a typical English BPE average
 FIT_CHARS_PER_TOKEN = 3.0  # for context fit: pessimistic, the engine enforces the exact count
 MSG_OVERHEAD_TOKENS = 6
-# Punctuation becomes a space; every other ASCII character maps to itself, so that translate never
-# takes its slow path of a failed lookup per character.
-_SPACE_PUNCT = str.maketrans(
-    {chr(i): " " if chr(i) in string.punctuation and chr(i) not in "'-;" else chr(i) for i in range(128)}
-)
-# Escapes that mean the same in lower-cased text (classes, anchors, whitespace, escaped punctuation).
-_PLAIN_ESCAPE = re.compile(r"\\(?:[dDwWsSbBAZnrtfv]|[^A-Za-z0-9])")
 
 
 @dataclass(frozen=True)
@@ -81,16 +69,6 @@ class Decision:
         }
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    name: str
-    weight: float
-    max_hits: int
-    phrases: tuple[str, ...]  # substrings of the lower-cased text
-    lowered: tuple[re.Pattern[str], ...]  # case-sensitive, searched in the lower-cased text
-    cased: tuple[re.Pattern[str], ...]  # IGNORECASE, searched in the text as written
-
-
 class Policy:
     """Scores requests and picks the cheapest rung that can serve them."""
 
@@ -103,62 +81,16 @@ class Policy:
         if not self.r.replace_default_signals:
             names = {s.name for s in signals}
             signals = [s for s in DEFAULT_SIGNALS if s.name not in names] + signals
-        self._signals = tuple(_compile(s) for s in signals)
-        self._weights = {s.name: s.weight for s in self._signals}
-        exact: dict[str, set[int]] = {}
-        stems: dict[str, set[int]] = {}
-        for i, s in enumerate(signals):
-            for w in map(str.lower, s.words):
-                if not _is_phrase(w):
-                    (stems if w.endswith("*") else exact).setdefault(w.rstrip("*"), set()).add(i)
-        # Words are looked up by their first `key_len` characters before anything else: most words of a
-        # prompt match nothing, and this drops them in C (see signal_hits).
-        self._key_len = min([4, *map(len, stems)])
-        self._stems: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {}
-        for p, ids in stems.items():
-            self._stems[p[: self._key_len]] = (*self._stems.get(p[: self._key_len], ()), (p, frozenset(ids)))
-        # A word counts once for each signal that lists it, whole or by a prefix.
-        self._exact = {w: tuple(sorted(ids | self._stem_ids(w))) for w, ids in exact.items()}
-        self._keys = frozenset(w[: self._key_len] for w in (*exact, *stems))
+        self._matcher = SignalMatcher(signals)
+        self._weights = {s.name: s.weight for s in signals}
 
     # -- features and score ----------------------------------------------------------------------
-
-    def _stem_ids(self, word: str) -> frozenset[int]:
-        found: frozenset[int] = frozenset()
-        for p, ids in self._stems.get(word[: self._key_len], ()):
-            if word.startswith(p):
-                found |= ids
-        return found
 
     def signal_hits(self, text: str) -> tuple[tuple[str, int], ...]:
         """Capped hits per signal in a bounded window of `text`."""
         if len(text) > HEAD_CHARS + TAIL_CHARS:
             text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
-        lowered = text.lower()
-        counts = [0] * len(self._signals)
-        words = lowered.translate(_SPACE_PUNCT).split()
-        # map/compress run in C: only words whose first characters begin a signal word reach Python.
-        keys = map(itemgetter(slice(0, self._key_len)), words)
-        exact = self._exact
-        for w in compress(words, map(self._keys.__contains__, keys)):
-            ids = exact.get(w)
-            for i in self._stem_ids(w) if ids is None else ids:
-                counts[i] += 1
-        out = []
-        for i, sig in enumerate(self._signals):
-            n = counts[i]
-            for ph in sig.phrases:
-                if ph in lowered:
-                    n += 1
-            for rx in sig.lowered:
-                if rx.search(lowered):
-                    n += 1
-            for rx in sig.cased:
-                if rx.search(text):
-                    n += 1
-            if n:
-                out.append((sig.name, min(n, sig.max_hits)))
-        return tuple(out)
+        return self._matcher.hits(text)
 
     def features(self, req: ChatCompletionRequest) -> Features:
         chars, user_turns, last_user = 0, 0, ""
@@ -267,24 +199,3 @@ class Policy:
         # Local compute: assume ~250 prompt and ~50 output tokens/s on a small CPU box.
         seconds = f.estimated_tokens / 250 + f.output_tokens / 50
         return tokens + p.per_hour * seconds / 3600
-
-
-def _is_phrase(word: str) -> bool:
-    """Words with a space, or with punctuation that splitting removes, are matched as substrings."""
-    return word.rstrip("*").translate(_SPACE_PUNCT) != word.rstrip("*") or " " in word
-
-
-def _caseless(pattern: str) -> bool:
-    """True if `pattern` has no upper-case letter outside escapes like \\D or \\S: searched without
-    IGNORECASE in lower-cased text it then matches where IGNORECASE matches in the original (for all
-    but a few non-ASCII letters such as the long s), and without IGNORECASE re can skip ahead to a
-    pattern's literal first character instead of trying every position."""
-    rest = _PLAIN_ESCAPE.sub("", pattern)
-    return "\\" not in rest and rest == rest.lower()
-
-
-def _compile(s: Signal) -> _Compiled:
-    phrases = tuple(dict.fromkeys(w.lower().rstrip("*") for w in s.words if _is_phrase(w.lower())))
-    lowered = tuple(re.compile(p) for p in s.patterns if _caseless(p))
-    cased = tuple(re.compile(p, re.IGNORECASE) for p in s.patterns if not _caseless(p))
-    return _Compiled(s.name, s.weight, s.max_hits, phrases, lowered, cased)

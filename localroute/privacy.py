@@ -23,7 +23,8 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]
 # Runs of digits with the separators numbers are written with; classified afterwards in Python.
 # Runs of 7+ number characters, classified afterwards in Python; an IBAN is found from its digits
 # by looking back for the country code (`DE89 3704 ...`, `GB82 WEST 1234 ...`).
-_RUNS = re.compile(r"[0-9][0-9 .:()/+-]{5,}[0-9]")
+_RUNS = re.compile(r"[0-9][0-9 .()/+-]{5,}[0-9]")  # no ':': times and IPv6 are not runs
+_DATE_LED = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}\b|\d{1,2}[-./]\d{1,2}[-./]\d{4}\b")
 _IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){0,2} ?$")
 _NUMERIC = frozenset({"phone", "card", "ssn", "iban", "ip"})
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
@@ -33,26 +34,31 @@ _PHONE_SHAPE = re.compile(
 )
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:]{1,4}(?![\w:])")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 # Secrets: each form starts with a literal, checked with `in` (C speed) before its regex runs.
-_SECRET_FORMS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("-----BEGIN", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
-    ("sk-", re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}")),
-    ("AKIA", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
-    ("ASIA", re.compile(r"\bASIA[0-9A-Z]{16}\b")),
-    ("_", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}")),
-    ("xox", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
-    ("AIza", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
-    ("glpat-", re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}")),
-    ("eyJ", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+_SECRET_FORMS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    (("-----BEGIN",), re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    (("sk-",), re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}")),
+    (("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}")),
+    (("xox",), re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
+    (("AIza",), re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    (("glpat-",), re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}")),
+    (("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
 # `password = ...`, `api_key: ...`: gated on the lowercased text containing one of these words.
 _ASSIGN_WORDS = ("key", "secret", "token", "passw")
 _ASSIGN = re.compile(
-    r"(?i:\b(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd)\b)"
-    r"[\"']?\s*[:=]\s*[\"']?[^\s\"']{8,}"
+    r"(?i:(?<![A-Za-z0-9])(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd)\b)"
+    # The value must look like a credential (letters and digits, no call or attribute syntax), so
+    # that `token = request.headers.get(...)` in code is not a secret but `password = hunter2x9z` is.
+    r"[\"']?\s*[:=]\s*[\"']?(?=[A-Za-z_+/=-]*[0-9])(?=[0-9_+/=-]*[A-Za-z])[A-Za-z0-9_+/=-]{8,}(?![\w.(])"
 )
 _NO_DIGITS = str.maketrans("", "", "0123456789")
+_RUN_SEPARATORS = str.maketrans("", "", " .()/+-")
+# Cards are written as one run of digits or in groups (4-4-4-4, Amex 4-6-5), with spaces or dashes.
+_CARD_SHAPE = re.compile(r"\d{13,19}|\d{4}([ -]?)\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -]?)\d{6}\2\d{5}")
 _IBAN_LENGTHS = {"DE": 22, "FR": 27, "GB": 22, "ES": 24, "IT": 27, "NL": 18, "BE": 16, "CH": 21,
                  "AT": 20, "PL": 28, "SE": 24, "NO": 15, "DK": 18, "FI": 18, "IE": 22, "PT": 25,
                  "LU": 20, "CZ": 24}  # fmt: skip
@@ -101,7 +107,7 @@ class Detector:
         # Every numeric kind needs at least 4 digits; most prose has fewer, and skips all of this.
         if len(text) - len(text.translate(_NO_DIGITS)) >= 4 and k & _NUMERIC:
             out += self._numbers(text)
-        if "ip" in k and ("::" in text or text.count(":") >= 4):
+        if "ip" in k and ":" in text:
             out += self._ipv6(text)
         if "secret" in k:
             out += self._secrets(text)
@@ -144,11 +150,13 @@ class Detector:
     @staticmethod
     def _iban_at(text: str, start: int) -> Finding | None:
         """An IBAN whose digits include the run at `start`, if its head sits just before it."""
-        heads = [start - 2] if text[start - 2 : start].isupper() else []
+        cc = text[start - 2 : start]
+        heads = [start - 2] if cc.isalpha() and cc.isupper() else []
         back = text[max(0, start - 16) : start]
-        mb = _IBAN_HEAD.search(back)
-        if mb is not None:
-            heads.append(start - len(back) + mb.start())
+        if not heads and back[-1:] == " " and not back.islower():  # GB82 WEST 1234 ...
+            mb = _IBAN_HEAD.search(back)
+            if mb is not None:
+                heads.append(start - len(back) + mb.start())
         for h in heads:
             if h and text[h - 1].isalnum():
                 continue
@@ -160,7 +168,7 @@ class Detector:
     def _classify(self, run: str, start: int) -> list[Finding]:
         k, out = self.kinds, list[Finding]()
         dots = run.count(".")
-        if len(run) - len(run.translate(_NO_DIGITS)) < 7 and dots < 3:
+        if len(run.translate(_RUN_SEPARATORS)) < 7 and dots < 3:
             return out  # too few digits for any kind but an IPv4 address
         if "ip" in k and dots >= 3:
             pos = 0
@@ -174,10 +182,10 @@ class Detector:
             out += [Finding("ssn", start + m.start(), start + m.end()) for m in _SSN_IN.finditer(run)]
             if out:
                 return out
-        if _DATE.match(run):
-            return out  # 2024-05-17, 17/05/2024: dates are not phone numbers
-        digits = "".join(c for c in run if c.isdigit())
-        if "card" in k and 13 <= len(digits) <= 19 and luhn_ok(digits):
+        if _DATE_LED.match(run):
+            return out  # 2024-05-17, 17/05/2024 (and what follows them): not phones, not cards
+        digits = run.translate(_RUN_SEPARATORS)
+        if "card" in k and 13 <= len(digits) <= 19 and _CARD_SHAPE.fullmatch(run) and luhn_ok(digits):
             out.append(Finding("card", start, start + len(run)))
         elif "phone" in k and 7 <= len(digits) <= 15 and _is_phone(run, digits):
             out.append(Finding("phone", start, start + len(run)))
@@ -185,28 +193,48 @@ class Detector:
 
     @staticmethod
     def _ipv6(text: str) -> list[Finding]:
-        out = []
-        for m in _IPV6.finditer(text):
-            try:
-                ipaddress.IPv6Address(m.group())
-            except ValueError:
-                continue
-            out.append(Finding("ip", m.start(), m.end()))
+        """Only around a colon between hex digits (`db8:85a3`, `db8::1`), never a full-text pass."""
+        out: list[Finding] = []
+        at, hexd, end = text.find(":"), _HEX, 0
+        while at >= 0:
+            after = text[at + 1 : at + 2]
+            near = after == ":" or text.count(":", at, at + 30) >= 3  # `::`, or a full 8-group form
+            if near and at >= end and text[at - 1 : at] in hexd and (after in hexd or after == ":"):
+                m = _IPV6.search(text, max(0, at - 4), at + 40)
+                if m is not None:
+                    end = m.end()
+                    try:
+                        ipaddress.IPv6Address(m.group())
+                        out.append(Finding("ip", m.start(), m.end()))
+                    except ValueError:
+                        pass
+            at = text.find(":", max(at + 1, end))
         return out
 
     @staticmethod
     def _secrets(text: str) -> list[Finding]:
         out = [
             Finding("secret", m.start(), m.end())
-            for literal, rx in _SECRET_FORMS
-            if literal in text
+            for literals, rx in _SECRET_FORMS
+            if any(lit in text for lit in literals)
             for m in rx.finditer(text)
         ]
         low = text.lower()
         for word in _ASSIGN_WORDS:
             at = low.find(word)
             while at >= 0:
-                m = _ASSIGN.search(text, max(0, at - 12), at + 200)
+                tail = low[at : at + 24]
+                if "=" not in tail and ":" not in tail:  # no assignment follows: not a credential
+                    at = low.find(word, at + len(word))
+                    continue
+                begin = at  # back to the start of the identifier: api_key, access_token, ...
+                while begin > 0 and at - begin < 12 and (low[begin - 1].isalpha() or low[begin - 1] in "_-"):
+                    begin -= 1
+                m = None
+                for st in [begin, *(j + 1 for j in range(begin, at) if low[j] in "_-")]:
+                    m = _ASSIGN.match(text, st)
+                    if m is not None:
+                        break
                 if m is not None:
                     out.append(Finding("secret", m.start(), m.end()))
                     at = low.find(word, m.end())

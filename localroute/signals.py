@@ -1,8 +1,9 @@
-r"""Default keyword signals for the routing policy. models.toml can add to them or replace them.
+r"""Keyword signals for the routing policy: the defaults (models.toml can add to them or replace them)
+and the matcher that counts their hits in a prompt.
 
-Chosen for what makes a request hard for a small model in general (multi-step math, formal reasoning,
-code, expert domains, open-ended analysis) or easy (transforming given text, greetings), not for any
-one benchmark's subjects.
+The defaults are chosen for what makes a request hard for a small model in general (multi-step math,
+formal reasoning, code, expert domains, open-ended analysis) or easy (transforming given text,
+greetings), not for any one benchmark's subjects.
 
 Patterns are searched in the lower-cased prompt, so they are written in lower case. Each one starts with
 a literal character where it can, because `re` then jumps from one occurrence of that character to the
@@ -11,6 +12,12 @@ next instead of trying a match at every position; a fixed-width lookbehind check
 """
 
 from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from localroute.routing_config import Signal
 
@@ -41,7 +48,8 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
             "vector*", "eigen*", "logarithm*", "exponent*", "modulo", "fraction*", "velocity",
             "acceleration", "expected value", "variance", "interest rate", "per hour", "each",
         ],
-        patterns=[r"[0-9](?:\.[0-9]+)?\s*[-+*/×÷^=<>]\s*\(?[0-9]", r"\$\d", r"%(?<=\d%)|%(?<=\d\s%)"],
+        patterns=[r"[0-9](?:\.[0-9]+)?\s*[-+*/×÷^=<>]\s*\(?[0-9]", r"\$\d",  # noqa: RUF001
+                  r"%(?<=\d%)|%(?<=\d\s%)"],
     ),
     Signal(
         name="reasoning",
@@ -112,3 +120,140 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
         ],
     ),
 )  # fmt: skip
+
+
+# Punctuation and whitespace become one plain space (apostrophes, hyphens and semicolons stay inside
+# words: "isn't", "trade-off", "tl;dr"). Every other ASCII character maps to itself, so that translate
+# never takes its slow path of a failed lookup per character.
+_SEPARATORS = str.maketrans(
+    {
+        **{chr(i): chr(i) for i in range(128)},
+        **{c: " " for c in string.punctuation if c not in "'-;"},
+        **{chr(i): " " for i in range(0x3001) if chr(i).isspace()},
+    }
+)
+_Node = dict[str, "_Node"]
+# Escapes that mean the same in lower-cased text (classes, anchors, whitespace, escaped punctuation).
+_PLAIN_ESCAPE = re.compile(r"\\(?:[dDwWsSbBAZnrtfv]|[^A-Za-z0-9])")
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    name: str
+    weight: float
+    max_hits: int
+    phrases: tuple[tuple[str, str], ...]  # (phrase, its first word, or "" to always look)
+    lowered: tuple[re.Pattern[str], ...]  # case-sensitive, searched in the lower-cased text
+    cased: tuple[re.Pattern[str], ...]  # IGNORECASE, searched in the text as written
+
+
+class SignalMatcher:
+    """Counts each signal's hits in a text, capped at its `max_hits`.
+
+    A word counts every time it occurs, once for each signal that lists it whole or by a prefix; a
+    phrase or a pattern counts once if it occurs at all.
+    """
+
+    def __init__(self, signals: Sequence[Signal]) -> None:
+        self.signals = tuple(_compile(s) for s in signals)
+        exact: dict[str, set[int]] = {}
+        stems: dict[str, set[int]] = {}
+        for i, s in enumerate(signals):
+            for w in map(str.lower, s.words):
+                if not _is_phrase(w):
+                    (stems if w.endswith("*") else exact).setdefault(w.rstrip("*"), set()).add(i)
+        self._key_len = min([4, *map(len, stems)])
+        self._stems: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {}
+        for p, ids in stems.items():
+            key = p[: self._key_len]
+            self._stems[key] = (*self._stems.get(key, ()), (p, frozenset(ids)))
+        self._exact: dict[str, frozenset[int]] = {}
+        self._exact = {w: frozenset(ids) | self._ids(w) for w, ids in exact.items()}
+        # One regex finds every word that may count, and the first words of phrases: `re` jumps from
+        # space to space and rejects most words on their first letters, in C. That is several times
+        # faster than splitting the text and looking up each word in Python.
+        firsts = {first for s in self.signals for _, first in s.phrases if first}
+        tree = _trie([*((w, False) for w in (*exact, *firsts)), *((p, True) for p in stems)])
+        self._finder = re.compile(f" ({tree})") if tree else None
+
+    def hits(self, text: str) -> tuple[tuple[str, int], ...]:
+        """(signal name, capped hits) for every signal that fired in `text`, in signal order."""
+        lowered = text.lower()
+        counts = [0] * len(self.signals)
+        found: Counter[str] = Counter()
+        if self._finder is not None:
+            found.update(self._finder.findall(f" {lowered.translate(_SEPARATORS)} "))
+            found.pop("", None)
+        for word, n in found.items():
+            for i in self._ids(word):
+                counts[i] += n
+        out = []
+        for i, sig in enumerate(self.signals):
+            n = counts[i]
+            for phrase, first in sig.phrases:
+                if (not first or first in found) and phrase in lowered:
+                    n += 1
+            for rx in sig.lowered:
+                if rx.search(lowered):
+                    n += 1
+            for rx in sig.cased:
+                if rx.search(text):
+                    n += 1
+            if n:
+                out.append((sig.name, min(n, sig.max_hits)))
+        return tuple(out)
+
+    def _ids(self, word: str) -> frozenset[int]:
+        ids = self._exact.get(word)
+        if ids is None:
+            ids = frozenset()
+            for stem, more in self._stems.get(word[: self._key_len], ()):
+                if word.startswith(stem):
+                    ids |= more
+        return ids
+
+
+def _trie(entries: list[tuple[str, bool]]) -> str:
+    """A regex for whole words (False) and word prefixes (True), one branch per leading letter; a word
+    must be followed by a space."""
+    root: _Node = {}
+    for word, prefix in entries:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node["*" if prefix else ""] = {}
+
+    def emit(node: _Node) -> str:
+        if "*" in node:
+            return "[^ ]*"  # a prefix takes every word that starts with it
+        alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        alts += ["(?= )"] if "" in node else []
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return emit(root) if root else ""
+
+
+def _is_phrase(word: str) -> bool:
+    """Words with a space, or with punctuation that splits words, are looked for as substrings."""
+    bare = word.rstrip("*")
+    return " " in bare or bare.translate(_SEPARATORS) != bare
+
+
+def _caseless(pattern: str) -> bool:
+    """True if `pattern` has no upper-case letter outside escapes like \\D or \\S. Searched without
+    IGNORECASE in lower-cased text, it then matches where it would with IGNORECASE in the original (but
+    for a few non-ASCII letters such as the long s), and `re` can jump to its literal first character."""
+    rest = _PLAIN_ESCAPE.sub("", pattern)
+    return "\\" not in rest and rest == rest.lower()
+
+
+def _compile(s: Signal) -> _Compiled:
+    phrases = []
+    for w in dict.fromkeys(w.lower().rstrip("*") for w in s.words if _is_phrase(w.lower())):
+        words = w.split()
+        # A phrase is looked for only if its first word is in the text, unless punctuation splits it.
+        first = words[0] if words and words[0].translate(_SEPARATORS) == words[0] else ""
+        phrases.append((w, first))
+    lowered = tuple(re.compile(p) for p in s.patterns if _caseless(p))
+    cased = tuple(re.compile(p, re.IGNORECASE) for p in s.patterns if not _caseless(p))
+    return _Compiled(s.name, s.weight, s.max_hits, tuple(phrases), lowered, cased)
