@@ -61,7 +61,7 @@ def main() -> None:
         for k, v in samples.items()
     ]
     table = (
-        "| prompt (~%d tokens) | chars | runs | p50 ms | p99 ms |\n|---|---|---|---|---|\n" % args.tokens
+        f"| prompt (~{args.tokens} tokens) | chars | runs | p50 ms | p99 ms |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
     )
     notes = (

@@ -171,14 +171,15 @@ class Gateway:
         hints = parse_hints(request.headers)
         privacy = self.classify(request, req)
         CURRENT.set(privacy)  # this request's task: the egress guard reads it
+        attempts: list[dict[str, Any]] = []  # the rungs tried, for the audit record even on failure
         try:
             if not req.stream:
-                result, trace = await self.router.complete(req, hints, privacy)
+                result, trace = await self.router.complete(req, hints, privacy, attempts)
                 self._record(rid, privacy, trace, 200, t0)
                 return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
-            chunks, trace = await self.router.stream(req, hints, privacy)
+            chunks, trace = await self.router.stream(req, hints, privacy, attempts)
         except APIError as exc:
-            self._record(rid, privacy, None, exc.status, t0, error=exc.code or exc.type)
+            self._record(rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts)
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
 
@@ -209,8 +210,10 @@ class Gateway:
         status: int,
         t0: float,
         error: str | None = None,
+        attempts: list[dict[str, Any]] | None = None,
     ) -> None:
-        """One audit record per request: no prompt or answer text, no matched data, no keys."""
+        """One audit record per request: no prompt or answer text, no matched data, no keys.
+        Without a trace (the request failed), `attempts` lists the rungs it tried."""
         if self.audit is None:
             return
         seconds = time.monotonic() - t0
@@ -222,7 +225,9 @@ class Gateway:
             "error": error,
             "latency_ms": round(seconds * 1000, 1),
         }
-        if trace is not None:
+        if trace is None:
+            rec["attempts"] = attempts or []
+        else:
             d = trace.decision
             answered = self.config.model(trace.model) if trace.model else None
             usage = trace.usage

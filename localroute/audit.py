@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+log = logging.getLogger("localroute.audit")
 
 
 def _canonical(record: dict[str, Any]) -> bytes:
@@ -34,9 +36,32 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
         self._prev = self._tail_hash()
         self._fh = path.open("a", encoding="utf-8")
         os.chmod(path, 0o600)
+
+    def _drop_torn_tail(self) -> None:
+        """A crash mid-write leaves a last line without its newline: the record in flight, lost.
+        Cut it off, or the next record would be glued onto it and fail to verify, with all after it."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            keep = 0
+            for end in range(size, 0, -65536):
+                start = fh.seek(max(0, end - 65536))
+                nl = fh.read(end - start).rfind(b"\n")
+                if nl >= 0:
+                    keep = start + nl + 1
+                    break
+            fh.truncate(keep)
+        log.warning(
+            "audit log %s: dropped a torn last record (%d bytes) left by a crash", self.path, size - keep
+        )
 
     def _tail_hash(self) -> str:
         """The hash of the last complete record, so a restart continues the chain."""

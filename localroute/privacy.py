@@ -50,7 +50,7 @@ _SECRET_FORMS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
 # `password = ...`, `api_key: ...`: gated on the lowercased text containing one of these words.
 _ASSIGN_WORDS = ("key", "secret", "token", "passw")
 _ASSIGN = re.compile(
-    r"(?i:(?<![A-Za-z0-9])(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd)\b)"
+    r"(?i:(?<![A-Za-z0-9])(?:api[_-]?key|secret(?:[_-]?(?:access[_-]?)?key)?|access[_-]?(?:key|token)|auth[_-]?token|token|password|passwd)\b)"
     # The value must look like a credential (letters and digits, no call or attribute syntax), so
     # that `token = request.headers.get(...)` in code is not a secret but `password = hunter2x9z` is.
     r"[\"']?\s*[:=]\s*[\"']?(?=[A-Za-z_+/=-]*[0-9])(?=[0-9_+/=-]*[A-Za-z])[A-Za-z0-9_+/=-]{8,}(?![\w.(])"
@@ -117,11 +117,14 @@ class Detector:
 
     @staticmethod
     def _emails(text: str) -> list[Finding]:
-        out, at = [], text.find("@")
+        out, at, done = [], text.find("@"), 0
         while at >= 0:
-            m = _EMAIL.search(text, max(0, at - 64), at + 256)
+            # From the end of the last address: searching from before it would find it again and
+            # skip an address that follows within 64 characters.
+            m = _EMAIL.search(text, max(done, at - 64), at + 256)
             if m is not None and m.start() <= at < m.end():
                 out.append(Finding("email", m.start(), m.end()))
+                done = m.end()
                 at = text.find("@", m.end())
             else:
                 at = text.find("@", at + 1)
@@ -153,7 +156,8 @@ class Detector:
         cc = text[start - 2 : start]
         heads = [start - 2] if cc.isalpha() and cc.isupper() else []
         back = text[max(0, start - 16) : start]
-        if not heads and back[-1:] == " " and not back.islower():  # GB82 WEST 1234 ...
+        # GB82 WEST 1234 ..., NL91ABNA0417...: the country code is further back than two letters.
+        if (heads or back[-1:] == " ") and not back.islower():
             mb = _IBAN_HEAD.search(back)
             if mb is not None:
                 heads.append(start - len(back) + mb.start())
@@ -205,7 +209,8 @@ class Detector:
                     end = m.end()
                     try:
                         ipaddress.IPv6Address(m.group())
-                        out.append(Finding("ip", m.start(), m.end()))
+                        if _ipv6_shaped(m.group()):
+                            out.append(Finding("ip", m.start(), m.end()))
                     except ValueError:
                         pass
             at = text.find(":", max(at + 1, end))
@@ -245,6 +250,12 @@ class Detector:
     def kinds_in(self, texts: Iterable[str]) -> tuple[str, ...]:
         found = {f.kind for t in texts for f in self.scan(t)}
         return tuple(sorted(found))
+
+
+def _ipv6_shaped(addr: str) -> bool:
+    """`a[1::3]` (a slice) and `Db::Add` (C++) parse as IPv6 too; an address written by a person has
+    three or more colons, or a four-digit group with a digit in it (`fe80::1`, `2001::1`)."""
+    return addr.count(":") >= 3 or any(len(g) == 4 and not g.isalpha() for g in addr.split(":"))
 
 
 def _is_phone(s: str, digits: str) -> bool:
@@ -343,19 +354,20 @@ def _texts(body: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def redact(text: str, detector: Detector) -> str:
-    """Replace detected spans with typed placeholders: `[EMAIL_1]`, `[CARD_1]`, ..."""
+def redact(text: str, detector: Detector, seen: dict[str, str] | None = None) -> str:
+    """Replace detected spans with typed placeholders: `[EMAIL_1]`, `[CARD_1]`, ... Pass the same
+    `seen` (value -> placeholder) for every text of one request, so that a value keeps its name."""
     findings = sorted(detector.scan(text), key=lambda f: (f.start, -f.end))
-    counters: dict[str, int] = {}
-    seen: dict[str, str] = {}
+    seen = {} if seen is None else seen
     out, pos = [], 0
     for f in findings:
         if f.start < pos:
             continue
         value = text[f.start : f.end]
         if value not in seen:
-            counters[f.kind] = counters.get(f.kind, 0) + 1
-            seen[value] = f"[{f.kind.upper()}_{counters[f.kind]}]"
+            tag = f"[{f.kind.upper()}_"
+            n = sum(p[: p.rindex("_") + 1] == tag for p in seen.values()) + 1
+            seen[value] = f"{tag}{n}]"
         out += [text[pos : f.start], seen[value]]
         pos = f.end
     out.append(text[pos:])

@@ -24,7 +24,7 @@ from localroute.errors import (
     UpstreamError,
 )
 from localroute.policy import NO_HINTS, Decision, Hints, Policy
-from localroute.privacy import Privacy, PrivacyViolationError
+from localroute.privacy import Detector, Privacy, PrivacyViolationError, redact
 from localroute.protocol import ChatCompletionRequest
 
 Chunks = AsyncGenerator[dict[str, Any], None]
@@ -103,6 +103,7 @@ class Router:
         self.backends = backends
         self.policy = policy or Policy(config)
         self.cascade = config.routing.cascade
+        self.detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
 
     def unavailable(self) -> set[str]:
         return {n for n, b in self.backends.items() if b.health().get("state") == "unavailable"}
@@ -136,13 +137,31 @@ class Router:
     def _judges(self, m: ModelConfig, has_next: bool) -> bool:
         return self.cascade.enabled and has_next and m.engine in LOCAL_ENGINES
 
-    def _body(self, req: ChatCompletionRequest, m: ModelConfig, judge: bool) -> dict[str, Any]:
+    def _body(
+        self, req: ChatCompletionRequest, m: ModelConfig, judge: bool, privacy: Privacy | None = None
+    ) -> dict[str, Any]:
         body = req.engine_body(m.name, req.output_limit() or m.default_max_tokens)
+        # `redact`: a request made public over detected data (the only public one that carries any)
+        # goes remote with typed placeholders in place of the data. Private ones never go remote.
+        overridden = privacy is not None and privacy.reason == "override" and not privacy.private
+        if overridden and self.config.privacy.redact and m.engine not in LOCAL_ENGINES:
+            self._redact(body)
         if judge:
             body["logprobs"] = True
         if req.stream:  # always ask for usage: the audit log counts tokens; the client gets it if asked
             body["stream_options"] = {"include_usage": True}
         return body
+
+    def _redact(self, body: dict[str, Any]) -> None:
+        seen: dict[str, str] = {}  # one numbering for the whole request: a value keeps its name
+        for msg in body.get("messages") or ():
+            content = msg.get("content")
+            if isinstance(content, str):
+                msg["content"] = redact(content, self.detector, seen)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        part["text"] = redact(part["text"], self.detector, seen)
 
     def _verdict(self, logprobs: list[float], finish: str | None, tokens: int) -> str | None:
         if finish == "length" and tokens < self.cascade.min_length_tokens:
@@ -161,11 +180,17 @@ class Router:
     # -- non-streaming ---------------------------------------------------------------------------
 
     async def complete(
-        self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, privacy: Privacy | None = None
+        self,
+        req: ChatCompletionRequest,
+        hints: Hints = NO_HINTS,
+        privacy: Privacy | None = None,
+        attempts: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], Trace]:
+        """Serve `req`. Every rung tried is appended to `attempts` too: the caller's record of them
+        when this raises (the audit log lists the rungs a failed request tried)."""
         private = privacy is not None and privacy.private
         d = self.decide(req, hints, private)
-        trace = Trace(d, d.route)
+        trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
         kept: tuple[dict[str, Any], ModelConfig] | None = None
         for i, m in enumerate(chain):
@@ -173,7 +198,7 @@ class Router:
             judge = self._judges(m, not last)
             t0 = time.monotonic()
             try:
-                result = await self.backends[m.name].complete(self._body(req, m, judge))
+                result = await self.backends[m.name].complete(self._body(req, m, judge, privacy))
             except APIError as exc:
                 route = _failure_route(exc)
                 trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
@@ -211,13 +236,18 @@ class Router:
     # -- streaming -------------------------------------------------------------------------------
 
     async def stream(
-        self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, privacy: Privacy | None = None
+        self,
+        req: ChatCompletionRequest,
+        hints: Hints = NO_HINTS,
+        privacy: Privacy | None = None,
+        attempts: list[dict[str, Any]] | None = None,
     ) -> tuple[Chunks, Trace]:
         """Open a stream on the first rung that commits. Judgement and fallback happen before the
-        first byte reaches the client; after that the rung is committed and chunks flow through."""
+        first byte reaches the client; after that the rung is committed and chunks flow through.
+        `attempts` as for `complete`."""
         private = privacy is not None and privacy.private
         d = self.decide(req, hints, private)
-        trace = Trace(d, d.route)
+        trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
         held: _Held | None = None
         error: APIError | None = None
@@ -226,7 +256,7 @@ class Router:
                 last = i == len(chain) - 1
                 judge = self._judges(m, not last)
                 t0 = time.monotonic()
-                chunks = self.backends[m.name].stream(self._body(req, m, judge))
+                chunks = self.backends[m.name].stream(self._body(req, m, judge, privacy))
                 try:
                     buffered, logprobs, finish, done = await self._prefetch(chunks, judge)
                 except APIError as exc:

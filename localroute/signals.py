@@ -17,7 +17,6 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from localroute.routing_config import Signal
 
@@ -34,8 +33,8 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
         weight=0.3,
         max_hits=2,
         words=["respectively", "both", "each of the following"],
-        patterns=[r"(?:statement|scenario|case|part|step)\s*\(?\d", r"\n\s*(?:i{1,3}|iv|v)[.)]\s",
-                  r"\n\s*\(?[ivx]{1,3}\)\s"],
+        patterns=[r"(?:statement|scenario|step)\s*\(?\d", r"part\s*\(?\d", r"case\s*\(?\d",
+                  r"\n\s*(?:i{1,3}|iv|v)[.)]\s", r"\n\s*\(?[ivx]{1,3}\)\s"],
     ),
     Signal(
         name="math",
@@ -47,8 +46,11 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
             "remainder", "divisible", "prime", "factor*", "polynomial*", "matrix", "matrices",
             "vector*", "eigen*", "logarithm*", "exponent*", "modulo", "fraction*", "velocity",
             "acceleration", "expected value", "variance", "interest rate", "per hour", "each",
+            # the steps of a word problem
+            "twice", "half", "times as", "more than", "less than", "fewer", "remaining", "altogether",
         ],
-        patterns=[r"[0-9](?:\.[0-9]+)?\s*[-+*/×÷^=<>]\s*\(?[0-9]", r"\$\d",  # noqa: RUF001
+        # an operator between numbers ("3 + 4", "2.5*x" does not count), a price, a percentage
+        patterns=[r"[-+*/×÷^=<>](?:(?<=\d.)|(?<=\d\s.))\s*\(?\d", r"\$\d",  # noqa: RUF001
                   r"%(?<=\d%)|%(?<=\d\s%)"],
     ),
     Signal(
@@ -70,7 +72,9 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
             "javascript", "typescript", "java", "rust", "golang", "sql", "regex", "api", "bug",
             "complexity", "refactor*", "recursion", "recursive", "class", "script", "program*",
         ],
-        patterns=[r"```", r"def (?<=\bdef )\w+\(", r"[{};]\s*\n", r"\((?<=\w\()[^)]*\)\s*[{:]"],
+        # a fence, a Python def, a line ending in { } or ;, a call followed by { or :
+        patterns=[r"```", r"def (?<=\bdef )\w+\(", r"\n(?:(?<=[{};]\n)|(?<=[{};]\s\n))",
+                  r"\((?<=\w\()[^)]*\)\s*[{:]"],
     ),
     Signal(
         name="analysis",
@@ -100,14 +104,21 @@ DEFAULT_SIGNALS: tuple[Signal, ...] = (
         words=["must", "exactly", "at least", "at most", "without", "only if", "ensure", "format"],
     ),
     Signal(
+        name="followup",  # a later turn that builds on an earlier answer: the context must be kept
+        weight=0.3,
+        max_hits=2,
+        words=["previous", "earlier", "your answer", "your response", "you said", "you mentioned",
+               "instead", "again"],
+    ),
+    Signal(
         name="simple_task",
         weight=-0.6,
         max_hits=1,
         words=[
             "translate", "translation", "summarize", "summarise", "summary", "tl;dr", "classify",
             "categorize", "sentiment", "rephrase", "paraphrase", "rewrite", "fix the grammar",
-            "spell*", "extract", "list", "define", "definition of", "synonym*", "capital of",
-            "convert", "format this",
+            "spell*", "extract", "list the", "make a list", "define", "definition of", "synonym*",
+            "capital of", "convert", "format this",
         ],
     ),
     Signal(
@@ -137,43 +148,49 @@ _Node = dict[str, "_Node"]
 _PLAIN_ESCAPE = re.compile(r"\\(?:[dDwWsSbBAZnrtfv]|[^A-Za-z0-9])")
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    name: str
-    weight: float
-    max_hits: int
-    phrases: tuple[tuple[str, str], ...]  # (phrase, its first word, or "" to always look)
-    lowered: tuple[re.Pattern[str], ...]  # case-sensitive, searched in the lower-cased text
-    cased: tuple[re.Pattern[str], ...]  # IGNORECASE, searched in the text as written
-
-
 class SignalMatcher:
     """Counts each signal's hits in a text, capped at its `max_hits`.
 
     A word counts every time it occurs, once for each signal that lists it whole or by a prefix; a
-    phrase or a pattern counts once if it occurs at all.
+    phrase or a pattern counts once if it occurs at all. A phrase must start at a word.
     """
 
     def __init__(self, signals: Sequence[Signal]) -> None:
-        self.signals = tuple(_compile(s) for s in signals)
+        self.signals = tuple(signals)
         exact: dict[str, set[int]] = {}
         stems: dict[str, set[int]] = {}
+        self._gated: dict[str, list[tuple[int, str]]] = {}  # first word -> (signal, phrase)
+        self._ungated: list[tuple[int, str]] = []
+        self._lowered: list[tuple[int, re.Pattern[str]]] = []  # searched in the lower-cased text
+        self._cased: list[tuple[int, re.Pattern[str]]] = []  # IGNORECASE, in the text as written
         for i, s in enumerate(signals):
-            for w in map(str.lower, s.words):
+            for w in dict.fromkeys(w.lower() for w in s.words):
                 if not _is_phrase(w):
                     (stems if w.endswith("*") else exact).setdefault(w.rstrip("*"), set()).add(i)
+                    continue
+                phrase = w.rstrip("*")
+                first = phrase.split()[0] if phrase.strip() else ""
+                if first and not _is_phrase(first):
+                    self._gated.setdefault(first, []).append((i, phrase))
+                else:  # punctuation splits its first word: look for it everywhere
+                    self._ungated.append((i, phrase))
+            for p in s.patterns:
+                if _caseless(p):
+                    self._lowered.append((i, re.compile(p)))
+                else:
+                    self._cased.append((i, re.compile(p, re.IGNORECASE)))
         self._key_len = min([4, *map(len, stems)])
         self._stems: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {}
         for p, ids in stems.items():
             key = p[: self._key_len]
             self._stems[key] = (*self._stems.get(key, ()), (p, frozenset(ids)))
-        self._exact: dict[str, frozenset[int]] = {}
-        self._exact = {w: frozenset(ids) | self._ids(w) for w, ids in exact.items()}
-        # One regex finds every word that may count, and the first words of phrases: `re` jumps from
+        self._exact = {w: frozenset(ids) | self._stem_ids(w) for w, ids in exact.items()}
+        for first in self._gated:
+            self._exact.setdefault(first, self._stem_ids(first))
+        # One regex finds every word that may count and the first words of phrases: `re` jumps from
         # space to space and rejects most words on their first letters, in C. That is several times
         # faster than splitting the text and looking up each word in Python.
-        firsts = {first for s in self.signals for _, first in s.phrases if first}
-        tree = _trie([*((w, False) for w in (*exact, *firsts)), *((p, True) for p in stems)])
+        tree = _trie([*((w, False) for w in self._exact), *((p, True) for p in stems)])
         self._finder = re.compile(f" ({tree})") if tree else None
 
     def hits(self, text: str) -> tuple[tuple[str, int], ...]:
@@ -184,32 +201,28 @@ class SignalMatcher:
         if self._finder is not None:
             found.update(self._finder.findall(f" {lowered.translate(_SEPARATORS)} "))
             found.pop("", None)
+        exact = self._exact
         for word, n in found.items():
-            for i in self._ids(word):
+            ids = exact.get(word)
+            for i in self._stem_ids(word) if ids is None else ids:
                 counts[i] += n
-        out = []
-        for i, sig in enumerate(self.signals):
-            n = counts[i]
-            for phrase, first in sig.phrases:
-                if (not first or first in found) and phrase in lowered:
-                    n += 1
-            for rx in sig.lowered:
-                if rx.search(lowered):
-                    n += 1
-            for rx in sig.cased:
-                if rx.search(text):
-                    n += 1
-            if n:
-                out.append((sig.name, min(n, sig.max_hits)))
-        return tuple(out)
+        for first in found.keys() & self._gated.keys():
+            for i, phrase in self._gated[first]:
+                counts[i] += phrase in lowered
+        for i, phrase in self._ungated:
+            counts[i] += phrase in lowered
+        for i, rx in self._lowered:
+            counts[i] += rx.search(lowered) is not None
+        for i, rx in self._cased:
+            counts[i] += rx.search(text) is not None
+        sigs = self.signals
+        return tuple((sigs[i].name, min(n, sigs[i].max_hits)) for i, n in enumerate(counts) if n)
 
-    def _ids(self, word: str) -> frozenset[int]:
-        ids = self._exact.get(word)
-        if ids is None:
-            ids = frozenset()
-            for stem, more in self._stems.get(word[: self._key_len], ()):
-                if word.startswith(stem):
-                    ids |= more
+    def _stem_ids(self, word: str) -> frozenset[int]:
+        ids: frozenset[int] = frozenset()
+        for stem, more in self._stems.get(word[: self._key_len], ()):
+            if word.startswith(stem):
+                ids |= more
         return ids
 
 
@@ -240,20 +253,9 @@ def _is_phrase(word: str) -> bool:
 
 
 def _caseless(pattern: str) -> bool:
-    """True if `pattern` has no upper-case letter outside escapes like \\D or \\S. Searched without
-    IGNORECASE in lower-cased text, it then matches where it would with IGNORECASE in the original (but
-    for a few non-ASCII letters such as the long s), and `re` can jump to its literal first character."""
+    """True if `pattern` has no upper-case letter outside escapes like \\D or \\S, and does not turn
+    IGNORECASE off. Searched without IGNORECASE in lower-cased text, it then matches where it would with
+    IGNORECASE in the original (but for a few non-ASCII letters such as the long s), and `re` can jump
+    to its literal first character."""
     rest = _PLAIN_ESCAPE.sub("", pattern)
-    return "\\" not in rest and rest == rest.lower()
-
-
-def _compile(s: Signal) -> _Compiled:
-    phrases = []
-    for w in dict.fromkeys(w.lower().rstrip("*") for w in s.words if _is_phrase(w.lower())):
-        words = w.split()
-        # A phrase is looked for only if its first word is in the text, unless punctuation splits it.
-        first = words[0] if words and words[0].translate(_SEPARATORS) == words[0] else ""
-        phrases.append((w, first))
-    lowered = tuple(re.compile(p) for p in s.patterns if _caseless(p))
-    cased = tuple(re.compile(p, re.IGNORECASE) for p in s.patterns if not _caseless(p))
-    return _Compiled(s.name, s.weight, s.max_hits, tuple(phrases), lowered, cased)
+    return "\\" not in rest and "-i" not in rest and rest == rest.lower()

@@ -10,8 +10,10 @@ import pytest
 
 from localroute.config import (
     HFSource,
+    LlamaCppModel,
     PathSource,
     PyPISource,
+    RemoteModel,
     load_config,
     parse_config,
 )
@@ -60,8 +62,15 @@ def test_repo_models_toml_gives_the_expected_ladder(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LOCALROUTE_MODELS_DIR", raising=False)
     cfg = load_config(REPO_TOML)
     ladder = cfg.ladder()
-    assert [(m.name, m.tier, m.n_ctx, m.source.kind) for m in ladder] == [("smollm2-135m", 0, 2048, "pypi")]
+    assert [(m.name, m.engine, m.tier) for m in ladder] == [
+        ("smollm2-135m", "llama_cpp", 0),
+        ("frontier", "remote", 10),
+    ]
+    remote = ladder[1]
+    assert isinstance(remote, RemoteModel)
+    assert remote.api_key_env == "OPENAI_API_KEY"  # a variable's name, never a key
     m = ladder[0]
+    assert isinstance(m, LlamaCppModel) and m.n_ctx == 2048 and m.max_score == 0.45
     assert m.engine == "llama_cpp"
     assert (m.threads, m.default_max_tokens, m.max_queue, m.preload) == (2, 256, 16, True)
     assert isinstance(m.source, PyPISource)

@@ -143,8 +143,10 @@ def test_no_authorization_header_without_api_key_env() -> None:
 
 def test_registry_builds_a_remote_backend() -> None:
     cfg = model("https://api.example.com/v1/")
-    backend = build_backend(Config(models=[cfg]), cfg, Path("."))
+    refused: list[dict[str, object]] = []
+    backend = build_backend(Config(models=[cfg]), cfg, Path("."), refused.append)
     assert isinstance(backend, RemoteBackend) and isinstance(backend, Backend)
+    assert backend._egress_guard == refused.append  # the registry hands the guard to the only egress
     assert backend.url == "https://api.example.com/v1/chat/completions"
     assert backend.health()["host"] == "api.example.com"
 
