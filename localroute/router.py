@@ -163,8 +163,9 @@ class Router:
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         part["text"] = redact(part["text"], self.detector, seen)
 
-    def _verdict(self, logprobs: list[float], finish: str | None, tokens: int) -> str | None:
-        if finish == "length" and tokens < self.cascade.min_length_tokens:
+    def _verdict(self, logprobs: list[float], finish: str | None, tokens: int, asked: int) -> str | None:
+        # Cut off early by the engine's context, not by the client's own max_tokens.
+        if finish == "length" and tokens < min(self.cascade.min_length_tokens, asked):
             return "length"
         if too_unsure(measure(logprobs, self.cascade.tail_fraction), self.cascade):
             return "low_confidence"
@@ -214,7 +215,8 @@ class Router:
             if judge:
                 choice = result["choices"][0]
                 tokens = int((result.get("usage") or {}).get("completion_tokens", 0))
-                why = self._verdict(logprobs_of(choice), choice.get("finish_reason"), tokens)
+                asked = req.output_limit() or m.default_max_tokens
+                why = self._verdict(logprobs_of(choice), choice.get("finish_reason"), tokens, asked)
                 if why is not None:
                     trace.attempt(m, "escalated", why, t0)
                     trace.moved(f"escalated:{why}")
@@ -270,7 +272,8 @@ class Router:
                         trace.moved(route)
                     continue
                 if judge:
-                    why = self._verdict(logprobs, finish, len(logprobs))
+                    asked = req.output_limit() or m.default_max_tokens
+                    why = self._verdict(logprobs, finish, len(logprobs), asked)
                     if why is not None:
                         trace.attempt(m, "escalated", why, t0)
                         trace.moved(f"escalated:{why}")

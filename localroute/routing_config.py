@@ -50,7 +50,8 @@ class CascadeConfig(BaseModel):
     min_mean_logprob: Annotated[float, Field(le=0)] = -1.2
     min_tail_logprob: Annotated[float, Field(le=0)] = -4.5
     tail_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
-    # An answer cut off by max_tokens/context before this many tokens is escalated too.
+    # An answer the engine cut off (context full) before this many tokens is escalated too; a cut-off
+    # caused by the client's own smaller max_tokens is not.
     min_length_tokens: Annotated[int, Field(ge=0)] = 32
     # Streaming: tokens buffered and judged before the first byte goes out; then the rung is committed.
     buffer_tokens: Annotated[int, Field(ge=1, le=512)] = 16
