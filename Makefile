@@ -10,6 +10,7 @@ test:
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest
 
 lint:
-	.venv/bin/ruff check localroute tests bench scripts
+	.venv/bin/ruff check localroute tests bench
+	.venv/bin/ruff format --check localroute tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports

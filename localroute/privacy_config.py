@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from localroute.routing_config import check_regex
+
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 PIIKind = Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"]
 ALL_KINDS: tuple[PIIKind, ...] = ("email", "phone", "card", "iban", "ssn", "ip", "secret")
@@ -16,10 +18,7 @@ def _patterns_compile(patterns: dict[str, str]) -> dict[str, str]:
     for name, p in patterns.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
             raise ValueError(f"pattern name {name!r} must be lowercase letters, digits or _")
-        try:
-            re.compile(p)
-        except re.error as exc:
-            raise ValueError(f"pattern {name!r} is not a valid regular expression: {exc}") from None
+        check_regex(p, f"pattern {name!r}:")
     return patterns
 
 

@@ -10,12 +10,17 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_regex(pattern: str, label: str) -> None:
+    """Raise a config-friendly ValueError when `pattern` does not compile."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{label} {pattern!r} is not a valid regular expression: {exc}") from None
+
+
 def _compiles(patterns: list[str]) -> list[str]:
     for p in patterns:
-        try:
-            re.compile(p)
-        except re.error as exc:
-            raise ValueError(f"pattern {p!r} is not a valid regular expression: {exc}") from None
+        check_regex(p, "pattern")
     return patterns
 
 

@@ -31,6 +31,7 @@ from openai.types.chat import ChatCompletion
 from tests.conftest import ROOT, Server, free_port, wait_until
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
+from tests.toml_text import toml_value
 
 MODEL = "smollm2-135m"
 REMOTE = "frontier"
@@ -68,20 +69,6 @@ def remote_answer(text: str) -> str:
 # -- configs and servers --------------------------------------------------------------------------------
 
 
-def _toml(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # ASCII JSON strings are TOML basic strings
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
 def config_text(base_url: str, *, local: Mapping[str, object], cascade: Mapping[str, object]) -> str:
     """The repo's smollm2 rung (deterministic, max_score 0.45) under a remote rung at `base_url`."""
     repo = tomllib.loads((ROOT / "models.toml").read_text())
@@ -93,10 +80,10 @@ def config_text(base_url: str, *, local: Mapping[str, object], cascade: Mapping[
     ]  # fmt: skip
     lines: list[str] = []
     for m in models:
-        lines += ["[[models]]", *(f"{k} = {_toml(v)}" for k, v in m.items()), ""]
+        lines += ["[[models]]", *(f"{k} = {toml_value(v)}" for k, v in m.items()), ""]
     routing = {k: v for k, v in repo["routing"].items() if k != "cascade"}
-    lines += ["[routing]", *(f"{k} = {_toml(v)}" for k, v in routing.items()), ""]
-    lines += ["[routing.cascade]", *(f"{k} = {_toml(v)}" for k, v in cascade.items())]
+    lines += ["[routing]", *(f"{k} = {toml_value(v)}" for k, v in routing.items()), ""]
+    lines += ["[routing.cascade]", *(f"{k} = {toml_value(v)}" for k, v in cascade.items())]
     return "\n".join(lines) + "\n"
 
 

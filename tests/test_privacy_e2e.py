@@ -36,6 +36,7 @@ import pytest
 from tests.conftest import ROOT, Server, free_port, wait_until
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
+from tests.toml_text import toml_value
 
 MODEL = "smollm2-135m"
 REMOTE = "frontier"
@@ -66,22 +67,8 @@ LENIENT = {"min_mean_logprob": -50.0, "min_tail_logprob": -50.0, "min_length_tok
 # -- configs and servers ---------------------------------------------------------------------------------
 
 
-def _toml(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # ASCII JSON strings are TOML basic strings
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
 def _table(header: str, values: Mapping[str, object]) -> list[str]:
-    return [header, *(f"{k} = {_toml(v)}" for k, v in values.items()), ""]
+    return [header, *(f"{k} = {toml_value(v)}" for k, v in values.items()), ""]
 
 
 def config_text(
