@@ -175,18 +175,27 @@ class Gateway:
         try:
             if not req.stream:
                 result, trace = await self.router.complete(req, hints, privacy, attempts)
-                self._record(rid, privacy, trace, 200, t0)
+                answer = (result.get("choices") or [{}])[0].get("message", {}).get("content")
+                self._record(rid, privacy, trace, 200, t0, content=(req, answer))
                 return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
             chunks, trace = await self.router.stream(req, hints, privacy, attempts)
         except APIError as exc:
-            self._record(rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts)
+            self._record(
+                rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
+                content=(req, None),
+            )  # fmt: skip
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
 
         async def events() -> AsyncIterator[bytes]:
             status, error = 200, None
+            parts: list[str] = []  # the answer, kept only for an operator who opted into content
+            keep = self.config.privacy.audit_content
             try:
                 async for chunk in chunks:
+                    if keep:
+                        for ch in chunk.get("choices") or ():
+                            parts.append((ch.get("delta") or {}).get("content") or "")
                     yield _sse(chunk)
                 yield b"data: [DONE]\n\n"
             except APIError as exc:
@@ -197,7 +206,7 @@ class Gateway:
                 # so its slot is freed now rather than when the garbage collector gets to it.
                 with anyio.CancelScope(shield=True):
                     await chunks.aclose()
-                self._record(rid, privacy, trace, status, t0, error=error)
+                self._record(rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)))
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -211,6 +220,7 @@ class Gateway:
         t0: float,
         error: str | None = None,
         attempts: list[dict[str, Any]] | None = None,
+        content: tuple[ChatCompletionRequest, str | None] | None = None,
     ) -> None:
         """One audit record per request: no prompt or answer text, no matched data, no keys.
         Without a trace (the request failed), `attempts` lists the rungs it tried."""
@@ -244,6 +254,12 @@ class Gateway:
                 cost_usd=round(request_cost(answered, usage, seconds), 8) if answered else 0.0,
                 baseline_usd=round(baseline_cost(self.config, usage), 8),
             )
+        if self.config.privacy.audit_content and content is not None:  # the operator opted in
+            req, answer = content
+            rec["content"] = {
+                "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
+                "answer": answer,
+            }
         try:
             self.audit.append(rec)
         except OSError as exc:  # the log must not take requests down; say so, once per failure
