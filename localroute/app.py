@@ -42,7 +42,7 @@ from localroute.errors import (
     PayloadTooLargeError,
 )
 from localroute.policy import Hints
-from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, resolve
+from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, body_texts, resolve
 from localroute.privacy_config import APIKey
 from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
@@ -149,7 +149,7 @@ class Gateway:
             raise InvalidRequestError(
                 "X-LocalRoute-Privacy must be 'private' or 'public'.", param="X-LocalRoute-Privacy"
             )
-        kinds = self.detector.kinds_in(m.text() for m in req.messages)
+        kinds = self.detector.kinds_in(body_texts(req.model_dump(include={"messages", "stop"})))
         return resolve(self.config.privacy, header, self._key_policy(request), kinds)
 
     def _key_policy(self, request: Request) -> str | None:
@@ -157,11 +157,14 @@ class Gateway:
         if not self._keys or not auth.lower().startswith("bearer "):
             return None
         digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()
-        policy = None
+        matched = set()
         for key, want in self._keys:  # compare against every key: no early exit to time
             if want is not None and hmac.compare_digest(digest, want):
-                policy = key.privacy
-        return policy
+                matched.add(key.privacy)
+        for policy in ("private", "public", "auto"):  # should two keys match, private wins
+            if policy in matched:
+                return policy
+        return None
 
     async def chat(self, request: Request) -> Response:
         t0 = time.monotonic()
@@ -186,6 +189,10 @@ class Gateway:
             )  # fmt: skip
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
+        except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
+            log.error("unhandled %s serving %s", exc.__class__.__name__, rid)
+            self._record(rid, privacy, None, 500, t0, error="internal_error", attempts=attempts)
+            raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
 
         async def events() -> AsyncIterator[bytes]:
             status, error = 200, None
@@ -201,6 +208,10 @@ class Gateway:
             except APIError as exc:
                 status, error = exc.status, exc.code or exc.type
                 yield _sse(exc.body())  # headers are gone; the SDK raises on an error event
+            except Exception as exc:  # a bug mid-stream: end it with an error event, record a 500
+                log.error("unhandled %s streaming %s", exc.__class__.__name__, rid)
+                status, error = 500, "internal_error"
+                yield _sse(InternalError("Internal error in localroute.").body())
             finally:
                 # The client may have left (we are being cancelled): close the engine stream anyway,
                 # so its slot is freed now rather than when the garbage collector gets to it.
@@ -300,7 +311,8 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         runtime = Path(tempfile.mkdtemp(prefix="localroute-"))  # 0700: only we reach the sockets
         owned = backends is None
         detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
-        live = build_backends(config, runtime, EgressGuard(detector)) if backends is None else backends
+        guard = EgressGuard(detector, redacting=config.privacy.redact)
+        live = build_backends(config, runtime, guard) if backends is None else backends
         audit = AuditLog(config.audit_path()) if config.privacy.audit_enabled else None
         holder["gw"] = Gateway(config, live, detector, audit)
         try:

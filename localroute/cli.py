@@ -29,6 +29,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
+    for key in cfg.keys:  # a key the gateway cannot recognise would silently lose its privacy policy
+        if key.env and not os.environ.get(key.env):
+            print(
+                f"localroute: key '{key.name}' reads its value from ${key.env}, which is not set.",
+                file=sys.stderr,
+            )
+            return 2
     missing = [
         m.name
         for m in cfg.models

@@ -176,6 +176,17 @@ class Config(BaseModel):
             seen[m.name] = i
         return models
 
+    @field_validator("keys")
+    @classmethod
+    def _distinct_keys(cls, keys: list[APIKey]) -> list[APIKey]:
+        seen: set[str] = set()
+        for k in keys:
+            ident = k.sha256 or f"env:{k.env}"
+            if ident in seen or k.name in seen:
+                raise ValueError(f"key '{k.name}' is declared twice (same name, hash or variable)")
+            seen |= {ident, k.name}
+        return keys
+
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
 
@@ -233,6 +244,10 @@ def _describe_loc(loc: tuple[int | str, ...], data: object) -> str:
     return "".join(out) or "(top level)"
 
 
+def _may_hold_secret(loc: tuple[int | str, ...]) -> bool:
+    return loc[:1] == ("keys",) or any(isinstance(p, str) and "key" in p for p in loc)
+
+
 def parse_config(text: str, *, source: str = "models.toml", base_dir: Path | None = None) -> Config:
     """Parse TOML text into a Config; `source` names the file in error messages."""
     try:
@@ -247,6 +262,8 @@ def parse_config(text: str, *, source: str = "models.toml", base_dir: Path | Non
             key = _describe_loc(tuple(err["loc"]), data)
             got = err.get("input")
             got_s = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+            if _may_hold_secret(err["loc"]):
+                got_s = ""  # someone may have pasted a key where its variable's name belongs
             msg = err["msg"]
             ctx = err.get("ctx") or {}
             if err["type"] == "extra_forbidden":

@@ -324,8 +324,9 @@ class PrivacyViolationError(APIError):
 class EgressGuard:
     """Called by the remote backend with every outgoing body, right before it is sent."""
 
-    def __init__(self, detector: Detector) -> None:
+    def __init__(self, detector: Detector, redacting: bool = False) -> None:
         self.detector = detector
+        self.redacting = redacting
         self.refused = 0
 
     def __call__(self, body: dict[str, Any]) -> None:
@@ -333,9 +334,9 @@ class EgressGuard:
         if privacy.private:
             self.refused += 1
             raise PrivacyViolationError("This request is private and cannot be sent off this machine.")
-        if privacy.reason == "override":
-            return  # the operator allowed the client to send detected data
-        kinds = self.detector.kinds_in(_texts(body))
+        if privacy.reason == "override" and not self.redacting:
+            return  # the operator allowed the client to send detected data as it is
+        kinds = self.detector.kinds_in(body_texts(body))  # after redaction, nothing may be left
         if kinds:  # defence in depth: a public request must not carry what we would call private
             self.refused += 1
             raise PrivacyViolationError(
@@ -343,14 +344,22 @@ class EgressGuard:
             )
 
 
-def _texts(body: Mapping[str, Any]) -> list[str]:
+def body_texts(body: Mapping[str, Any]) -> list[str]:
+    """Every client-written string an OpenAI chat body carries: each message's content (its parts
+    joined, so a value split across parts is still seen), its `name`, and the `stop` strings."""
     out = []
     for m in body.get("messages") or ():
-        c = m.get("content") if isinstance(m, Mapping) else None
+        if not isinstance(m, Mapping):
+            continue
+        c = m.get("content")
         if isinstance(c, str):
             out.append(c)
         elif isinstance(c, list):
-            out += [p.get("text", "") for p in c if isinstance(p, Mapping)]
+            out.append("".join(str(p.get("text", "")) for p in c if isinstance(p, Mapping)))
+        if isinstance(m.get("name"), str):
+            out.append(m["name"])
+    stop = body.get("stop")
+    out += [stop] if isinstance(stop, str) else [x for x in stop or () if isinstance(x, str)]
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from localroute.routing_config import check_regex
 
@@ -30,6 +30,12 @@ class APIKey(BaseModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     privacy: Literal["private", "public", "auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> APIKey:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError(f"key '{self.name}' needs exactly one of `sha256` or `env`")
+        return self
 
 
 class PrivacyConfig(BaseModel):

@@ -122,7 +122,11 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         ) from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):  # e.g. an integer beyond Python's digit limit
+            raise InvalidRequestError(
+                "Request body has a number too large to read.", code="invalid_json"
+            ) from None
         raise InvalidRequestError(
             f"Request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
             code="invalid_json",
@@ -134,6 +138,11 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequestError("Request body must be a JSON object.", code="invalid_json")
+    if "\\u" in text and _has_lone_surrogate(data):
+        raise InvalidRequestError(
+            "Request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text.",
+            code="invalid_encoding",
+        )
     for key in data:
         if key in BACKEND_KNOBS:
             raise InvalidRequestError(
@@ -152,6 +161,14 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise _to_invalid_request(exc) from None
+
+
+def _has_lone_surrogate(data: object) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _pick_error(errors: list[ErrorDetails]) -> tuple[ErrorDetails, str | None]:

@@ -68,6 +68,8 @@ def _outcome(exc: APIError) -> str:
 
 def _fail_closed(exc: APIError) -> APIError:
     """What a private request gets when no local rung could answer: never a remote attempt."""
+    if isinstance(exc, OverloadedError):
+        return exc  # busy, not unservable: the client should retry after Retry-After
     if isinstance(exc, ContextLengthExceededError):
         return ContextLengthExceededError(
             exc.message + " This request is private, so it is not sent to a remote model.", param=exc.param
@@ -120,13 +122,21 @@ class Router:
             return self.policy.decide(req, hints, self.unavailable())
         named = self.config.model(req.model)
         if (named is not None and named.engine not in LOCAL_ENGINES) or hints.tier == "remote":
-            raise PrivacyViolationError("This request is private and cannot be sent to a remote model.")
+            raise InvalidRequestError(
+                "This request is private and cannot be sent to a remote model.",
+                code="private_request_unservable",
+            )
         remote = {m.name for m in self.config.models if m.engine not in LOCAL_ENGINES}
         try:
             return self.policy.decide(req, hints, self.unavailable() | remote)
         except InvalidRequestError as exc:
             if exc.code != "no_route":
                 raise
+            if hints.tier is not None:  # the client asked for rungs a private request may not use
+                raise InvalidRequestError(
+                    "This request is private and its X-LocalRoute-Tier names no local model.",
+                    code="private_request_unservable",
+                ) from None
             raise PrivacyViolationError("No local model is available for this private request.") from None
 
     def _chain(self, d: Decision, req: ChatCompletionRequest, private: bool) -> list[ModelConfig]:
@@ -153,15 +163,22 @@ class Router:
         return body
 
     def _redact(self, body: dict[str, Any]) -> None:
+        """Placeholders for detected data in every client-written string. Text parts are joined
+        first, so a value split across parts is found; the guard re-scans what is left."""
         seen: dict[str, str] = {}  # one numbering for the whole request: a value keeps its name
         for msg in body.get("messages") or ():
             content = msg.get("content")
+            if isinstance(content, list):
+                content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
             if isinstance(content, str):
                 msg["content"] = redact(content, self.detector, seen)
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        part["text"] = redact(part["text"], self.detector, seen)
+            if isinstance(msg.get("name"), str):
+                msg["name"] = redact(msg["name"], self.detector, seen)
+        stop = body.get("stop")
+        if isinstance(stop, str):
+            body["stop"] = redact(stop, self.detector, seen)
+        elif isinstance(stop, list):
+            body["stop"] = [redact(x, self.detector, seen) for x in stop]
 
     def _verdict(self, logprobs: list[float], finish: str | None, tokens: int, asked: int) -> str | None:
         # Cut off early by the engine's context, not by the client's own max_tokens.
@@ -204,7 +221,7 @@ class Router:
                 route = _failure_route(exc)
                 trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
                 if route is None or last:
-                    if kept is not None and route is not None:
+                    if kept is not None:  # whatever failed above, the local answer stands
                         trace.route = "kept:escalation_failed"
                         return self._answer(kept[0], kept[1], req, trace)
                     if private and route is not None:
@@ -265,9 +282,11 @@ class Router:
                     await _close(chunks)
                     route = _failure_route(exc)
                     trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
-                    if route is None:
+                    if route is None and held is None:
                         raise
                     error = exc
+                    if route is None:  # a held local answer stands; nothing above will do better
+                        break
                     if not last:
                         trace.moved(route)
                     continue

@@ -395,9 +395,23 @@ def test_worker_killed_between_requests_is_restarted_or_fallen_back(
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
-@pytest.mark.parametrize(("mode", "params"), [("fail", {"status": 503}), ("reset", {})], ids=["503", "reset"])
+@pytest.mark.parametrize(
+    ("mode", "params", "tries"),
+    [
+        ("fail", {"status": 503}, 2),
+        ("reset", {}, 2),
+        ("fail", {"status": 400}, 1),
+        ("fail", {"status": 404}, 1),
+    ],
+    ids=["503", "reset", "400-not-retried", "404-not-retried"],
+)
 def test_failed_escalation_keeps_the_local_answer(
-    strict: EnvServer, provider: StandinProvider, mode: str, params: dict[str, Any], streamed: bool
+    strict: EnvServer,
+    provider: StandinProvider,
+    mode: str,
+    params: dict[str, Any],
+    tries: int,
+    streamed: bool,
 ) -> None:
     local = local_answer(strict, QUESTION, 24)
     provider.set(mode, **params)  # until set again: every attempt fails
@@ -411,7 +425,7 @@ def test_failed_escalation_keeps_the_local_answer(
         assert r.model == MODEL
     assert rung(h) == (MODEL, "0", "kept:escalation_failed", "1")
     assert text == local
-    assert len(provider.requests) == 2  # 1 + max_retries
+    assert len(provider.requests) == tries  # 1 + max_retries, or 1 for what a retry cannot fix
     assert {req.body["model"] for req in provider.requests} == {PROVIDER_MODEL}
 
 

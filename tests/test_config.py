@@ -339,3 +339,23 @@ def test_config_error_does_not_chain_a_traceback(tmp_path: Path) -> None:
     # `from None`: a CLI printing the error shows one message, not pydantic's chained exception.
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__ is True
+
+
+def test_keys_need_one_source_and_must_be_distinct() -> None:
+    head = 'models = [{ name = "m", engine = "llama_cpp", source = { kind = "path", path = "m.gguf" } }]\n'
+    h = "a" * 64
+    with pytest.raises(ConfigError, match="exactly one of"):
+        parse_config(head + f'[[keys]]\nname = "k"\nsha256 = "{h}"\nenv = "K"\n')
+    with pytest.raises(ConfigError, match="declared twice"):
+        parse_config(head + f'[[keys]]\nname = "a"\nsha256 = "{h}"\n[[keys]]\nname = "b"\nsha256 = "{h}"\n')
+
+
+def test_a_key_pasted_into_config_is_not_echoed() -> None:
+    secret = "sk-proj-" + "Q" * 30 + "!!"
+    text = (
+        '[[models]]\nname = "r"\nengine = "remote"\nbase_url = "https://api.example.com/v1"\n'
+        f'model = "m"\napi_key_env = "{secret}"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert "api_key_env" in str(info.value) and secret not in str(info.value)

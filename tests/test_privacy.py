@@ -20,6 +20,7 @@ from localroute.privacy import (
     EgressGuard,
     Privacy,
     PrivacyViolationError,
+    body_texts,
     iban_ok,
     luhn_ok,
     redact,
@@ -412,3 +413,48 @@ def test_remote_client_sends_a_public_request() -> None:
     result = guarded(Privacy(False, "public-default"), lambda: asyncio.run(_complete(backend, CLEAN)))
     assert result["choices"][0]["message"]["content"] == "hi"
     assert len(wire) == 1  # the test can see a request when one is sent
+
+
+def test_every_client_written_field_is_scanned() -> None:
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "card 4111 1111"},
+                    {"type": "text", "text": " 1111 1111"},
+                ],
+            },
+            {"role": "user", "content": "hi", "name": "alice@example.com"},
+        ],
+        "stop": ["123-45-6789"],
+    }
+    texts = body_texts(body)
+    det = Detector(ALL_KINDS)
+    assert det.kinds_in(texts) == ("card", "email", "ssn")  # a value split across parts is still seen
+
+
+def test_guard_refuses_pii_hidden_in_name_or_stop() -> None:
+    guard = EgressGuard(Detector(ALL_KINDS))
+    token = CURRENT.set(Privacy(False, "public-default"))
+    try:
+        for body in (
+            {"messages": [{"role": "user", "content": "hi", "name": "bob@example.com"}]},
+            {"messages": [{"role": "user", "content": "hi"}], "stop": "4111 1111 1111 1111"},
+        ):
+            with pytest.raises(PrivacyViolationError):
+                guard(body)
+    finally:
+        CURRENT.reset(token)
+
+
+def test_redacting_guard_rescans_an_overridden_request() -> None:
+    det = Detector(ALL_KINDS)
+    token = CURRENT.set(Privacy(False, "override", ("email",)))
+    try:
+        EgressGuard(det)({"messages": [{"role": "user", "content": "mail a@b.io"}]})  # allowed as is
+        with pytest.raises(PrivacyViolationError):  # with redaction on, anything left is refused
+            EgressGuard(det, redacting=True)({"messages": [{"role": "user", "content": "mail a@b.io"}]})
+        EgressGuard(det, redacting=True)({"messages": [{"role": "user", "content": "mail [EMAIL_1]"}]})
+    finally:
+        CURRENT.reset(token)

@@ -450,3 +450,24 @@ def test_api_error_from_body_keeps_param() -> None:
     err = api_error_from_body(400, CTX_BODY)
     assert err.param == "messages"
     assert err.body()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "auto", "messages": [{"role": "user", "content": "\\ud800 alone"}]}',
+        b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "seed": ' + b"9" * 5000 + b"}",
+    ],
+    ids=["lone-surrogate", "huge-integer"],
+)
+def test_inputs_python_cannot_carry_are_400_not_500(body: bytes) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_chat_request(body)
+    assert info.value.status == 400 and info.value.code in ("invalid_encoding", "invalid_json")
+
+
+def test_a_surrogate_pair_is_text() -> None:
+    req = parse_chat_request(
+        b'{"model": "auto", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    )
+    assert req.messages[0].content == "\U0001f600"

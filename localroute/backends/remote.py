@@ -270,8 +270,9 @@ class RemoteBackend:
 
     def _failed(self, error: APIError) -> APIError:
         self.failures += 1
-        self.last_error = error.message
-        log.warning("remote %s failed: %s", self.name, error.message)
+        # The code only: a provider's own message can echo request content, and /health is public.
+        self.last_error = f"{type(error).__name__}: {error.code or error.type}"
+        log.warning("remote %s failed: %s", self.name, self.last_error)
         return error
 
     def _transport_error(self, exc: httpx.HTTPError, *, started: bool = False) -> APIError:
@@ -304,8 +305,12 @@ class RemoteBackend:
                 f"{who} rejected localroute's credentials (HTTP {status}); the operator must check its key."
             )
             return UpstreamError(denied, code="remote_auth_failed")
-        if status in (400, 404, 422) and shaped:
-            return api_error_from_body(400 if status == 422 else status, self._scrubbed(shaped))
+        if status == 404:  # a wrong base_url or model in models.toml, not the client's mistake
+            return UpstreamError(
+                f"{who} answered 404; check its base_url and model.", code="remote_not_found"
+            )
+        if status in (400, 422) and shaped:
+            return api_error_from_body(400, self._scrubbed(shaped))
         if status in (400, 422):
             return InvalidRequestError(f"{who} refused the request (HTTP {status}).")
         if status == 429:

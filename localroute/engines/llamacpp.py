@@ -209,9 +209,9 @@ class LlamaCppEngine:
             return result
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        async with self._admit() as http:
+        async with self._admit() as http, contextlib.aclosing(http.stream(body)) as chunks:
             try:
-                async for chunk in http.stream(body):
+                async for chunk in chunks:
                     yield chunk
             except ConnectionLostError:
                 raise await self._lost() from None

@@ -184,6 +184,9 @@ class Runner:
 
     async def complete(self, body: dict[str, Any], gen: Generation) -> dict[str, Any]:
         await self._acquire()
+        if gen.cancel.is_set():  # the client left while this request was queued
+            self._release()
+            raise InvalidRequestError("The client went away before its turn.", code="client_gone")
         try:
             kw = self._kwargs(body, gen, stream=False)
             fut = self._launch(lambda: self.llm.create_chat_completion(**kw))
@@ -206,6 +209,9 @@ class Runner:
     async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         await self._acquire()
+        if gen.cancel.is_set():  # the client left while this request was queued
+            self._release()
+            raise InvalidRequestError("The client went away before its turn.", code="client_gone")
         try:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -221,7 +227,7 @@ class Runner:
             try:
                 chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
                 for chunk in chunks:
-                    put("chunk", chunk)
+                    put("chunk", (chunk, len(gen.tokens)))  # tokens sampled up to this chunk
             except (ValueError, RuntimeError) as exc:
                 put("error", self._translate(exc))
             except Exception as exc:  # report, never let the thread die silently
@@ -241,10 +247,11 @@ class Runner:
                         raise item  # nothing sent yet: let the caller answer with a status
                     yield _sse(item.body())
                     continue
+                item, sampled = item
                 last = item
                 ch = item["choices"][0] if item["choices"] else {}
                 if gen.want_logprobs and (ch.get("delta", {}).get("content") or ch.get("finish_reason")):
-                    entries = self.token_entries(gen, len(gen.tokens))
+                    entries = self.token_entries(gen, sampled)
                     item["choices"][0]["logprobs"] = {"content": entries} if entries else None
                 yield _sse(item)
             if include_usage and last is not None:
@@ -300,10 +307,15 @@ def build_app(runner: Runner) -> Any:
         if not isinstance(body, dict):
             return error(InvalidRequestError("Request body must be a JSON object."))
         gen = Generation(want_logprobs=body.get("logprobs") is True)
+        # Watch from the start: a client that leaves while queued must not cost a prompt evaluation.
+        watch = asyncio.create_task(_watch_disconnect(request, gen.cancel))
         try:
             if body.get("stream"):
                 agen = runner.stream(body, gen)
-                first = await agen.__anext__()  # surface errors before headers go out
+                try:
+                    first = await agen.__anext__()  # surface errors before headers go out
+                finally:
+                    watch.cancel()  # from here on the streaming response notices a disconnect
 
                 async def rest() -> AsyncIterator[bytes]:
                     yield first
@@ -311,7 +323,6 @@ def build_app(runner: Runner) -> Any:
                         yield part
 
                 return StreamingResponse(rest(), media_type="text/event-stream")
-            watch = asyncio.create_task(_watch_disconnect(request, gen.cancel))
             try:
                 return JSONResponse(await runner.complete(body, gen))
             finally:
