@@ -6,6 +6,7 @@ A bad file raises ConfigError whose message names the file, the key and what was
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -106,6 +107,8 @@ class LlamaCppModel(BaseModel):
     cache_prompt: bool = True
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    # Stop the worker after this long without a request, returning its memory; None: never.
+    idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     price: Price = Price()
     # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -140,8 +143,59 @@ class RemoteModel(BaseModel):
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
 
 
-ModelConfig = Annotated[LlamaCppModel | RemoteModel, Field(discriminator="engine")]
+class VllmModel(BaseModel):
+    """A model served by vLLM on a GPU: launched and supervised by localroute (`launch = true`), or an
+    existing `vllm serve` reached at `url`. Local: private traffic may use it."""
+
+    model_config = _FORBID
+    name: ModelName
+    engine: Literal["vllm"]
+    tier: Annotated[int, Field(ge=0, le=100)] = 5
+    # What `vllm serve` loads: a Hugging Face repo id or a local folder.
+    model: Annotated[str, Field(min_length=1, max_length=512)]
+    launch: bool = False
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    port: Annotated[int, Field(ge=1024, le=65535)] | None = None  # launch: None picks a free one
+    n_ctx: Annotated[int, Field(ge=128, le=10_000_000)] = 8192  # passed as --max-model-len
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    extra_args: list[Annotated[str, Field(max_length=256)]] = []
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+    preload: bool = False
+    load_timeout_s: Annotated[float, Field(gt=0, le=7200)] = 900.0
+    request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
+    price: Price = Price()
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @model_validator(mode="after")
+    def _launch_or_url(self) -> VllmModel:
+        if self.launch == (self.url is not None):
+            raise ValueError(f"vllm model '{self.name}' needs either `launch = true` or a `url`, not both")
+        return self
+
+
+ModelConfig = Annotated[LlamaCppModel | RemoteModel | VllmModel, Field(discriminator="engine")]
 LOCAL_ENGINES = frozenset({"llama_cpp", "vllm"})
+
+
+def _budget(value: str) -> str:
+    if not re.fullmatch(r"\s*(\d+(\.\d+)?)\s*(%|[KMGT]i?B|B)\s*", value):
+        raise ValueError("expected a share of RAM like '60%' or a size like '8GiB' / '512MiB'")
+    return value.strip()
+
+
+class ResourcesConfig(BaseModel):
+    """What localroute may use on this box."""
+
+    model_config = _FORBID
+    # Memory the loaded local models may take together (estimated, then checked against RSS).
+    memory_budget: Annotated[str, AfterValidator(_budget)] = "70%"
+    # When loading a model would pass the budget after evicting idle ones: wait for a model to
+    # become idle, send the request to another rung, or fail with 503.
+    on_over_budget: Literal["queue", "route", "fail"] = "route"
+    # A request may wait this long for a cold model to load before an equivalent warm rung is preferred.
+    max_cold_wait_s: Annotated[float, Field(ge=0)] = 5.0
 
 
 class ServerConfig(BaseModel):
@@ -161,6 +215,7 @@ class Config(BaseModel):
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routing: RoutingConfig = RoutingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     keys: list[APIKey] = []
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)

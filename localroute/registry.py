@@ -15,6 +15,7 @@ from localroute.config import Config, ModelConfig
 ENGINES: dict[str, str] = {
     "llama_cpp": "localroute.engines.llamacpp:from_config",
     "remote": "localroute.backends.remote:from_config",
+    "vllm": "localroute.engines.vllm:from_config",
 }
 
 
