@@ -178,7 +178,7 @@ BAD_FILES = [
         "unknown-engine",
         edit('engine = "llama_cpp"', 'engine = "tensorrt"'),
         f"{M0}.engine",
-        "expected one of 'llama_cpp', 'remote' (got 'tensorrt')",
+        "expected one of 'llama_cpp', 'remote', 'vllm' (got 'tensorrt')",
     ),
     (
         "bad-source-kind",
