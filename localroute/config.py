@@ -172,6 +172,10 @@ class VllmModel(BaseModel):
     def _launch_or_url(self) -> VllmModel:
         if self.launch == (self.url is not None):
             raise ValueError(f"vllm model '{self.name}' needs either `launch = true` or a `url`, not both")
+        if self.default_max_tokens >= self.n_ctx:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
+            )
         return self
 
 

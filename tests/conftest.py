@@ -121,7 +121,11 @@ def start_server(config: Path, tmp: Path, *, deterministic: bool = False) -> Ser
     cfg = tmp / "models.toml"
     cfg.write_text(text)
     srv = Server(cfg, free_port())
-    srv.wait_ready()
+    try:
+        srv.wait_ready()
+    except BaseException:
+        srv.stop(signal.SIGKILL)  # never leave a gateway behind a failed fixture
+        raise
     return srv
 
 
