@@ -8,7 +8,7 @@ Only a bounded window of the prompt is scanned, so the cost does not grow with t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from localroute.config import LOCAL_ENGINES, Config, ModelConfig
@@ -33,6 +33,13 @@ class Hints:
 
 
 NO_HINTS = Hints()
+
+
+@dataclass(frozen=True)
+class Cold:
+    """A local rung that is not loaded, and what loading it last cost (None: never measured)."""
+
+    load_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,11 @@ class Policy:
         req: ChatCompletionRequest,
         hints: Hints = NO_HINTS,
         unavailable: Iterable[str] = (),
+        cold: Mapping[str, Cold] | None = None,
     ) -> Decision:
-        """Pick a rung for `req`. A concrete model name bypasses the policy."""
+        """Pick a rung for `req`. A concrete model name bypasses the policy. `cold` names the rungs
+        not loaded now: a request does not wait more than `max_cold_wait_s` for one when an
+        equally admissible rung is warm."""
         f = self.features(req)
         score, reasons = self.score(f)
 
@@ -171,6 +181,14 @@ class Policy:
         # The cheapest rung whose max_score admits the score, else the top one that fits.
         idx = next((i for i, m in enumerate(fits) if score <= m.max_score), len(fits) - 1)
         chosen, above = fits[idx], fits[idx + 1 :]
+        wait = (cold or {}).get(chosen.name)
+        limit = self.config.resources.max_cold_wait_s
+        if wait is not None and wait.load_seconds is not None and wait.load_seconds > limit:
+            warm = next((m for m in above if m.name not in (cold or {}) and score <= m.max_score), None)
+            if warm is not None:
+                why = (f"{chosen.name} is cold (~{wait.load_seconds:.1f}s to load > {limit:g}s); "
+                       f"{warm.name} is warm and admits score {score:.2f}")  # fmt: skip
+                return make(warm, "policy:warm", fits[fits.index(warm) + 1 :], why)
         if idx == 0 and chosen is not rungs[0]:
             return make(chosen, "policy:context", above,
                         f"~{f.fit_tokens}+{f.output_tokens} tokens do not fit the cheaper rungs")  # fmt: skip

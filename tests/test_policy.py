@@ -9,7 +9,7 @@ import pytest
 
 from localroute.config import Config, parse_config
 from localroute.errors import InvalidRequestError
-from localroute.policy import HEAD_CHARS, NO_HINTS, TAIL_CHARS, Decision, Features, Hints, Policy
+from localroute.policy import HEAD_CHARS, NO_HINTS, TAIL_CHARS, Cold, Decision, Features, Hints, Policy
 from localroute.protocol import ChatCompletionRequest
 
 SMALL = """
@@ -334,3 +334,33 @@ def test_a_30000_token_prompt_gets_a_valid_decision(policy: Policy) -> None:
     assert (d.model, d.route) == ("frontier", "policy:context")  # 40k pessimistic tokens: only 128k fits
     assert 0.0 < d.score < 1.0
     assert "reasoning" in dict(d.features.hits if d.features else ())
+
+
+# -- routing that knows what is loaded ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cold", "want", "route"),
+    [
+        ({}, "small", "policy:score<="),  # everything warm: the cheapest admissible rung
+        ({"small": Cold(20.0)}, "mid", "policy:warm"),  # a long load: the warm equivalent wins
+        ({"small": Cold(1.0)}, "small", "policy:score<="),  # a short load is worth waiting for
+        ({"small": Cold(None)}, "small", "policy:score<="),  # never measured: no reason to avoid it
+        ({"small": Cold(20.0), "mid": Cold(20.0)}, "frontier", "policy:warm"),  # the next warm one
+    ],
+    ids=["all-warm", "cold-slow", "cold-fast", "cold-unmeasured", "both-cold"],
+)
+def test_a_cold_rung_yields_to_a_warm_equivalent(cold: dict[str, Cold], want: str, route: str) -> None:
+    policy = Policy(ladder(small=0.9, mid=0.9, extra="[resources]\nmax_cold_wait_s = 5\n"))
+    d = policy.decide(req(NEUTRAL), cold=cold)
+    assert d.model == want and d.route.startswith(route), d
+    if route == "policy:warm":
+        assert any("is cold" in r for r in d.reasons)
+
+
+def test_a_warm_rung_that_does_not_admit_the_score_is_not_equivalent() -> None:
+    policy = Policy(ladder(small=0.9, mid=0.0, extra="[resources]\nmax_cold_wait_s = 5\n"))
+    cfg_no_remote = [m for m in policy.ladder if m.engine != "remote"]
+    assert [m.name for m in cfg_no_remote] == ["small", "mid"]
+    d = policy.decide(req(NEUTRAL), unavailable={"frontier"}, cold={"small": Cold(30.0)})
+    assert d.model == "small"  # mid is warm but its max_score 0.0 does not admit the request
