@@ -6,6 +6,7 @@ so no traceback ever reaches a client or the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -41,6 +42,7 @@ from localroute.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from localroute.lifecycle import Managed, Placement
 from localroute.policy import Hints
 from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, body_texts, resolve
 from localroute.privacy_config import APIKey
@@ -133,9 +135,11 @@ class Gateway:
         backends: Mapping[str, Backend],
         detector: Detector,
         audit: AuditLog | None,
+        placement: Placement | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
+        self.placement = placement
         self.router = Router(config, backends)
         self.detector = detector
         self.audit = audit
@@ -292,7 +296,10 @@ class Gateway:
     async def health(self, request: Request) -> Response:
         engines = {name: b.health() for name, b in self.backends.items()}
         ok = any(e["state"] in ("ready", "stopped") for e in engines.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "engines": engines})
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "engines": engines}
+        if self.placement is not None:
+            body["resources"] = await self.placement.snapshot(self.config.models_dir())
+        return JSONResponse(body)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -314,7 +321,12 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         guard = EgressGuard(detector, redacting=config.privacy.redact)
         live = build_backends(config, runtime, guard) if backends is None else backends
         audit = AuditLog(config.audit_path()) if config.privacy.audit_enabled else None
-        holder["gw"] = Gateway(config, live, detector, audit)
+        placement = Placement.from_config(config)
+        for b in live.values():
+            if isinstance(b, Managed):
+                placement.manage(b)
+        holder["gw"] = Gateway(config, live, detector, audit, placement)
+        sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             for m in config.ladder():
                 if getattr(m, "preload", True):
@@ -324,6 +336,9 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
                         log.warning("model %s not started: %s", m.name, exc.message)
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if owned:
                 for b in live.values():
                     await b.aclose()

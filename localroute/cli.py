@@ -1,12 +1,15 @@
-"""`localroute serve | pull`: the command line. Errors print one clear line, never a traceback."""
+"""`localroute serve | pull | status | ...`: the command line. Errors print one clear line, never a
+traceback."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from localroute.config import Config, LlamaCppModel, load_config
 from localroute.errors import ConfigError
@@ -128,6 +131,59 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cell(value: object, suffix: str = "") -> str:
+    return "-" if value is None else f"{value}{suffix}"
+
+
+def format_status(health: dict[str, Any], url: str) -> str:
+    """A running gateway's /health as a table a person can read."""
+    lines = [f"localroute at {url}: {health.get('status', '?')}"]
+    res = health.get("resources")
+    if isinstance(res, dict):
+        gpus = res.get("gpus") or []
+        gpu = ", ".join(f"{g['name']} ({g['free_mib']}/{g['total_mib']} MiB free)" for g in gpus) or "none"
+        lines += [
+            f"RAM {res['ram_available_mib']} of {res['ram_total_mib']} MiB available; "
+            f"disk {res['disk_free_mib']} MiB free; GPUs: {gpu}",
+            f"memory budget {res['budget_mib']} MiB ({res['memory_budget']}), "
+            f"{res['reserved_mib']} MiB reserved by loaded models; on_over_budget = {res['on_over_budget']}; "
+            f"{res['evictions']} eviction(s)",
+        ]
+    head = ("MODEL", "ENGINE", "STATE", "PID", "RSS MiB", "EST MiB", "LAST USE", "LOAD s", "SERVED")
+    rows = [head]
+    for name, e in (health.get("engines") or {}).items():
+        ago = e.get("last_used_s_ago")
+        rows.append((
+            name, _cell(e.get("engine")), _cell(e.get("state")), _cell(e.get("pid")),
+            _cell(e.get("rss_mib")), _cell(e.get("estimated_mib")),
+            "never" if ago is None and "last_used_s_ago" in e else _cell(ago, "s ago"),
+            _cell(e.get("load_seconds")), _cell(e.get("served")),
+        ))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
+    url = args.url.rstrip("/")
+    try:
+        r = httpx.get(url + "/health", timeout=args.timeout)
+        health = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"localroute: no gateway answered at {url}: {exc.__class__.__name__}", file=sys.stderr)
+        return 1
+    if not isinstance(health, dict) or not isinstance(health.get("engines"), dict):
+        print(f"localroute: {url}/health did not answer like a localroute gateway", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(health, indent=2))
+    else:
+        print(format_status(health, url))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="localroute", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", help="path to models.toml")
     pl.add_argument("models", nargs="*", help="only these models (default: all)")
     pl.set_defaults(func=cmd_pull)
+    st = sub.add_parser("status", help="show a running gateway's models, memory and GPUs (its /health)")
+    st.add_argument("--url", default="http://127.0.0.1:8000", help="gateway address (default: %(default)s)")
+    st.add_argument("--json", action="store_true", help="print /health as JSON")
+    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    st.set_defaults(func=cmd_status)
     au = sub.add_parser("audit", help="work with the hash-chained audit log")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     av = au_sub.add_parser("verify", help="check the chain; count private records that touched a remote rung")

@@ -23,7 +23,8 @@ from localroute.errors import (
     OverloadedError,
     UpstreamError,
 )
-from localroute.policy import NO_HINTS, Decision, Hints, Policy
+from localroute.lifecycle import OverBudgetError
+from localroute.policy import NO_HINTS, Cold, Decision, Hints, Policy
 from localroute.privacy import Detector, Privacy, PrivacyViolationError, redact
 from localroute.protocol import ChatCompletionRequest
 
@@ -81,7 +82,10 @@ def _fail_closed(exc: APIError) -> APIError:
 
 
 def _failure_route(exc: APIError) -> str | None:
-    """How to move on after a rung failed, or None when the client's request itself is at fault."""
+    """How to move on after a rung failed, or None when the client's request itself is at fault, or
+    the memory budget's policy says to answer with the error (`on_over_budget = "fail"`)."""
+    if isinstance(exc, OverBudgetError):
+        return "fallback:over_memory_budget" if exc.reroute else None
     if isinstance(exc, ContextLengthExceededError):
         return "escalated:context"
     if isinstance(exc, EngineUnavailableError | UpstreamError | OverloadedError) or exc.status >= 500:
@@ -110,6 +114,16 @@ class Router:
     def unavailable(self) -> set[str]:
         return {n for n, b in self.backends.items() if b.health().get("state") == "unavailable"}
 
+    def cold(self) -> dict[str, Cold]:
+        """Local rungs not loaded now, with what their last load took (the policy's warm/cold input)."""
+        out = {}
+        for n, b in self.backends.items():
+            h = b.health()
+            if h.get("engine") in LOCAL_ENGINES and h.get("state") not in ("ready", "unavailable"):
+                load = h.get("load_seconds")
+                out[n] = Cold(float(load) if isinstance(load, int | float) else None)
+        return out
+
     def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False) -> Decision:
         """The policy's decision; for a private request remote rungs do not exist."""
         if req.model != "auto" and self.config.model(req.model) is None:
@@ -119,7 +133,7 @@ class Router:
                 param="model",
             )  # fmt: skip
         if not private:
-            return self.policy.decide(req, hints, self.unavailable())
+            return self.policy.decide(req, hints, self.unavailable(), self.cold())
         named = self.config.model(req.model)
         if (named is not None and named.engine not in LOCAL_ENGINES) or hints.tier == "remote":
             raise InvalidRequestError(
@@ -128,7 +142,7 @@ class Router:
             )
         remote = {m.name for m in self.config.models if m.engine not in LOCAL_ENGINES}
         try:
-            return self.policy.decide(req, hints, self.unavailable() | remote)
+            return self.policy.decide(req, hints, self.unavailable() | remote, self.cold())
         except InvalidRequestError as exc:
             if exc.code != "no_route":
                 raise

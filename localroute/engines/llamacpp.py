@@ -2,7 +2,8 @@
 
 The gateway talks to the worker over HTTP on a Unix socket in a private (0700) runtime folder: no TCP
 port to race for, and no other local user can reach the model. The worker is started on first use (or
-at startup when `preload`), health-checked, and restarted on the next request after it dies.
+at startup when `preload`), health-checked, and restarted on the next request after it dies. Under a
+`Placement` it asks for room in the memory budget before loading, and is stopped when idle.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 
+from localroute import resources
 from localroute.backends.base import EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, LlamaCppModel
 from localroute.errors import EngineUnavailableError, OverloadedError
+from localroute.lifecycle import Placement
+from localroute.resources import Footprint, MiB
 
 log = logging.getLogger("localroute.engine")
 
@@ -42,6 +47,11 @@ class LlamaCppEngine:
         self.served = 0
         self.last_error: str | None = None
         self.load_seconds: float | None = None
+        self.rss_at_load: int | None = None
+        self.last_used = 0.0  # time.monotonic() of the last request's start or end; 0: never
+        self.idle_since = 0.0  # ... or of the load: what the idle TTL and LRU eviction count from
+        self._footprint: Footprint | None = None
+        self._placement: Placement | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._http: OpenAIHTTP | None = None
         self._client: httpx.AsyncClient | None = None
@@ -53,6 +63,20 @@ class LlamaCppEngine:
         self._stderr_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def attach(self, placement: Placement) -> None:
+        self._placement = placement
+
+    def footprint(self) -> Footprint | None:
+        if self._footprint is None and self.model_path.is_file():
+            self._footprint = resources.estimate_gguf(self.model_path, self.cfg.n_ctx, self.cfg.n_batch)
+        return self._footprint
+
+    def busy(self) -> bool:
+        return self._admitted > 0 or self._start_lock.locked()
+
+    def idle_ttl(self) -> float | None:
+        return self.cfg.idle_ttl_s
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -66,7 +90,30 @@ class LlamaCppEngine:
                     f"Model '{self.name}' is not downloaded; the operator must run `localroute pull`.",
                     code="model_not_downloaded",
                 )
-            await self._spawn()
+            if self._placement is not None:
+                try:  # a queued load waits here, within the time a load may take
+                    await self._placement.admit(self, self.cfg.load_timeout_s)
+                except EngineUnavailableError as exc:
+                    self.state, self.last_error = "stopped", exc.message
+                    raise
+            try:
+                await self._spawn()
+            except BaseException:
+                # A failed or abandoned load holds no memory and no reservation; shielded, because a
+                # cancelled request must not leave a half-loaded worker behind.
+                with anyio.CancelScope(shield=True):
+                    await self._stop_process()
+                raise
+
+    async def unload(self, reason: str) -> bool:
+        """Stop the worker unless a request or a load is under way; its memory returns to the OS."""
+        if self.busy():
+            return False
+        async with self._start_lock:  # free, so taken at once: nothing slips in between
+            self.state = "stopped"
+            await self._stop_process()
+        log.info("engine %s stopped: %s", self.name, reason)
+        return True
 
     async def _spawn(self) -> None:
         self.state = "starting"
@@ -106,9 +153,15 @@ class LlamaCppEngine:
         self._http = OpenAIHTTP(self._client)
         await self._wait_healthy(t0)
         self.load_seconds = time.monotonic() - t0
+        self.idle_since = time.monotonic()
         self.state = "ready"
         self.last_error = None
-        log.info("engine %s ready in %.2fs (pid %d)", self.name, self.load_seconds, self._proc.pid)
+        self.rss_at_load = resources.rss(self._proc.pid)
+        fp = self.footprint()
+        log.info(
+            "engine %s ready in %.2fs (pid %d): RSS %s MiB, estimated %s MiB",
+            self.name, self.load_seconds, self._proc.pid, _mib(self.rss_at_load), fp and fp.total_mib,
+        )  # fmt: skip
 
     async def _wait_healthy(self, t0: float) -> None:
         assert self._proc is not None and self._client is not None
@@ -147,6 +200,13 @@ class LlamaCppEngine:
 
     async def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
+        try:
+            await self._reap(proc)
+        finally:
+            if self._placement is not None:
+                self._placement.release(self.name)
+
+    async def _reap(self, proc: asyncio.subprocess.Process | None) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client, self._http = None, None
@@ -172,6 +232,7 @@ class LlamaCppEngine:
                 headers={"Retry-After": "1"},
             )
         self._admitted += 1
+        self.last_used = self.idle_since = time.monotonic()
         try:
             async with self._slot:
                 if self._proc is None or self._proc.returncode is not None or self.state != "ready":
@@ -180,6 +241,9 @@ class LlamaCppEngine:
                 yield self._http
         finally:
             self._admitted -= 1
+            self.last_used = self.idle_since = time.monotonic()
+            if self._placement is not None:
+                self._placement.notify()
 
     async def _lost(self) -> EngineUnavailableError:
         """The connection broke: find out whether the worker died, and say so."""
@@ -220,6 +284,7 @@ class LlamaCppEngine:
     def health(self) -> dict[str, Any]:
         proc = self._proc
         alive = proc is not None and proc.returncode is None
+        fp = self._footprint
         return {
             "state": self.state if alive or self.state != "ready" else "crashed",
             "engine": "llama_cpp",
@@ -230,14 +295,25 @@ class LlamaCppEngine:
             "queued": max(self._admitted - 1, 0),
             "max_queue": self.cfg.max_queue,
             "served": self.served,
+            "starts": self._starts,
             "restarts": self.restarts,
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "last_used_s_ago": round(time.monotonic() - self.last_used, 1) if self.last_used else None,
+            "idle_ttl_s": self.cfg.idle_ttl_s,
+            "estimated_mib": None if fp is None else fp.total_mib,
+            "estimate_method": None if fp is None else fp.method,
+            "rss_mib": _mib(resources.rss(proc.pid)) if alive and proc is not None else None,
+            "rss_at_load_mib": _mib(self.rss_at_load),
             "last_error": self.last_error,
         }
 
 
 def from_config(config: Config, model: LlamaCppModel, runtime_dir: Path) -> LlamaCppEngine:
     return LlamaCppEngine(model, config.model_path(model), runtime_dir)
+
+
+def _mib(n: int | None) -> int | None:
+    return None if n is None else round(n / MiB)
 
 
 def _exit_reason(code: int) -> str:
