@@ -27,6 +27,7 @@ from localroute import resources
 from localroute.backends.base import EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, LlamaCppModel
+from localroute.engines.supervise import exit_reason, poll_health
 from localroute.errors import EngineUnavailableError, OverloadedError
 from localroute.lifecycle import Placement
 from localroute.resources import Footprint, MiB
@@ -165,20 +166,16 @@ class LlamaCppEngine:
 
     async def _wait_healthy(self, t0: float) -> None:
         assert self._proc is not None and self._client is not None
-        while time.monotonic() - t0 < self.cfg.load_timeout_s:
-            if self._proc.returncode is not None:
-                await asyncio.sleep(0.05)  # let stderr drain
-                reason = self._stderr[-1] if self._stderr else _exit_reason(self._proc.returncode)
-                self._fail(f"worker exited during load: {reason}")
-            try:
-                r = await self._client.get("/health", timeout=2.0)
-                if r.status_code == 200:
-                    return
-            except (httpx.TransportError, OSError):
-                pass
-            await asyncio.sleep(0.05)
-        await self._stop_process()
-        self._fail(f"worker not healthy after {self.cfg.load_timeout_s:.0f}s")
+        left = self.cfg.load_timeout_s - (time.monotonic() - t0)
+        outcome = await poll_health(self._client, self._proc, left, 0.05)
+        if outcome == "exited":
+            await asyncio.sleep(0.05)  # let stderr drain
+            assert self._proc.returncode is not None
+            reason = self._stderr[-1] if self._stderr else exit_reason(self._proc.returncode)
+            self._fail(f"worker exited during load: {reason}")
+        if outcome == "timeout":
+            await self._stop_process()
+            self._fail(f"worker not healthy after {self.cfg.load_timeout_s:.0f}s")
 
     def _fail(self, reason: str) -> None:
         self.state = "failed"
@@ -252,7 +249,7 @@ class LlamaCppEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 1.0)
         if proc is not None and proc.returncode is not None:
-            why = _exit_reason(proc.returncode)
+            why = exit_reason(proc.returncode)
             self.state = "crashed"
             self.last_error = f"worker {why}"
             log.warning("engine %s worker %s; restarting on next request", self.name, why)
@@ -314,12 +311,3 @@ def from_config(config: Config, model: LlamaCppModel, runtime_dir: Path) -> Llam
 
 def _mib(n: int | None) -> int | None:
     return None if n is None else round(n / MiB)
-
-
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"

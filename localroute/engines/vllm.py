@@ -30,7 +30,7 @@ import httpx
 from localroute.backends.base import EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, VllmModel
-from localroute.engines.llamacpp import _exit_reason
+from localroute.engines.supervise import exit_reason, poll_health
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
@@ -275,22 +275,19 @@ class VllmEngine:
 
     async def _wait_healthy(self, proc: asyncio.subprocess.Process, t0: float) -> None:
         assert self._client is not None
-        while time.monotonic() - t0 < self.cfg.load_timeout_s:
-            if proc.returncode is not None:
-                if self._watcher is not None:  # its last lines, usually the reason
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(self._watcher), 2.0)
-                why = _exit_reason(proc.returncode)
-                last = self._output[-1] if self._output else "no output"
-                await self._stop_process()  # vLLM's own children may outlive it
-                self._fail(f"server {why} during load: {last}")
-            try:
-                r = await self._client.get("/health", timeout=2.0)
-                if r.status_code == 200:
-                    return
-            except (httpx.TransportError, OSError):
-                pass
-            await asyncio.sleep(0.2)
+        left = self.cfg.load_timeout_s - (time.monotonic() - t0)
+        outcome = await poll_health(self._client, proc, left, 0.2)
+        if outcome == "ready":
+            return
+        if outcome == "exited":
+            assert proc.returncode is not None
+            if self._watcher is not None:  # its last lines, usually the reason
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._watcher), 2.0)
+            why = exit_reason(proc.returncode)
+            last = self._output[-1] if self._output else "no output"
+            await self._stop_process()  # vLLM's own children may outlive it
+            self._fail(f"server {why} during load: {last}")
         await self._stop_process()
         self._fail(f"server not healthy after {self.cfg.load_timeout_s:g}s (load_timeout_s); stopped it")
 
@@ -319,7 +316,7 @@ class VllmEngine:
         assert proc.returncode is not None
         if self._proc is not proc or self.state != "ready":
             return  # stopped on purpose, or a failed load (which says so itself)
-        why = _exit_reason(proc.returncode)
+        why = exit_reason(proc.returncode)
         self.state, self.last_error, self._unplanned = "crashed", f"server {why}", True
         log.warning("vllm model %s server %s; restarting it on the next request", self.name, why)
 
@@ -421,7 +418,7 @@ class VllmEngine:
                 await asyncio.wait_for(proc.wait(), 1.0)
         if proc is not None and proc.returncode is not None:
             self._crashed(proc)
-            why = _exit_reason(proc.returncode)
+            why = exit_reason(proc.returncode)
             return EngineUnavailableError(
                 f"Model '{self.name}' crashed ({why}) while serving this request; "
                 "it will be restarted on the next request.",
