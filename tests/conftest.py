@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,10 +25,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _environment(config: Path, extra: Mapping[str, str | None]) -> dict[str, str]:
+    # Hermetic: never reach a real provider from tests, whatever the machine's environment holds.
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(HF_HUB_OFFLINE="1", LOCALROUTE_AUDIT_PATH=str(config.parent / "audit.jsonl"))
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def _local_engines_ready(health: dict[str, Any]) -> bool:
+    engines = health["engines"].values()
+    return all(e["state"] == "ready" for e in engines if e.get("engine") == "llama_cpp")
+
+
+def answering(health: dict[str, Any]) -> bool:
+    """The gateway answers /health: its startup, preloads included, is over."""
+    return True
+
+
 class Server:
     """A gateway subprocess; `stop()` sends SIGINT like Ctrl-C and waits for a clean exit."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, env: Mapping[str, str | None] | None = None) -> None:
+        """`env` is applied on top of this process's environment; a None value removes the variable."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = config.parent / f"server-{port}.log"
@@ -48,28 +72,34 @@ class Server:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             # Hermetic: never reach a real provider from tests, whatever the machine's environment holds.
-            env={
-                **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"},
-                "HF_HUB_OFFLINE": "1",
-                "LOCALROUTE_AUDIT_PATH": str(config.parent / "audit.jsonl"),
-            },
+            env=_environment(config, env or {}),
         )
 
-    def wait_ready(self, timeout: float = 120.0) -> dict[str, object]:
+    def wait_ready(
+        self, timeout: float = 120.0, until: Callable[[dict[str, Any]], bool] = _local_engines_ready
+    ) -> dict[str, Any]:
+        """Poll /health until `until` holds (by default: every llama.cpp engine is ready)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
             try:
                 r = httpx.get(self.url + "/health", timeout=2)
-                engines = r.json()["engines"]
-                local = [e for e in engines.values() if e.get("engine") == "llama_cpp"]
-                if r.status_code == 200 and all(e["state"] == "ready" for e in local):
+                if r.status_code == 200 and until(r.json()):
                     return r.json()  # type: ignore[no-any-return]
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def started(self, until: Callable[[dict[str, Any]], bool] = _local_engines_ready) -> Server:
+        """`wait_ready`, stopping the gateway if it never gets there: no fixture leaves one behind."""
+        try:
+            self.wait_ready(until=until)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
+        return self
 
     def health(self) -> dict[str, object]:
         return httpx.get(self.url + "/health", timeout=5).json()  # type: ignore[no-any-return]
@@ -120,13 +150,7 @@ def start_server(config: Path, tmp: Path, *, deterministic: bool = False) -> Ser
         text = text.replace("\npreload = true", "\npreload = true\ncache_prompt = false", 1)
     cfg = tmp / "models.toml"
     cfg.write_text(text)
-    srv = Server(cfg, free_port())
-    try:
-        srv.wait_ready()
-    except BaseException:
-        srv.stop(signal.SIGKILL)  # never leave a gateway behind a failed fixture
-        raise
-    return srv
+    return Server(cfg, free_port()).started()
 
 
 @pytest.fixture(scope="session")

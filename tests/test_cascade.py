@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -92,36 +91,13 @@ LENIENT = {"min_mean_logprob": -50.0, "min_tail_logprob": -50.0, "min_length_tok
 STRICT = {"min_mean_logprob": -0.01, "min_length_tokens": 0}
 
 
-class EnvServer(Server):
-    """conftest's Server with variables set (or, for None, removed) in the gateway's environment."""
-
-    def __init__(self, config: Path, port: int, env: Mapping[str, str | None]) -> None:
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in env.items():
-                if v is None:
-                    mp.delenv(k, raising=False)
-                else:
-                    mp.setenv(k, v)
-            super().__init__(config, port)
+EnvServer = Server  # a gateway with variables set (or, for None, removed) in its environment
 
 
 def serve(tmp: Path, text: str, env: Mapping[str, str | None]) -> EnvServer:
     cfg = tmp / "models.toml"
     cfg.write_text(text)
-    srv = EnvServer(cfg, free_port(), env)
-    # Not Server.wait_ready: it waits for every engine to be "ready", a disabled rung never is.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{srv.log.read_text()}")
-        try:
-            if srv.health()["engines"][MODEL]["state"] == "ready":  # type: ignore[index]
-                return srv
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    srv.stop()
-    raise RuntimeError(f"server not ready:\n{srv.log.read_text()}")
+    return Server(cfg, free_port(), env).started()
 
 
 @pytest.fixture(scope="module")

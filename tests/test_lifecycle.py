@@ -25,7 +25,7 @@ import pytest
 from localroute.config import LlamaCppModel, load_config
 from localroute.lifecycle import OverBudgetError, Placement
 from localroute.resources import Footprint, MiB, estimate_gguf
-from tests.conftest import ROOT, Server, free_port, pid_alive, wait_until
+from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 from tests.toml_text import toml_value
 
 SMOL, GEMMA = "smollm2-135m", "gemma3-270m"
@@ -138,18 +138,7 @@ class Watch:
 
 def serve(cfg: Path) -> Server:
     """A gateway whose startup (preloads included) is over: uvicorn answers only after the lifespan."""
-    srv = Server(cfg, free_port())
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{srv.log.read_text()}")
-        try:
-            srv.health()
-            return srv
-        except Exception:
-            time.sleep(0.05)
-    srv.stop()
-    raise RuntimeError(f"server not up in 120s:\n{srv.log.read_text()}")
+    return Server(cfg, free_port()).started(until=answering)
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -104,13 +103,7 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class EnvServer(Server):
-    """conftest's Server with KEY_ENV set to `key` in the gateway's environment."""
-
-    def __init__(self, config: Path, port: int, key: str) -> None:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(KEY_ENV, key)
-            super().__init__(config, port)
+EnvServer = Server  # a gateway with KEY_ENV set in its environment
 
 
 def serve(
@@ -118,7 +111,7 @@ def serve(
 ) -> Iterator[EnvServer]:
     cfg = factory.mktemp(name) / "models.toml"
     cfg.write_text(text)
-    srv = EnvServer(cfg, free_port(), key)
+    srv = Server(cfg, free_port(), {KEY_ENV: key})
     try:
         srv.wait_ready()
         yield srv

@@ -40,7 +40,7 @@ from localroute.config import parse_config
 from localroute.engines.vllm import VllmEngine, from_config, gpu_problem
 from localroute.errors import OverloadedError
 from localroute.pull import pull_models
-from tests.conftest import ROOT, Server, free_port, pid_alive, wait_until
+from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 from tests.fake_vllm import install
 from tests.toml_text import toml_value
 
@@ -86,16 +86,7 @@ def config_text(models: list[dict[str, object]]) -> str:
 
 
 class EnvServer(Server):
-    """conftest's Server with variables set (or, for None, removed) in the gateway's environment."""
-
-    def __init__(self, config: Path, port: int, env: Mapping[str, str | None]) -> None:
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in env.items():
-                if v is None:
-                    mp.delenv(k, raising=False)
-                else:
-                    mp.setenv(k, v)
-            super().__init__(config, port)
+    """conftest's Server (variables set or removed with `env`), with lookups the tests share."""
 
     def engine(self, name: str) -> dict[str, Any]:
         return self.health()["engines"][name]  # type: ignore[index, no-any-return]
@@ -109,17 +100,8 @@ def serve(tmp: Path, models: list[dict[str, object]], env: Mapping[str, str | No
     cfg = tmp / "models.toml"
     cfg.write_text(config_text(models))
     srv = EnvServer(cfg, free_port(), {"FAKE_VLLM_ARGV_FILE": str(tmp / "argv.jsonl"), **env})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{srv.log.read_text()}")
-        try:
-            srv.health()
-            return srv
-        except httpx.TransportError:
-            time.sleep(0.1)
-    srv.stop()
-    raise RuntimeError(f"server not ready:\n{srv.log.read_text()}")
+    srv.started(until=answering)
+    return srv
 
 
 def fake_env(tmp: Path, **more: str | None) -> dict[str, str | None]:
