@@ -7,6 +7,7 @@ so no traceback ever reaches a client or the log.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -32,8 +33,9 @@ from starlette.routing import Route
 
 from localroute.audit import AuditLog
 from localroute.backends.base import Backend
-from localroute.config import Config
-from localroute.cost import baseline_cost, request_cost
+from localroute.config import LOCAL_ENGINES, Config
+from localroute.cost import baseline_cost
+from localroute.dashboard import dashboard, dashboard_asset
 from localroute.errors import (
     APIError,
     InternalError,
@@ -43,14 +45,19 @@ from localroute.errors import (
     PayloadTooLargeError,
 )
 from localroute.lifecycle import Managed, Placement
+from localroute.logs import REQUEST_LOGGER
+from localroute.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from localroute.metrics import Metrics
 from localroute.policy import Hints
 from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, body_texts, resolve
 from localroute.privacy_config import APIKey
 from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
 from localroute.router import Router, Trace
+from localroute.stats import parse_since, summarize
 
 log = logging.getLogger("localroute")
+request_log = logging.getLogger(REQUEST_LOGGER)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -145,6 +152,8 @@ class Gateway:
         self.audit = audit
         self.created = int(time.time())
         self._keys = [(k, _key_digest(k)) for k in config.keys]
+        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.server.stats_window)
+        self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
 
     def classify(self, request: Request, req: ChatCompletionRequest) -> Privacy:
         """The request's privacy class: header, API key policy, detected data, config default."""
@@ -183,13 +192,13 @@ class Gateway:
             if not req.stream:
                 result, trace = await self.router.complete(req, hints, privacy, attempts)
                 answer = (result.get("choices") or [{}])[0].get("message", {}).get("content")
-                self._record(rid, privacy, trace, 200, t0, content=(req, answer))
+                self._record(rid, privacy, trace, 200, t0, content=(req, answer), stream=False)
                 return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
             chunks, trace = await self.router.stream(req, hints, privacy, attempts)
         except APIError as exc:
             self._record(
                 rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
-                content=(req, None),
+                content=(req, None), stream=bool(req.stream),
             )  # fmt: skip
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
@@ -202,11 +211,16 @@ class Gateway:
             status, error = 200, None
             parts: list[str] = []  # the answer, kept only for an operator who opted into content
             keep = self.config.privacy.audit_content
+            first: float | None = None  # when the first content reached the client: TTFT
             try:
                 async for chunk in chunks:
-                    if keep:
+                    if keep or first is None:
                         for ch in chunk.get("choices") or ():
-                            parts.append((ch.get("delta") or {}).get("content") or "")
+                            text = (ch.get("delta") or {}).get("content") or ""
+                            if text and first is None:
+                                first = time.monotonic()
+                            if keep:
+                                parts.append(text)
                     yield _sse(chunk)
                 yield b"data: [DONE]\n\n"
             except APIError as exc:
@@ -221,7 +235,10 @@ class Gateway:
                 # so its slot is freed now rather than when the garbage collector gets to it.
                 with anyio.CancelScope(shield=True):
                     await chunks.aclose()
-                self._record(rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)))
+                self._record(
+                    rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)), stream=True,
+                    ttft=first,
+                )  # fmt: skip
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -236,11 +253,13 @@ class Gateway:
         error: str | None = None,
         attempts: list[dict[str, Any]] | None = None,
         content: tuple[ChatCompletionRequest, str | None] | None = None,
+        stream: bool = False,
+        ttft: float | None = None,
     ) -> None:
-        """One audit record per request: no prompt or answer text, no matched data, no keys.
-        Without a trace (the request failed), `attempts` lists the rungs it tried."""
-        if self.audit is None:
-            return
+        """One record per request, to the audit log, the stats window, the metrics and the request
+        log: no prompt or answer text (unless the operator opted into it, and then only in the audit
+        log), no matched data, no keys. Without a trace (the request failed), `attempts` lists the
+        rungs it tried."""
         seconds = time.monotonic() - t0
         rec: dict[str, Any] = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -248,10 +267,17 @@ class Gateway:
             "privacy": privacy.as_json(),
             "status": status,
             "error": error,
+            "stream": stream,
             "latency_ms": round(seconds * 1000, 1),
+            "ttft_ms": None if ttft is None else round((ttft - t0) * 1000, 1),
         }
         if trace is None:
-            rec["attempts"] = attempts or []
+            tried = attempts or []
+            rec.update(
+                attempts=tried,
+                cost_usd=round(sum(a.get("cost_usd", 0.0) for a in tried), 10),
+                baseline_usd=0.0,
+            )
         else:
             d = trace.decision
             answered = self.config.model(trace.model) if trace.model else None
@@ -260,25 +286,51 @@ class Gateway:
                 decision={"model": d.model, "tier": d.tier, "score": round(d.score, 4), "route": d.route},
                 route=trace.route,
                 model=trace.model or None,
+                tier=trace.tier if trace.model else None,
+                local=answered is not None and answered.engine in LOCAL_ENGINES,
                 escalations=trace.escalations,
+                moves=trace.moves,
                 attempts=trace.attempts,
                 tokens={
                     "prompt": usage.get("prompt_tokens", 0),
                     "completion": usage.get("completion_tokens", 0),
                 },
-                cost_usd=round(request_cost(answered, usage, seconds), 8) if answered else 0.0,
-                baseline_usd=round(baseline_cost(self.config, usage), 8),
+                compute_s=round(trace.compute_s, 6),
+                cost_usd=round(trace.cost_usd, 10),
+                baseline_usd=round(baseline_cost(self.config, usage), 10),
             )
+        self.records.append(rec)
+        self.metrics.observe(rec)
+        request_log.info("request", extra={"fields": rec})
+        if self.audit is None:
+            return
         if self.config.privacy.audit_content and content is not None:  # the operator opted in
             req, answer = content
-            rec["content"] = {
-                "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
-                "answer": answer,
+            rec = {
+                **rec,
+                "content": {
+                    "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
+                    "answer": answer,
+                },
             }
         try:
             self.audit.append(rec)
         except OSError as exc:  # the log must not take requests down; say so, once per failure
             log.error("audit log write failed: %s", exc.__class__.__name__)
+
+    async def stats(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        raw = request.query_params.get("since")
+        since = None
+        if raw:
+            try:
+                since = parse_since(raw[:100], now)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), param="since") from None
+        return JSONResponse(summarize(list(self.records), since, now))
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def explain(self, request: Request) -> Response:
         raw = await read_body(request, self.config.server.max_body_bytes)
@@ -359,6 +411,10 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
             Route("/v1/models", route("models"), methods=["GET"]),
             Route("/v1/route/explain", route("explain"), methods=["POST"]),
             Route("/health", route("health"), methods=["GET"]),
+            Route("/metrics", route("metrics_page"), methods=["GET"]),
+            Route("/v1/localroute/stats", route("stats"), methods=["GET"]),
+            Route("/dashboard", _guarded(dashboard), methods=["GET"]),
+            Route("/dashboard/assets/{name}", _guarded(dashboard_asset), methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},

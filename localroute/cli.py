@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +27,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from localroute.app import create_app
+    from localroute.logs import configure as configure_logs
+    from localroute.logs import level_from
 
     cfg = _load(args.config)
     host = args.host or cfg.server.host
@@ -50,13 +51,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    logging.basicConfig(level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call is noise
+    configure_logs(cfg.server.log_level, cfg.server.log_format)
     uvicorn.run(
         create_app(cfg),
         host=host,
         port=port,
-        log_level=cfg.server.log_level,
+        log_config=None,  # our handler (configure_logs) formats uvicorn's lines too
+        log_level=level_from(cfg.server.log_level),
         access_log=False,
         timeout_graceful_shutdown=10,
     )
@@ -129,6 +130,27 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     result = verify(path)
     print(result.report())
     return 0 if result.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from localroute.report import build, format_report
+    from localroute.stats import parse_since
+
+    path = Path(args.path) if args.path else _load(args.config).audit_path()
+    if not path.is_file():
+        print(f"localroute: no audit log at {path}", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    try:
+        since = parse_since(args.since, now) if args.since else None
+    except ValueError as exc:
+        print(f"localroute: --since: {exc}", file=sys.stderr)
+        return 2
+    summary = build(path, since, now)
+    print(json.dumps(summary, indent=2) if args.json else format_report(summary))
+    return 0
 
 
 def _cell(value: object, suffix: str = "") -> str:
@@ -207,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("path", nargs="?", help="audit log (default: privacy.audit_path from the config)")
     av.add_argument("--config", help="path to models.toml")
     av.set_defaults(func=cmd_audit_verify)
+    rp = sub.add_parser("report", help="requests, local share, cost and savings, from the audit log")
+    rp.add_argument("path", nargs="?", help="audit log (default: privacy.audit_path from the config)")
+    rp.add_argument("--config", help="path to models.toml")
+    rp.add_argument("--since", help="ISO-8601 time, or a span back from now: 15m, 1h, 7d")
+    rp.add_argument("--json", action="store_true", help="print the same JSON as /v1/localroute/stats")
+    rp.set_defaults(func=cmd_report)
     ex = sub.add_parser("explain", help="show the routing decision for requests, offline")
     ex.add_argument("--config", help="path to models.toml")
     ex.add_argument("--jsonl", action="store_true", help="one request per line")

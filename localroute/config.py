@@ -78,12 +78,23 @@ Source = Annotated[HFSource | PathSource | PyPISource, Field(discriminator="kind
 
 
 class Price(BaseModel):
-    """Prices: $ per million tokens (remote), or $ per compute-hour (local engines)."""
+    """Prices: $ per million tokens (remote), and for local engines what their compute costs.
+
+    Compute is measured per request: CPU-seconds of the llama.cpp worker (all its threads), or a
+    vLLM request's share of GPU time. It is priced at `per_hour` ($ per CPU-core-hour or GPU-hour,
+    e.g. amortised hardware) plus energy: `watts` drawn per busy core or GPU at `per_kwh` $/kWh.
+    """
 
     model_config = _FORBID
     input_per_mtok: Annotated[float, Field(ge=0)] = 0.0
     output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
     per_hour: Annotated[float, Field(ge=0)] = 0.0
+    watts: Annotated[float, Field(ge=0, le=100_000)] = 0.0
+    per_kwh: Annotated[float, Field(ge=0)] = 0.0
+
+    def compute_per_hour(self) -> float:
+        """$ per compute-hour, energy included."""
+        return self.per_hour + self.watts / 1000 * self.per_kwh
 
 
 class LlamaCppModel(BaseModel):
@@ -208,7 +219,22 @@ class ServerConfig(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
     models_dir: str = DEFAULT_MODELS_DIR
+    # LOCALROUTE_LOG_LEVEL overrides it.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "json": one JSON object per line (one per request, with the audit record's fields, no text);
+    # "text": the same fields as key=value, for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # Requests kept in memory for /v1/localroute/stats and the dashboard (the audit log keeps all).
+    stats_window: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+
+
+class CostConfig(BaseModel):
+    """What the money saved is measured against."""
+
+    model_config = _FORBID
+    # The model an all-frontier deployment would use for every request. None: the dearest model
+    # by output-token price.
+    baseline: ModelName | None = None
 
 
 class Config(BaseModel):
@@ -220,6 +246,7 @@ class Config(BaseModel):
     routing: RoutingConfig = RoutingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    cost: CostConfig = CostConfig()
     keys: list[APIKey] = []
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -245,6 +272,12 @@ class Config(BaseModel):
                 raise ValueError(f"key '{k.name}' is declared twice (same name, hash or variable)")
             seen |= {ident, k.name}
         return keys
+
+    @model_validator(mode="after")
+    def _baseline_exists(self) -> Config:
+        if self.cost.baseline is not None and self.model(self.cost.baseline) is None:
+            raise ValueError(f"cost.baseline '{self.cost.baseline}' is not a model declared in [[models]]")
+        return self
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

@@ -14,6 +14,7 @@ import anyio
 from localroute.backends.base import Backend
 from localroute.confidence import logprobs_of, measure, too_unsure
 from localroute.config import LOCAL_ENGINES, Config, ModelConfig
+from localroute.cost import attempt_cost
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
@@ -42,17 +43,49 @@ class Trace:
     escalations: int = 0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
+    moves: list[str] = field(default_factory=list)  # each escalation or fallback, by route
+    cost_usd: float = 0.0  # every rung tried, escalated ones included
+    compute_s: float = 0.0  # local compute measured by the engines (CPU- or GPU-seconds)
 
-    def attempt(self, m: ModelConfig, outcome: str, reason: str | None, t0: float) -> None:
+    def attempt(
+        self,
+        m: ModelConfig,
+        outcome: str,
+        reason: str | None,
+        t0: float,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a rung's call; `result` (its answer, or its last stream chunk) carries what it used."""
         ms = round((time.monotonic() - t0) * 1000, 1)
         remote = m.engine not in LOCAL_ENGINES
         self.attempts.append(
-            {"model": m.name, "outcome": outcome, "reason": reason, "ms": ms, "remote": remote}
+            {"model": m.name, "outcome": outcome, "reason": reason, "ms": ms, "remote": remote,
+             "tokens": {"prompt": 0, "completion": 0}, "compute_s": 0.0, "cost_usd": 0.0}
+        )  # fmt: skip
+        if result is not None:
+            self.settle(m, result)
+
+    def settle(self, m: ModelConfig, result: Mapping[str, Any]) -> None:
+        """Charge the last attempt for the tokens and compute that `result` reports (a stream's
+        usage arrives in its last chunk, after the attempt was recorded)."""
+        usage = _usage(result)
+        compute = _compute_s(result) if m.engine in LOCAL_ENGINES else 0.0  # only our engines measure
+        cost = attempt_cost(m, usage, compute)
+        a = next((a for a in reversed(self.attempts) if a["model"] == m.name), None)
+        if a is None:
+            return
+        self.cost_usd += cost - a["cost_usd"]
+        self.compute_s += compute - a["compute_s"]
+        a.update(
+            tokens={"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)},
+            compute_s=round(compute, 6),
+            cost_usd=round(cost, 10),
         )
 
     def moved(self, route: str) -> None:
         self.route = route
         self.escalations += 1
+        self.moves.append(route)
 
     def headers(self) -> dict[str, str]:
         return {
@@ -61,6 +94,19 @@ class Trace:
             "x-localroute-route": self.route,
             "x-localroute-escalations": str(self.escalations),
         }
+
+
+def _usage(result: Mapping[str, Any]) -> dict[str, int]:
+    usage = result.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _compute_s(result: Mapping[str, Any]) -> float:
+    extra = result.get("x_localroute")
+    value = extra.get("compute_s") if isinstance(extra, dict) else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
 
 
 def _outcome(exc: APIError) -> str:
@@ -204,6 +250,7 @@ class Router:
 
     def _finish(self, item: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest) -> dict[str, Any]:
         item["model"] = m.name
+        item.pop("x_localroute", None)  # engine accounting, not for the client
         if not req.logprobs:
             for ch in item.get("choices") or ():
                 ch.pop("logprobs", None)
@@ -249,11 +296,11 @@ class Router:
                 asked = req.output_limit() or m.default_max_tokens
                 why = self._verdict(logprobs_of(choice), choice.get("finish_reason"), tokens, asked)
                 if why is not None:
-                    trace.attempt(m, "escalated", why, t0)
+                    trace.attempt(m, "escalated", why, t0, result)
                     trace.moved(f"escalated:{why}")
                     kept = (result, m)
                     continue
-            trace.attempt(m, "ok", None, t0)
+            trace.attempt(m, "ok", None, t0, result)
             return self._answer(result, m, req, trace)
         raise EngineUnavailableError("No model could serve this request.")  # unreachable: chain ≥ 1
 
@@ -261,9 +308,7 @@ class Router:
         self, result: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest, trace: Trace
     ) -> tuple[dict[str, Any], Trace]:
         trace.model, trace.tier = m.name, m.tier
-        usage = result.get("usage")
-        if isinstance(usage, dict):
-            trace.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+        trace.usage = _usage(result)
         return self._finish(result, m, req), trace
 
     # -- streaming -------------------------------------------------------------------------------
@@ -370,21 +415,22 @@ class Router:
         wants_usage = req.stream_options is not None and req.stream_options.include_usage
         try:
             for chunk in buffered:
-                if self._keep(chunk, trace, wants_usage):
+                if self._keep(chunk, m, trace, wants_usage):
                     yield self._finish(chunk, m, req)
             if not done:
                 async for chunk in chunks:
-                    if self._keep(chunk, trace, wants_usage):
+                    if self._keep(chunk, m, trace, wants_usage):
                         yield self._finish(chunk, m, req)
         finally:
             await _close(chunks)
 
     @staticmethod
-    def _keep(chunk: dict[str, Any], trace: Trace, wants_usage: bool) -> bool:
+    def _keep(chunk: dict[str, Any], m: ModelConfig, trace: Trace, wants_usage: bool) -> bool:
         """Record a usage chunk; pass it on only if the client asked for one."""
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            trace.usage = {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+            trace.usage = _usage(chunk)
+            trace.settle(m, chunk)
             if not chunk.get("choices"):
                 return wants_usage
             if not wants_usage:

@@ -45,6 +45,19 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     last_is_eog: bool = False
     reported: int = 0  # tokens whose logprobs were already attached to a stream chunk
+    cpu_start: float = 0.0
+    compute_s: float = 0.0  # CPU-seconds of this process (all llama.cpp threads) while decoding
+
+    def start_clock(self) -> None:
+        # Requests are serialised, so the process's CPU time while this one decodes is its own.
+        self.cpu_start = time.process_time()
+
+    def stop_clock(self) -> None:
+        self.compute_s = time.process_time() - self.cpu_start
+
+    def accounting(self) -> dict[str, float]:
+        """The measured compute, for the gateway's cost record (removed before the client sees it)."""
+        return {"compute_s": round(self.compute_s, 6)}
 
     def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
         return self.cancel.is_set()
@@ -189,6 +202,7 @@ class Runner:
             raise InvalidRequestError("The client went away before its turn.", code="client_gone")
         try:
             kw = self._kwargs(body, gen, stream=False)
+            gen.start_clock()
             fut = self._launch(lambda: self.llm.create_chat_completion(**kw))
         except BaseException:
             self._release()
@@ -201,7 +215,9 @@ class Runner:
         except (ValueError, RuntimeError) as exc:
             raise self._translate(exc) from None
         self.served += 1
+        gen.stop_clock()
         result["usage"] = gen.usage()
+        result["x_localroute"] = gen.accounting()
         if gen.want_logprobs:
             result["choices"][0]["logprobs"] = {"content": self.token_entries(gen, len(gen.tokens))}
         return result
@@ -224,6 +240,7 @@ class Runner:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
 
         def produce() -> None:
+            gen.start_clock()
             try:
                 chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
                 for chunk in chunks:
@@ -233,6 +250,7 @@ class Runner:
             except Exception as exc:  # report, never let the thread die silently
                 put("error", InternalError(f"llama.cpp failed: {exc.__class__.__name__}"))
             finally:
+                gen.stop_clock()
                 put("end", None)
 
         self._launch(produce)
@@ -256,7 +274,7 @@ class Runner:
                 yield _sse(item)
             if include_usage and last is not None:
                 tail = {k: last[k] for k in ("id", "object", "created", "model")}
-                yield _sse({**tail, "choices": [], "usage": gen.usage()})
+                yield _sse({**tail, "choices": [], "usage": gen.usage(), "x_localroute": gen.accounting()})
             yield b"data: [DONE]\n\n"
             self.served += 1
         finally:

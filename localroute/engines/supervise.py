@@ -1,4 +1,5 @@
-"""What every supervised engine process shares: waiting for its health check, and naming its exit."""
+"""What every supervised engine process shares: waiting for its health check, naming its exit, and
+measuring a request's share of a batching engine's time."""
 
 from __future__ import annotations
 
@@ -36,3 +37,31 @@ def exit_reason(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with status {code}"
+
+
+class TimeShare:
+    """Each request's fair share of a batching engine's busy time: the integral of dt / n(t) over
+    the time it is in flight, n(t) being the requests in flight then. Shares sum to the busy time."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._acc = 0.0
+        self._t = time.monotonic()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._n:
+            self._acc += (now - self._t) / self._n
+        self._t = now
+
+    def enter(self) -> float:
+        """A request starts; keep the mark for `leave`."""
+        self._tick()
+        self._n += 1
+        return self._acc
+
+    def leave(self, mark: float) -> float:
+        """The request ended: its share of the engine's time since `enter`, in seconds."""
+        self._tick()
+        self._n -= 1
+        return self._acc - mark

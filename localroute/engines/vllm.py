@@ -30,7 +30,7 @@ import httpx
 from localroute.backends.base import EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, VllmModel
-from localroute.engines.supervise import exit_reason, poll_health
+from localroute.engines.supervise import TimeShare, exit_reason, poll_health
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
@@ -170,6 +170,7 @@ class VllmEngine:
         self._start_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._admitted = 0
+        self._share = TimeShare()  # GPU time per request, for its cost
         self._attempts = 0
         self._unplanned = False  # the last server ended without being asked to: the next start is a restart
         self._closing = False
@@ -429,26 +430,41 @@ class VllmEngine:
             log.warning("vllm model %s: connection to its server lost", self.name)
         return EngineUnavailableError(f"The connection to model '{self.name}' was lost.")
 
+    def _gpu_seconds(self, share_s: float) -> dict[str, float]:
+        return {"compute_s": round(share_s * self.cfg.tensor_parallel_size, 6)}
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self._admit() as http:
+            mark = self._share.enter()
             try:
                 result = await http.complete(self._body(body))
             except ConnectionLostError:
                 raise await self._lost() from None
             except APIError as exc:
                 raise self._mapped(exc) from None
+            finally:
+                share = self._share.leave(mark)
             self.served += 1
+            result["x_localroute"] = self._gpu_seconds(share)
             return result
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         async with self._admit() as http, contextlib.aclosing(http.stream(self._body(body))) as chunks:
+            mark: float | None = self._share.enter()
             try:
                 async for chunk in chunks:
+                    if mark is not None and chunk.get("usage") and not chunk.get("choices"):
+                        # The usage chunk comes last: the request's GPU time is known now.
+                        chunk["x_localroute"] = self._gpu_seconds(self._share.leave(mark))
+                        mark = None
                     yield chunk
             except ConnectionLostError:
                 raise await self._lost() from None
             except APIError as exc:
                 raise self._mapped(exc) from None
+            finally:
+                if mark is not None:
+                    self._share.leave(mark)
             self.served += 1
 
     def health(self) -> dict[str, Any]:

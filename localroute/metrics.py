@@ -1,0 +1,118 @@
+"""Prometheus metrics for `GET /metrics`, one registry per app (no process-global state).
+
+Label values come from the config and from the router's fixed vocabulary (model names, tiers,
+route reasons, privacy classes, status codes): never request ids, user text or client-chosen
+strings, so cardinality is bounded by the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from localroute.backends.base import EngineState
+from localroute.stats import LATENCY_BOUNDS_MS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SECONDS = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
+_TTFT_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ENGINE_STATES: tuple[str, ...] = get_args(EngineState)
+
+
+class _Engines(Collector):
+    """Engine state, queue depth and RSS, read from the engines' health at scrape time."""
+
+    def __init__(self, health: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "localroute_engine_state", "1 for the engine's current state", labels=["model", "state"]
+        )
+        queue = GaugeMetricFamily(
+            "localroute_queue_depth", "Requests waiting for an engine slot", labels=["model"]
+        )
+        in_flight = GaugeMetricFamily(
+            "localroute_in_flight", "Requests admitted to an engine (running or queued)", labels=["model"]
+        )
+        rss = GaugeMetricFamily(
+            "localroute_engine_rss_bytes", "Resident memory of the engine's process", labels=["model"]
+        )
+        for name, h in self._health().items():
+            current = str(h.get("state", "stopped"))
+            for s in sorted({*ENGINE_STATES, current}):
+                state.add_metric([name, s], 1.0 if s == current else 0.0)
+            queue.add_metric([name], float(h.get("queued") or 0))
+            in_flight.add_metric([name], float(h.get("in_flight") or 0))
+            if h.get("rss_mib") is not None:
+                rss.add_metric([name], float(h["rss_mib"]) * 1024 * 1024)
+        yield from (state, queue, in_flight, rss)
+
+
+class Metrics:
+    """The gateway's counters and histograms; `observe` takes one finished request's record."""
+
+    def __init__(self, health: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "localroute_requests", "Chat requests served or refused",
+            ["model", "tier", "route", "privacy", "status"], registry=r,
+        )  # fmt: skip
+        self.tokens = Counter("localroute_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        self.cost = Counter(
+            "localroute_cost_usd", "What requests cost, every rung tried", ["model"], registry=r
+        )
+        self.baseline = Counter(
+            "localroute_baseline_cost_usd", "What the same requests would cost on the baseline model",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.compute = Counter(
+            "localroute_compute_seconds", "CPU- or GPU-seconds local engines spent", ["model"], registry=r
+        )
+        self.escalations = Counter(
+            "localroute_escalations", "Requests moved up the ladder, by reason", ["reason"], registry=r
+        )
+        self.latency = Histogram(
+            "localroute_request_duration_seconds", "Time to the last byte",
+            ["model", "stream"], buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "localroute_time_to_first_token_seconds", "Streams: time to the first content chunk",
+            ["model"], buckets=_TTFT_SECONDS, registry=r,
+        )  # fmt: skip
+        r.register(_Engines(health))
+
+    def observe(self, rec: Mapping[str, Any]) -> None:
+        model = rec.get("model") or "none"
+        tier = rec.get("tier")
+        self.requests.labels(
+            model,
+            "" if tier is None else str(tier),
+            rec.get("route") or "none",
+            (rec.get("privacy") or {}).get("class", "unknown"),
+            str(rec.get("status", 0)),
+        ).inc()
+        tokens = rec.get("tokens") or {}
+        for kind in ("prompt", "completion"):
+            if tokens.get(kind):
+                self.tokens.labels(model, kind).inc(tokens[kind])
+        self.cost.labels(model).inc(rec.get("cost_usd") or 0.0)
+        self.baseline.labels(model).inc(rec.get("baseline_usd") or 0.0)
+        if rec.get("compute_s"):
+            self.compute.labels(model).inc(rec["compute_s"])
+        for move in rec.get("moves") or ():
+            self.escalations.labels(move.split(":", 1)[-1]).inc()
+        if 200 <= int(rec.get("status", 0)) < 300:
+            self.latency.labels(model, "true" if rec.get("stream") else "false").observe(
+                rec.get("latency_ms", 0.0) / 1000
+            )
+            if rec.get("ttft_ms") is not None:
+                self.ttft.labels(model).observe(rec["ttft_ms"] / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
