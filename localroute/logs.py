@@ -36,8 +36,7 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for k, v in _fields(record).items():
-            out.setdefault(k, v)
+        out.update(_fields(record))  # a request's own `ts` (its audit record's) wins
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__  # the type only: no traceback, no paths
         return json.dumps(out, separators=(",", ":"), ensure_ascii=False, default=str)
