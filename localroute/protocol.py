@@ -22,6 +22,13 @@ BACKEND_KNOBS = frozenset(
 )
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+# OpenAI's own cap on a conversation's messages.
+MAX_MESSAGES = 2048
+# Token counts are C ints in every engine; a larger one is a client mistake, not "unlimited".
+MAX_TOKENS = 2**31 - 1
+# llama-cpp-python re-checks every stop string at every token; real ones are a few characters.
+MAX_STOP_CHARS = 1024
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class TextPart(BaseModel):
@@ -54,12 +61,12 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = _STRICT
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -94,7 +101,9 @@ class ChatCompletionRequest(BaseModel):
 # pydantic names union branches in error locations; a client sees these words instead.
 _BRANCHES = {
     "str": "a string",
+    "constrained-str": "a string",
     "list[str]": "a list of strings",
+    "list[constrained-str]": "a list of strings",
     "list[TextPart]": "a list of text parts",
 }
 
@@ -121,7 +130,7 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
             code="invalid_encoding",
         ) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except ValueError as exc:
         if not isinstance(exc, json.JSONDecodeError):  # e.g. an integer beyond Python's digit limit
             raise InvalidRequestError(
@@ -143,6 +152,12 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
             "Request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text.",
             code="invalid_encoding",
         )
+    if "\\u0000" in text and (where := _nul_param(data)) is not None:
+        raise InvalidRequestError(
+            f"Invalid value for '{where or 'body'}': text may not contain the NUL character (\\u0000).",
+            param=where or None,
+            code="invalid_value",
+        )
     for key in data:
         if key in BACKEND_KNOBS:
             raise InvalidRequestError(
@@ -161,6 +176,39 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise _to_invalid_request(exc) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if a key repeats: parsers disagree on which one wins (RFC 7493)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidRequestError(
+                    f"Request body has the key {key[:64]!r} more than once in one object.",
+                    code="invalid_json",
+                )
+            seen.add(key)
+    return out
+
+
+def _nul_param(data: object) -> str | None:
+    """Where a string (or key) holding U+0000 sits, as a parameter path; None if nowhere."""
+    stack: list[tuple[object, tuple[int | str, ...]]] = [(data, ())]
+    while stack:  # a loop, not recursion: the body may be nested as deep as the JSON parser allows
+        node, loc = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return _loc_to_param(loc)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if "\x00" in key:
+                    return _loc_to_param(loc)
+                stack.append((value, (*loc, key)))
+        elif isinstance(node, list):
+            stack.extend((value, (*loc, i)) for i, value in enumerate(node))
+    return None
 
 
 def _has_lone_surrogate(data: object) -> bool:
@@ -212,4 +260,28 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequestError:
     got = first.get("input")
     if first["type"] == "literal_error" and isinstance(got, str) and len(got) <= 64:
         msg += f" (got {got!r})"
-    return InvalidRequestError(f"Invalid value for '{param}': {msg}.", param=param or None)
+    code = "invalid_type" if msg_override is not None else _code(first["type"], got, ctx)
+    return InvalidRequestError(f"Invalid value for '{param}': {msg}.", param=param or None, code=code)
+
+
+def _code(kind: str, got: object, ctx: dict[str, Any]) -> str:
+    """OpenAI's error code for a pydantic error type (`invalid_type`, `integer_above_max_value`, ...)."""
+    bound = next(iter(ctx.values()), None)  # a range error's limit has the field's numeric type
+    number = "integer" if isinstance(bound, int) else "decimal"
+    if kind == "missing":
+        return "missing_required_parameter"
+    if kind in ("greater_than", "greater_than_equal"):
+        return f"{number}_below_min_value"
+    if kind in ("less_than", "less_than_equal"):
+        return f"{number}_above_max_value"
+    if kind == "too_short":
+        return "empty_array" if isinstance(got, list) and not got else "array_below_min_length"
+    if kind == "too_long":
+        return "array_above_max_length"
+    if kind == "string_too_short":
+        return "empty_string" if got == "" else "string_below_min_length"
+    if kind == "string_too_long":
+        return "string_above_max_length"
+    if kind.endswith("_type"):  # int_type, string_type, list_type, model_type, ...
+        return "invalid_type"
+    return "invalid_value"  # literal_error, finite_number, our validators' value_error
