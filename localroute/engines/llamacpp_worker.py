@@ -84,6 +84,7 @@ class Runner:
         self.busy = False
         self.served = 0
         self.current: Generation | None = None
+        self._longest_token = 0  # bytes of the vocabulary's longest token; measured when first needed
         self._install_hook()
 
     def _install_hook(self) -> None:
@@ -107,7 +108,31 @@ class Runner:
             return original(*args, **kwargs)
 
         self.llm.create_completion = create_completion
+        tokenize = self.llm.tokenize
+
+        def bounded_tokenize(text: bytes, *args: Any, **kwargs: Any) -> Any:
+            self._refuse_beyond_context(len(text))
+            return tokenize(text, *args, **kwargs)
+
+        self.llm.tokenize = bounded_tokenize
         self._install_sampler_hook()
+
+    def _refuse_beyond_context(self, size: int) -> None:
+        """Refuse a prompt of `size` bytes that cannot fit the context whatever its tokens, before
+        llama.cpp tokenizes it: its tokenizer takes time quadratic in the number of special-token
+        markers (`<|im_end|>`) in the text, and 440 kB of them held the model for 47 s."""
+        if size <= self.n_ctx:  # a token is at least one byte
+            return
+        if not self._longest_token:
+            pieces = (self.llm.detokenize([t], special=True) for t in range(self.llm.n_vocab()))
+            self._longest_token = max(1, *(len(p) for p in pieces))
+        least = -(-size // self._longest_token)
+        if least > self.n_ctx:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.n_ctx} tokens, but the messages "
+                f"resulted in at least {least} tokens. Shorten the messages or use a larger model.",
+                param="messages",
+            )
 
     def _install_sampler_hook(self) -> None:
         """Record each sampled token and, when asked, its logprob read from the last logits.
@@ -245,6 +270,8 @@ class Runner:
                 chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
                 for chunk in chunks:
                     put("chunk", (chunk, len(gen.tokens)))  # tokens sampled up to this chunk
+            except APIError as exc:  # ours, raised from a hook
+                put("error", exc)
             except (ValueError, RuntimeError) as exc:
                 put("error", self._translate(exc))
             except Exception as exc:  # report, never let the thread die silently
