@@ -194,6 +194,15 @@ def test_dashboard_shows_the_stats_api(
     for chart in ("chart-savings", "chart-rungs", "chart-latency"):
         assert page.get_by_test_id(chart).locator("svg").count() >= 1, chart
 
+    # The window selector asks the API for that window. (No wait_for_function: the page's CSP forbids
+    # the string evaluation it needs, which is the point of the CSP.)
+    before = page.get_attribute("body", "data-rendered")
+    page.get_by_test_id("since").select_option("15m")
+    page.wait_for_selector(f'body:not([data-rendered="{before}"])')
+    assert page.evaluate("location.hash") == "#since=15m"
+    assert any(u.endswith("/v1/localroute/stats?since=15m") for u in watch.seen)
+    assert text("total-requests") == "3"
+
     shot = screenshot_path(tmp_path)
     page.screenshot(path=str(shot), full_page=True)
     print(f"dashboard screenshot: {shot}")
