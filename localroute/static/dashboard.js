@@ -219,9 +219,10 @@
     rows.forEach(function (r, i) {
       var y0 = top + i * rowH;
       var g = sv("g", {});
-      var lab = sv("text", { class: "label", x: 0, y: y0 + (r.sub ? 13 : 20) }, clip(r.label, 28));
+      var fit = Math.max(8, Math.floor((labelW - 8) / 7)); // ~7 px a character at 12 px
+      var lab = sv("text", { class: "label", x: 0, y: y0 + (r.sub ? 13 : 20) }, clip(r.label, fit));
       g.appendChild(lab);
-      if (r.sub) g.appendChild(sv("text", { x: 0, y: y0 + 26 }, r.sub));
+      if (r.sub) g.appendChild(sv("text", { x: 0, y: y0 + 26 }, clip(r.sub, fit + 4)));
       var bw = W - labelW - valueW;
       g.appendChild(sv("rect", { class: "track", x: labelW, y: y0 + 9, width: bw, height: 12, rx: 3 }));
       var w = Math.max(r.value > 0 ? 3 : 0, (r.value / max) * bw);
@@ -292,7 +293,9 @@
       if (count) {
         g.appendChild(sv("text", { class: "value", x: x0 + slot * 0.36, y: H - m.b - bh - 5, "text-anchor": "middle" }, fmtInt(count)));
       }
-      g.appendChild(sv("text", { x: x0 + slot * 0.36, y: H - m.b + 15, "text-anchor": "middle" }, label));
+      if (slot >= 34 || i % 2 === 0) {
+        g.appendChild(sv("text", { x: x0 + slot * 0.36, y: H - m.b + 15, "text-anchor": "middle" }, label));
+      }
       g.appendChild(sv("title", {}, label + " ms: " + fmtInt(count)));
       svg.appendChild(g);
     });
