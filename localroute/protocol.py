@@ -22,8 +22,6 @@ BACKEND_KNOBS = frozenset(
 )
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
-# OpenAI's own cap on a conversation's messages.
-MAX_MESSAGES = 2048
 # Token counts are C ints in every engine; a larger one is a client mistake, not "unlimited".
 MAX_TOKENS = 2**31 - 1
 # llama-cpp-python re-checks every stop string at every token; real ones are a few characters.
@@ -61,7 +59,7 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = _STRICT
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
