@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +24,8 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -38,6 +37,7 @@ from localroute.cost import baseline_cost
 from localroute.dashboard import dashboard, dashboard_asset
 from localroute.errors import (
     APIError,
+    DeadlineExceededError,
     InternalError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -48,12 +48,13 @@ from localroute.lifecycle import Managed, Placement
 from localroute.logs import REQUEST_LOGGER
 from localroute.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from localroute.metrics import Metrics
+from localroute.openapi import openapi_json
 from localroute.policy import Hints
 from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, body_texts, resolve
-from localroute.privacy_config import APIKey
 from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
 from localroute.router import Router, Trace
+from localroute.security import Guard, KeyRing
 from localroute.stats import parse_since, summarize
 
 log = logging.getLogger("localroute")
@@ -121,14 +122,6 @@ def parse_hints(headers: Mapping[str, str]) -> Hints:
     return Hints(tier=tier, max_cost=max_cost)
 
 
-def _key_digest(key: APIKey) -> str | None:
-    """The SHA-256 (hex) a presented key must match; env-referenced keys are hashed at startup."""
-    if key.sha256 is not None:
-        return key.sha256
-    value = os.environ.get(key.env or "", "")
-    return hashlib.sha256(value.encode()).hexdigest() if value else None
-
-
 def _sse(obj: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -151,7 +144,7 @@ class Gateway:
         self.detector = detector
         self.audit = audit
         self.created = int(time.time())
-        self._keys = [(k, _key_digest(k)) for k in config.keys]
+        self.keyring = KeyRing(config.keys)
         self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.server.stats_window)
         self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
 
@@ -166,18 +159,8 @@ class Gateway:
         return resolve(self.config.privacy, header, self._key_policy(request), kinds)
 
     def _key_policy(self, request: Request) -> str | None:
-        auth = request.headers.get("authorization", "")
-        if not self._keys or not auth.lower().startswith("bearer "):
-            return None
-        digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()
-        matched = set()
-        for key, want in self._keys:  # compare against every key: no early exit to time
-            if want is not None and hmac.compare_digest(digest, want):
-                matched.add(key.privacy)
-        for policy in ("private", "public", "auto"):  # should two keys match, private wins
-            if policy in matched:
-                return policy
-        return None
+        key = self.keyring.match(request.headers.get("authorization"))
+        return None if key is None else key.privacy
 
     async def chat(self, request: Request) -> Response:
         t0 = time.monotonic()
@@ -185,16 +168,31 @@ class Gateway:
         raw = await read_body(request, self.config.server.max_body_bytes)
         req = parse_chat_request(raw)
         hints = parse_hints(request.headers)
+        if len(req.messages) > self.config.server.max_messages:
+            raise InvalidRequestError(
+                f"Too many messages: {len(req.messages)}, the limit is {self.config.server.max_messages}.",
+                param="messages",
+                code="too_many_messages",
+            )
         privacy = self.classify(request, req)
         CURRENT.set(privacy)  # this request's task: the egress guard reads it
         attempts: list[dict[str, Any]] = []  # the rungs tried, for the audit record even on failure
+        limit = self.config.server.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + limit - (time.monotonic() - t0)
+        late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not req.stream:
+                        result, trace = await self.router.complete(req, hints, privacy, attempts)
+                    else:
+                        chunks, trace = await self.router.stream(req, hints, privacy, attempts)
+            except TimeoutError:
+                raise late from None
             if not req.stream:
-                result, trace = await self.router.complete(req, hints, privacy, attempts)
                 answer = (result.get("choices") or [{}])[0].get("message", {}).get("content")
                 self._record(rid, privacy, trace, 200, t0, content=(req, answer), stream=False)
                 return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
-            chunks, trace = await self.router.stream(req, hints, privacy, attempts)
         except APIError as exc:
             self._record(
                 rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
@@ -213,7 +211,15 @@ class Gateway:
             keep = self.config.privacy.audit_content
             first: float | None = None  # when the first content reached the client: TTFT
             try:
-                async for chunk in chunks:
+                while True:
+                    try:
+                        # The deadline guards the wait for each chunk, never a yield to the client.
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise late from None
                     if keep or first is None:
                         for ch in chunk.get("choices") or ():
                             text = (ch.get("delta") or {}).get("content") or ""
@@ -398,6 +404,17 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
                 audit.close()
             shutil.rmtree(runtime, ignore_errors=True)
 
+    # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
+    middleware = [Middleware(Guard, config=config, keys=KeyRing(config.keys), render=error_response)]
+    if config.server.cors_origins:
+        middleware.insert(0, Middleware(
+            CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-localroute-tier", "x-localroute-max-cost",
+                           "x-localroute-privacy"],
+            expose_headers=["x-request-id", "x-localroute-model", "x-localroute-tier", "x-localroute-route",
+                            "x-localroute-escalations"],
+        ))  # fmt: skip
+
     def route(attr: str) -> Handler:
         async def call(request: Request) -> Response:
             handler: Handler = getattr(holder["gw"], attr)
@@ -415,7 +432,9 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
             Route("/v1/localroute/stats", route("stats"), methods=["GET"]),
             Route("/dashboard", _guarded(dashboard), methods=["GET"]),
             Route("/dashboard/assets/{name}", _guarded(dashboard_asset), methods=["GET"]),
+            Route("/openapi.json", _guarded(openapi_json), methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
+        middleware=middleware,
     )

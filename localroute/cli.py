@@ -29,10 +29,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from localroute.app import create_app
     from localroute.logs import configure as configure_logs
     from localroute.logs import level_from
+    from localroute.security import exposure_problem, is_loopback
 
     cfg = _load(args.config)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
+    problem = exposure_problem(host, cfg.keys, args.insecure_no_auth)
+    if problem is not None:
+        print(f"localroute: {problem}", file=sys.stderr)
+        return 2
+    if args.insecure_no_auth and not cfg.keys and not is_loopback(host):
+        print(
+            f"localroute: WARNING: serving {host} with no authentication (--insecure-no-auth)",
+            file=sys.stderr,
+        )
     for key in cfg.keys:  # a key the gateway cannot recognise would silently lose its privacy policy
         if key.env and not os.environ.get(key.env):
             print(
@@ -59,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,  # our handler (configure_logs) formats uvicorn's lines too
         log_level=level_from(cfg.server.log_level),
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=cfg.server.shutdown_grace_s,
     )
     return 0
 
@@ -213,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="path to models.toml (default: ./models.toml or $LOCALROUTE_CONFIG)")
     s.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to bind (default from config: 8000)")
+    s.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow binding a non-loopback address without [[keys]] (only behind another auth layer)",
+    )
     s.set_defaults(func=cmd_serve)
     pl = sub.add_parser("pull", help="download every model the config names")
     pl.add_argument("--config", help="path to models.toml")

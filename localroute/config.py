@@ -226,6 +226,19 @@ class ServerConfig(BaseModel):
     log_format: Literal["json", "text"] = "json"
     # Requests kept in memory for /v1/localroute/stats and the dashboard (the audit log keeps all).
     stats_window: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    # With [[keys]] configured every path needs a key except /health; this one too unless public.
+    metrics_public: bool = False
+    # Origins allowed to call the API from a browser. Empty: no CORS headers at all (the default).
+    cors_origins: list[Annotated[str, Field(pattern=r"^https?://[^\s/?#]+$")]] = []
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 16 * 1024
+    max_messages: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    # Each request is answered or refused within this long, streams included (504 deadline_exceeded).
+    request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    # On SIGTERM/Ctrl-C: stop accepting, let in-flight requests finish for this long, then stop engines.
+    shutdown_grace_s: Annotated[int, Field(ge=0, le=3600)] = 10
+    # Requests per minute per API key (or per client address without keys); None: unlimited.
+    # A key's own `requests_per_minute` overrides it.
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
 
 
 class CostConfig(BaseModel):

@@ -18,6 +18,11 @@ class ModelUnavailableError(LocalRouteError):
     """A model's weights are not on disk, or cannot be fetched (offline, missing repo, bad checksum)."""
 
 
+class InvalidModelFileError(ModelUnavailableError):
+    """A model file failed the structural check before llama.cpp was given it; the message says why
+    (a header field, an offset) and never names the file's path."""
+
+
 class APIError(LocalRouteError):
     """An error with an HTTP status and an OpenAI-shaped body. Messages never carry paths or secrets."""
 
@@ -109,6 +114,36 @@ class InternalError(APIError):
     status = 500
     type = "server_error"
     default_code = "internal_error"
+
+
+class AuthenticationError(APIError):
+    """No API key, or one that matches no configured key."""
+
+    status = 401
+    type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class RateLimitError(APIError):
+    """The key (or client) sent more requests than its limit allows. Retry after the given delay."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class HeadersTooLargeError(APIError):
+    status = 431
+    type = "invalid_request_error"
+    default_code = "headers_too_large"
+
+
+class DeadlineExceededError(APIError):
+    """The request ran past the gateway's total deadline (`server.request_timeout_s`)."""
+
+    status = 504
+    type = "server_error"
+    default_code = "deadline_exceeded"
 
 
 def api_error_from_body(status: int, body: object) -> APIError:

@@ -30,6 +30,7 @@ class APIKey(BaseModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     privacy: Literal["private", "public", "auto"] = "auto"
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None  # None: `server.requests_per_minute`
 
     @model_validator(mode="after")
     def _one_source(self) -> APIKey:

@@ -45,6 +45,10 @@ KEY_ENV = "LR_PRIVACY_TEST_KEY"
 CANARY = "sk-canary-" + secrets.token_hex(16)
 PRIVATE_CLIENT = "lr-client-private-7c1d2e"  # a client API key whose `[[keys]]` policy is private
 PUBLIC_CLIENT = "lr-client-public-3b9a4f"
+# With [[keys]] configured every request needs one: this key has no privacy policy of its own
+# ("auto"), so requests sent with it are classified as if no key were involved. Servers without
+# [[keys]] ignore it.
+AUTO_CLIENT = "lr-client-auto-5e8a21"
 
 QUESTION = "What is the capital of France?"
 COUNT = "Count from 1 to 500, separated by commas: 1, 2, 3,"
@@ -145,6 +149,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider) 
     keys: list[dict[str, object]] = [
         {"name": "private-client", "sha256": sha256(PRIVATE_CLIENT), "privacy": "private"},
         {"name": "public-client", "sha256": sha256(PUBLIC_CLIENT), "privacy": "public"},
+        {"name": "auto-client", "sha256": sha256(AUTO_CLIENT), "privacy": "auto"},
     ]
     local = {"n_ctx": 256, "default_max_tokens": 64}
     yield from serve(
@@ -218,7 +223,7 @@ def call(
     *,
     messages: list[dict[str, Any]] | None = None,
     privacy: str | None = None,
-    auth: str | None = None,
+    auth: str | None = AUTO_CLIENT,
     tier: str | None = None,
     model: str = "auto",
     stream: bool = False,
@@ -344,15 +349,23 @@ def test_low_confidence_private_is_kept_local(strict: EnvServer, provider: Stand
     assert_private(strict, r, how, tried=[(MODEL, "ok")])
 
 
-@pytest.mark.parametrize(
-    ("auth", "reason"), [(PUBLIC_CLIENT, "public-key"), ("some-other-key", "public-default")]
-)
+@pytest.mark.parametrize(("auth", "reason"), [(PUBLIC_CLIENT, "public-key"), (AUTO_CLIENT, "public-default")])
 def test_other_client_keys_are_not_private(
     strict: EnvServer, provider: StandinProvider, auth: str, reason: str
 ) -> None:
     r = call(strict, QUESTION, auth=auth, max_tokens=16)
     reached_remote(r, provider, "escalated:low_confidence")
     assert_public(strict, r, reason)
+
+
+@pytest.mark.parametrize("auth", ["some-other-key", None])
+def test_an_unknown_or_missing_key_is_refused_before_anything_runs(
+    strict: EnvServer, provider: StandinProvider, auth: str | None
+) -> None:
+    r = call(strict, QUESTION, auth=auth, max_tokens=16)
+    assert r.status == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert json.loads(r.raw)["error"]["code"] == "invalid_api_key"
+    assert provider.requests == []
 
 
 # -- (b) context too long for every local model ----------------------------------------------------------
