@@ -7,6 +7,7 @@ before the model is loaded and can be checked against the worker's RSS after.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
@@ -108,25 +109,41 @@ def gpus(timeout: float = 5.0) -> list[GPU]:
 
 # -- GGUF header ---------------------------------------------------------------------------------
 
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
+# GGUF value types: the scalars' struct formats, then the two compound types.
+GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+GGUF_STRING, GGUF_ARRAY = 8, 9
 MetaValue = int | float | bool | str
 
 
-class _Bounded:
-    """Reads a file but never past `limit` bytes; running out raises EOFError."""
+class GGUFReader:
+    """Reads a GGUF file from its current position, never past `limit` bytes nor past its end: a
+    length or count that would go beyond either raises EOFError before anything is read or allocated."""
 
     def __init__(self, fh: BinaryIO, limit: int) -> None:
         self.fh, self.left = fh, limit
+        self.offset = fh.tell()
+        self.in_file = os.fstat(fh.fileno()).st_size - self.offset
 
-    def read(self, n: int) -> bytes:
+    def _take(self, n: int) -> None:
         if n > self.left:
             raise EOFError("GGUF header larger than the read limit")
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise EOFError("truncated GGUF file")
+        if n > self.in_file:
+            left = self.in_file
+            raise EOFError(f"truncated GGUF file: {n} bytes needed at offset {self.offset}, {left} left")
         self.left -= n
+        self.in_file -= n
+        self.offset += n
+
+    def read(self, n: int) -> bytes:
+        self._take(n)
+        data = self.fh.read(n)
+        if len(data) != n:  # the file shrank under us
+            raise EOFError("truncated GGUF file")
         return data
+
+    def skip(self, n: int) -> None:
+        self._take(n)
+        self.fh.seek(n, 1)
 
     def unpack(self, fmt: str) -> int | float | bool:
         value: int | float | bool = struct.unpack("<" + fmt, self.read(struct.calcsize(fmt)))[0]
@@ -136,12 +153,14 @@ class _Bounded:
         return self.read(int(self.unpack("Q"))).decode("utf-8", "replace")
 
     def skip_array(self, kind: int, count: int) -> None:
-        if kind == _STRING:
+        if kind == GGUF_STRING:
+            if count * 8 > self.in_file:  # each element is at least its 8-byte length
+                raise EOFError(f"truncated GGUF file: an array of {count} strings at offset {self.offset}")
             for _ in range(count):
-                self.read(int(self.unpack("Q")))
-        elif kind in _GGUF_SCALARS:
-            self.read(count * struct.calcsize(_GGUF_SCALARS[kind]))
-        else:  # nested arrays: no model metadata we need is shaped like that
+                self.skip(int(self.unpack("Q")))
+        elif kind in GGUF_SCALARS:
+            self.skip(count * struct.calcsize(GGUF_SCALARS[kind]))
+        else:  # nested arrays: no model metadata is shaped like that, and llama.cpp refuses them
             raise ValueError(f"unsupported GGUF array of type {kind}")
 
 
@@ -151,7 +170,7 @@ def read_gguf_metadata(path: Path, limit: int = 4 * MiB) -> dict[str, MetaValue]
     shape keys and the vocabulary size are known. Raises ValueError on anything that is not GGUF."""
     meta: dict[str, MetaValue] = {}
     with open(path, "rb") as fh:
-        r = _Bounded(fh, limit)
+        r = GGUFReader(fh, limit)
         try:
             if r.read(4) != b"GGUF":
                 raise ValueError("not a GGUF file (bad magic)")
@@ -162,16 +181,16 @@ def read_gguf_metadata(path: Path, limit: int = 4 * MiB) -> dict[str, MetaValue]
             n_kv = int(r.unpack("Q"))
             for _ in range(n_kv):
                 key, kind = r.string(), int(r.unpack("I"))
-                if kind == _STRING:
+                if kind == GGUF_STRING:
                     meta[key] = r.string()
-                elif kind == _ARRAY:
+                elif kind == GGUF_ARRAY:
                     inner, count = int(r.unpack("I")), int(r.unpack("Q"))
                     meta[key + ".length"] = count
                     if _complete(meta):
                         break
                     r.skip_array(inner, count)
-                elif kind in _GGUF_SCALARS:
-                    meta[key] = r.unpack(_GGUF_SCALARS[kind])
+                elif kind in GGUF_SCALARS:
+                    meta[key] = r.unpack(GGUF_SCALARS[kind])
                 else:
                     raise ValueError(f"unknown GGUF value type {kind}")
                 if _complete(meta):

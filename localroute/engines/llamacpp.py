@@ -18,17 +18,17 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx
 
-from localroute import resources
+from localroute import gguf_check, resources
 from localroute.backends.base import EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, LlamaCppModel
 from localroute.engines.supervise import exit_reason, poll_health
-from localroute.errors import EngineUnavailableError, OverloadedError
+from localroute.errors import EngineUnavailableError, InvalidModelFileError, OverloadedError
 from localroute.lifecycle import Placement
 from localroute.resources import Footprint, MiB
 
@@ -62,6 +62,8 @@ class LlamaCppEngine:
         self._admitted = 0  # being served + waiting
         self._starts = 0
         self._stderr_task: asyncio.Task[None] | None = None
+        # (inode, size, mtime) of the model file last checked, and why it failed (None: it passed)
+        self._checked: tuple[tuple[int, int, int], str | None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -116,8 +118,33 @@ class LlamaCppEngine:
         log.info("engine %s stopped: %s", self.name, reason)
         return True
 
+    async def _check_file(self) -> None:
+        """The GGUF passes our structural check (`gguf_check`) before llama.cpp parses it; checked once
+        per version of the file. A failure names the problem in the log and /health, never the path."""
+        try:
+            st = self.model_path.stat()
+        except OSError as exc:
+            self._reject(f"cannot read the file: {exc.strerror}")
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._checked is None or self._checked[0] != stamp:
+            try:
+                await gguf_check.verify(self.model_path)
+                self._checked = (stamp, None)
+            except InvalidModelFileError as exc:
+                self._checked = (stamp, str(exc))  # not re-checked for every request that comes in
+        if self._checked[1] is not None:
+            self._reject(self._checked[1])
+
+    def _reject(self, reason: str) -> NoReturn:
+        self.state, self.last_error = "failed", f"model file rejected: {reason}"
+        log.warning("engine %s: model file rejected: %s", self.name, reason)
+        raise EngineUnavailableError(
+            f"Model '{self.name}' failed its file check; see the server log.", code="model_file_invalid"
+        )
+
     async def _spawn(self) -> None:
         self.state = "starting"
+        await self._check_file()
         self._stderr.clear()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
