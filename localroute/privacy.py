@@ -25,7 +25,7 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]
 # by looking back for the country code (`DE89 3704 ...`, `GB82 WEST 1234 ...`).
 _RUNS = re.compile(r"[0-9][0-9 .()/+-]{5,}[0-9]")  # no ':': times and IPv6 are not runs
 _DATE_LED = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}\b|\d{1,2}[-./]\d{1,2}[-./]\d{4}\b")
-_IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){0,2} ?$")
+_IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){0,2} ?[A-Z0-9]{0,3}$")
 _NUMERIC = frozenset({"phone", "card", "ssn", "iban", "ip"})
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
 _SSN_IN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
@@ -59,6 +59,8 @@ _NO_DIGITS = str.maketrans("", "", "0123456789")
 _RUN_SEPARATORS = str.maketrans("", "", " .()/+-")
 # Cards are written as one run of digits or in groups (4-4-4-4, Amex 4-6-5), with spaces or dashes.
 _CARD_SHAPE = re.compile(r"\d{13,19}|\d{4}([ -]?)\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -]?)\d{6}\2\d{5}")
+# ... and one inside a longer run, set off by separators: `4111 1111 1111 1111 12/27` (its expiry date).
+_CARD_IN = re.compile(r"(?<![0-9])(?:" + _CARD_SHAPE.pattern + r")(?![0-9])")
 _IBAN_LENGTHS = {"DE": 22, "FR": 27, "GB": 22, "ES": 24, "IT": 27, "NL": 18, "BE": 16, "CH": 21,
                  "AT": 20, "PL": 28, "SE": 24, "NO": 15, "DK": 18, "FI": 18, "IE": 22, "PT": 25,
                  "LU": 20, "CZ": 24}  # fmt: skip
@@ -132,16 +134,15 @@ class Detector:
 
     def _numbers(self, text: str) -> list[Finding]:
         out: list[Finding] = []
-        skip_to = 0
-        for m in _RUNS.finditer(text):
+        pos = 0
+        while (m := _RUNS.search(text, pos)) is not None:
             start, end = m.start(), m.end()
-            if start < skip_to:
-                continue
+            pos = end
             if "iban" in self.kinds and start >= 2:
                 iban = self._iban_at(text, start)
                 if iban is not None:
                     out.append(iban)
-                    skip_to = iban.end
+                    pos = iban.end  # the run may go on past it (`DE89... 4111 ...`): look at the rest
                     continue
             if start and text[start - 1].isalnum():
                 continue  # inside a word: abc123
@@ -156,8 +157,8 @@ class Detector:
         cc = text[start - 2 : start]
         heads = [start - 2] if cc.isalpha() and cc.isupper() else []
         back = text[max(0, start - 16) : start]
-        # GB82 WEST 1234 ..., NL91ABNA0417...: the country code is further back than two letters.
-        if (heads or back[-1:] == " ") and not back.islower():
+        # GB82 WEST 1234 ..., NL91ABNA0417..., IT60X0542...: the country code is further back.
+        if (heads or back[-1:] == " " or back[-1:].isupper()) and not back.islower():
             mb = _IBAN_HEAD.search(back)
             if mb is not None:
                 heads.append(start - len(back) + mb.start())
@@ -165,8 +166,13 @@ class Detector:
             if h and text[h - 1].isalnum():
                 continue
             mi = _IBAN.match(text, h)
-            if mi is not None and iban_ok(mi.group()):
-                return Finding("iban", mi.start(), mi.end())
+            if mi is None:
+                continue
+            # A number written after it (`AT18 0000 ... 0000 2 times`) is matched too: cut at spaces.
+            cand = mi.group()
+            for cut in (len(cand), *(i for i in range(len(cand) - 1, 14, -1) if cand[i] == " ")):
+                if iban_ok(cand[:cut]):
+                    return Finding("iban", h, h + cut)
         return None
 
     def _classify(self, run: str, start: int) -> list[Finding]:
@@ -186,9 +192,15 @@ class Detector:
             out += [Finding("ssn", start + m.start(), start + m.end()) for m in _SSN_IN.finditer(run)]
             if out:
                 return out
+        digits = run.translate(_RUN_SEPARATORS)
+        if "card" in k and len(digits) >= 13 and not _CARD_SHAPE.fullmatch(run):
+            for m in _CARD_IN.finditer(run):
+                if luhn_ok(m.group().translate(_RUN_SEPARATORS)):
+                    out.append(Finding("card", start + m.start(), start + m.end()))
+            if out:
+                return out
         if _DATE_LED.match(run):
             return out  # 2024-05-17, 17/05/2024 (and what follows them): not phones, not cards
-        digits = run.translate(_RUN_SEPARATORS)
         if "card" in k and 13 <= len(digits) <= 19 and _CARD_SHAPE.fullmatch(run) and luhn_ok(digits):
             out.append(Finding("card", start, start + len(run)))
         elif "phone" in k and 7 <= len(digits) <= 15 and _is_phone(run, digits):
