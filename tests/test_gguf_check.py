@@ -364,6 +364,13 @@ def no_marker() -> Iterator[None]:
     assert not Path(MARKER).exists(), "a chat template ran a shell command"
 
 
+def test_the_formatter_compiles_templates_in_the_immutable_sandbox() -> None:
+    sandbox = pytest.importorskip("jinja2.sandbox")
+    fmt = pytest.importorskip("llama_cpp.llama_chat_format")
+    formatter = fmt.Jinja2ChatFormatter(template="{{ messages[0].content }}", eos_token="", bos_token="")
+    assert isinstance(formatter._environment.environment, sandbox.ImmutableSandboxedEnvironment)
+
+
 @pytest.mark.parametrize("template", PAYLOADS)
 def test_the_formatter_refuses_template_escapes(template: str, no_marker: None) -> None:
     jinja2 = pytest.importorskip("jinja2")
