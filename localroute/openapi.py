@@ -1,0 +1,288 @@
+"""`GET /openapi.json`: an OpenAPI 3.1 document for every endpoint the gateway serves.
+
+The document depends on no config (model names appear only as examples), so it is the same for
+every gateway: it is built on the first request and then kept. The schemas it refers to are in
+`openapi_schemas`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from localroute import __version__
+from localroute.dashboard import ASSETS, CSP
+from localroute.openapi_schemas import STR, Schema, components, obj, ref
+
+_ERRORS = {
+    400: "The request is invalid: bad JSON, an unknown or out-of-range parameter, a bad routing "
+    "header, a prompt longer than the model's context, or a private request that no local model serves.",
+    401: "API keys are configured and the request carries none or a wrong one.",
+    404: "No such model (or no such endpoint).",
+    413: "The request body is larger than `server.max_body_bytes`.",
+    429: "An engine's queue is full (`queue_full`) or the caller's rate limit is reached "
+    "(`rate_limit_exceeded`); `Retry-After` says when to try again.",
+    431: "The request headers exceed `server.max_header_bytes`.",
+    500: "A bug in localroute; the message never carries internals.",
+    502: "The engine or remote provider failed in a way that is not the client's mistake.",
+    503: "No engine can serve the request now (down, over the memory budget, remote disabled).",
+    504: "The request did not finish within `server.request_timeout_s`, or the remote provider timed out.",
+}
+# Every path but the public ones can refuse before its handler runs (the security middleware).
+_GUARDED = (401, 429, 431, 500)
+
+
+def _json(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(status: int) -> Schema:
+    out: Schema = {"description": _ERRORS[status], "content": _json(ref("Error"))}
+    if status == 429:
+        out["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}}
+    if status == 401:
+        out["headers"] = {"WWW-Authenticate": {"schema": {"const": "Bearer"}}}
+    return out
+
+
+def _op(summary: str, ok: Schema, errors: tuple[int, ...], **extra: Any) -> Schema:
+    responses = {"200": ok, **{str(s): _error(s) for s in sorted(errors)}}
+    return {"summary": summary, **extra, "responses": responses}
+
+
+def _header(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+def _hints() -> list[Schema]:
+    return [
+        _header(
+            "X-LocalRoute-Tier",
+            {"type": "string", "pattern": "^(local|remote|[0-9]{1,3})$", "examples": ["local", "0"]},
+            "Route to this tier: a tier number, or `local` / `remote` for any rung of that kind "
+            "(case-insensitive, surrounding spaces ignored).",
+        ),
+        _header(
+            "X-LocalRoute-Max-Cost",
+            {"type": "string", "pattern": "^[0-9]{1,8}(\\.[0-9]{1,8})?$", "examples": ["0.01"]},
+            "The most this request may cost, in US dollars: rungs that would cost more are skipped.",
+        ),
+    ]
+
+
+def _privacy() -> Schema:
+    return _header(
+        "X-LocalRoute-Privacy",
+        {"enum": ["private", "public"]},
+        "`private` keeps the request on local models; `public` allows a remote one (over detected "
+        "personal data only where the config allows the override). Unset: the API key's policy, "
+        "then what the detector finds, then the config default.",
+    )
+
+
+def _answer_headers() -> Schema:
+    return {
+        "x-request-id": {"description": "This request's id in the audit and request logs.", "schema": STR},
+        "x-localroute-model": {"description": "The rung that answered.", "schema": STR},
+        "x-localroute-tier": {
+            "description": "Its tier.",
+            "schema": {"type": "string", "pattern": "^-?[0-9]+$"},
+        },
+        "x-localroute-route": {"description": "Why it was chosen.", "schema": STR},
+        "x-localroute-escalations": {"description": "Rungs moved up.", "schema": {"type": "string"}},
+    }
+
+
+def _sse_event() -> Schema:
+    """One server-sent event: a chunk, an error (after the headers are gone), or the closing [DONE]."""
+    return obj(
+        {
+            "data": {
+                "if": {"const": "[DONE]"},
+                "else": {
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [ref("ChatCompletionChunk"), ref("Error")]},
+                },
+            },
+            "event": {"const": "message"},
+        },
+        optional=("event",),
+    )
+
+
+def _page_headers() -> Schema:
+    return {"ETag": {"schema": STR}, "Content-Security-Policy": {"schema": {"const": CSP}}}
+
+
+_TEXT: Schema = {"schema": STR}
+
+
+def _paths() -> Schema:
+    chat_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": ref("ChatCompletionRequest"),
+                "example": {
+                    "model": "auto",
+                    "messages": [{"role": "user", "content": "Hi!"}],
+                    "max_tokens": 4,
+                },
+            }
+        },
+    }
+    answer = {
+        "description": "The answer: a `chat.completion` object, or with `stream: true` an event stream of "
+        "`chat.completion.chunk` objects ending in `data: [DONE]` (an error that happens mid-stream "
+        "arrives as one error event).",
+        "headers": _answer_headers(),
+        "content": {**_json(ref("ChatCompletion")), "text/event-stream": {"schema": _sse_event()}},
+    }
+    public: Schema = {"security": []}
+    paths: Schema = {
+        "/v1/chat/completions": {
+            "post": _op(
+                "Chat completion, routed to the cheapest rung that can serve it",
+                answer,
+                (400, 404, 413, 502, 503, 504, *_GUARDED),
+                operationId="createChatCompletion",
+                parameters=[*_hints(), _privacy()],
+                requestBody=chat_body,
+            )
+        },
+        "/v1/route/explain": {
+            "post": _op(
+                "The routing decision for a request, without running it",
+                {"description": "The policy's decision.", "content": _json(ref("Decision"))},
+                (400, 404, 413, *_GUARDED),
+                operationId="explainRoute",
+                parameters=_hints(),
+                requestBody=chat_body,
+            )
+        },
+        "/v1/models": {
+            "get": _op(
+                "The models: `auto` and every rung of the ladder",
+                {"description": "The model list.", "content": _json(ref("ModelList"))},
+                _GUARDED,
+                operationId="listModels",
+            )
+        },
+        "/v1/localroute/stats": {
+            "get": _op(
+                "Totals, per-model breakdowns, a cost series and the latest requests",
+                {"description": "The stats over the window.", "content": _json(ref("Stats"))},
+                (400, *_GUARDED),
+                operationId="getStats",
+                parameters=[
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "examples": ["15m", "1h", "7d", "2026-01-31T12:00:00Z"]},
+                        "description": "Only requests at or after this: an ISO 8601 time (UTC when it has no "
+                        "offset) or a span back from now (`90s`, `15m`, `1h`, `7d`).",
+                    }
+                ],
+            )
+        },
+        "/health": {
+            "get": _op(
+                "Liveness and the state of every engine; public even when API keys are configured",
+                {"description": "The gateway is up.", "content": _json(ref("Health"))},
+                (431, 500),
+                operationId="getHealth",
+                **public,
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (public when `server.metrics_public` is set)",
+                {"description": "The text exposition format.", "content": {"text/plain": _TEXT}},
+                _GUARDED,
+                operationId="getMetrics",
+            )
+        },
+        "/dashboard": {
+            "get": _op(
+                "The dashboard page (public: it holds no data and asks for a key before reading stats)",
+                {"description": "The page.", "headers": _page_headers(), "content": {"text/html": _TEXT}},
+                (431, 500),
+                operationId="getDashboard",
+                **public,
+            )
+        },
+        "/dashboard/assets/{name}": {
+            "get": _op(
+                "The dashboard's stylesheet, script and icon",
+                {
+                    "description": "The asset.",
+                    "headers": _page_headers(),
+                    "content": {t: _TEXT for t in ("text/css", "text/javascript", "image/svg+xml")},
+                },
+                (404, 431, 500),
+                operationId="getDashboardAsset",
+                parameters=[
+                    {"name": "name", "in": "path", "required": True, "schema": {"enum": sorted(ASSETS)}}
+                ],
+                **public,
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "This document",
+                {
+                    "description": "The OpenAPI document.",
+                    "content": _json(obj({"openapi": {"const": "3.1.0"}, "info": {}, "paths": {}})),
+                },
+                _GUARDED,
+                operationId="getOpenAPI",
+            )
+        },
+    }
+    for name in ("/dashboard", "/dashboard/assets/{name}"):  # conditional GETs, by ETag
+        paths[name]["get"]["responses"]["304"] = {"description": "Not modified.", "headers": _page_headers()}
+    return paths
+
+
+def build_document() -> Schema:
+    """The OpenAPI 3.1 document, a fresh copy on each call."""
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "localroute",
+            "version": __version__,
+            "description": "A local-first, OpenAI-compatible router. Errors have OpenAI's shape "
+            '`{"error": {"message", "type", "param", "code"}}`; a method a path does not serve is a '
+            "405 and an unknown path a 404, in that shape too.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": components(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from the config's [[keys]]. Without [[keys]] (loopback "
+                    "only) no key is needed; with them every path but /health and /dashboard needs one.",
+                }
+            },
+        },
+        "security": [{"bearerAuth": []}, {}],
+    }
+    return copy.deepcopy(document)  # leaf schemas are shared module constants: never hand them out
+
+
+@functools.cache
+def _document_bytes() -> bytes:
+    return json.dumps(build_document(), separators=(",", ":")).encode()
+
+
+async def openapi_json(request: Request) -> Response:
+    """`GET /openapi.json`: the document, built on first use."""
+    return Response(_document_bytes(), media_type="application/json")
