@@ -12,10 +12,9 @@ proxy (`bench/litellm_env.py`: its own venv, installed on first use, one worker,
 If LiteLLM cannot be installed or started the run says why and goes on without it.
 
 1. Latency, one client: `--reps` rounds (after up to 100 warm-up rounds; all within
-   `--latency-seconds`), each
-   sending one non-streaming and one streaming request to every target in a shuffled order, over one
-   keep-alive connection per target. Added latency = the target's percentile minus direct's.
-   Streaming: time to the last byte (`[DONE]`), and TTFT (first body byte).
+   `--latency-seconds`), each sending one non-streaming and one streaming request to every target
+   in a shuffled order, over one keep-alive connection per target. Added latency = the target's
+   percentile minus direct's. Streaming: time to the last byte (`[DONE]`), and TTFT (first body byte).
 2. Throughput: for each `--concurrency` level and target, that many closed-loop keep-alive clients;
    after `--warmup` seconds, and once every client has had a reply (a slow server's queue has
    filled), `--sweep-seconds` are measured: requests per second, p50/p99, errors (non-200, cut
