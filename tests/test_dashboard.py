@@ -239,6 +239,36 @@ def _serve(page: Any, stats: dict[str, Any]) -> None:
     )
 
 
+def test_a_gateway_with_keys_gets_the_key_from_the_user(gateway: Server, browser: Any) -> None:
+    """The stats API answers 401 without the key (a gateway with [[keys]]): the page asks for it,
+    then sends it as a bearer token on every poll; it never goes into the URL."""
+    stats = json.dumps(summarize([], None, datetime.now(UTC)))
+    seen: list[str | None] = []
+
+    def gate(route: Any) -> None:
+        auth = route.request.headers.get("authorization")
+        seen.append(auth)
+        if auth == "Bearer team-key-1":
+            route.fulfill(status=200, content_type="application/json", body=stats)
+        else:
+            body = {"error": {"message": "Missing or invalid API key.", "type": "invalid_request_error",
+                              "param": None, "code": "invalid_api_key"}}  # fmt: skip
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(body))
+
+    page = browser.new_page()
+    page.route("**/v1/localroute/stats*", gate)
+    page.goto(gateway.url + "/dashboard")
+    page.wait_for_selector("[data-testid=auth-form]:not([hidden])", timeout=15_000)
+    assert "API key needed" in text_of(page, "#conn")
+    page.get_by_test_id("auth-key").fill("team-key-1")
+    page.get_by_test_id("auth-key").press("Enter")
+    page.wait_for_selector("#conn[data-state=live]", timeout=15_000)
+    assert page.locator("[data-testid=auth-form]").is_hidden()
+    assert seen[0] is None and seen[-1] == "Bearer team-key-1"
+    assert "team-key-1" not in page.url
+    page.close()
+
+
 def test_empty_state(gateway: Server, browser: Any) -> None:
     page = browser.new_page()
     _serve(page, summarize([], None, datetime.now(UTC)))

@@ -488,8 +488,17 @@
     var kill = setTimeout(function () {
       ctl.abort();
     }, FETCH_TIMEOUT_MS);
-    fetch(url, { cache: "no-store", credentials: "same-origin", signal: ctl.signal, headers: { accept: "application/json" } })
+    var headers = { accept: "application/json" };
+    var key = storedKey();
+    if (key) headers.authorization = "Bearer " + key;
+    fetch(url, { cache: "no-store", credentials: "same-origin", signal: ctl.signal, headers: headers })
       .then(function (r) {
+        if (r.status === 401) {
+          // The gateway has [[keys]]: ask for one. It stays in this tab only (sessionStorage).
+          $("auth").hidden = false;
+          throw new Error(key ? "key refused" : "API key needed");
+        }
+        $("auth").hidden = true;
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
       })
@@ -512,7 +521,30 @@
       });
   }
 
+  var KEY_SLOT = "localroute-api-key";
+  var memoryKey = ""; // where the key lives when the browser refuses sessionStorage
+
+  function storedKey() {
+    try {
+      return sessionStorage.getItem(KEY_SLOT) || memoryKey;
+    } catch (e) {
+      return memoryKey;
+    }
+  }
+
   function start() {
+    $("auth").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      memoryKey = $("auth-key").value.trim();
+      try {
+        sessionStorage.setItem(KEY_SLOT, memoryKey);
+      } catch (e) {
+        /* storage disabled: the key lasts until the page is reloaded */
+      }
+      $("auth-key").value = "";
+      state.inflight = false;
+      poll();
+    });
     var params = new URLSearchParams(location.hash.slice(1));
     var want = params.get("since");
     var select = $("since");
