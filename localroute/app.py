@@ -12,10 +12,10 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from starlette.routing import Route
 from localroute.audit import AuditLog
 from localroute.backends.base import Backend
 from localroute.config import LOCAL_ENGINES, Config
-from localroute.cost import baseline_cost
+from localroute.cost import attempt_cost, baseline_model
 from localroute.dashboard import dashboard, dashboard_asset
 from localroute.errors import (
     APIError,
@@ -50,7 +50,7 @@ from localroute.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from localroute.metrics import Metrics
 from localroute.openapi import openapi_json
 from localroute.policy import Hints
-from localroute.privacy import CURRENT, Detector, EgressGuard, Privacy, body_texts, resolve
+from localroute.privacy import CURRENT, SCANNED_CLEAN, Detector, EgressGuard, Privacy, body_texts, resolve
 from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
 from localroute.router import Router, Trace
@@ -106,6 +106,7 @@ def parse_hints(headers: Mapping[str, str]) -> Hints:
             raise InvalidRequestError(
                 "X-LocalRoute-Tier must be a tier number, 'local' or 'remote'.",
                 param="X-LocalRoute-Tier",
+                code="invalid_header_value",
             )
     cost_raw = headers.get("x-localroute-max-cost")
     max_cost = None
@@ -118,6 +119,7 @@ def parse_hints(headers: Mapping[str, str]) -> Hints:
             raise InvalidRequestError(
                 "X-LocalRoute-Max-Cost must be a non-negative number of US dollars.",
                 param="X-LocalRoute-Max-Cost",
+                code="invalid_header_value",
             )
     return Hints(tier=tier, max_cost=max_cost)
 
@@ -145,6 +147,7 @@ class Gateway:
         self.audit = audit
         self.created = int(time.time())
         self.keyring = KeyRing(config.keys)
+        self.baseline = baseline_model(config)
         self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.server.stats_window)
         self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
 
@@ -153,9 +156,14 @@ class Gateway:
         header = request.headers.get("x-localroute-privacy")
         if header is not None and header.strip().lower() not in ("private", "public"):
             raise InvalidRequestError(
-                "X-LocalRoute-Privacy must be 'private' or 'public'.", param="X-LocalRoute-Privacy"
+                "X-LocalRoute-Privacy must be 'private' or 'public'.",
+                param="X-LocalRoute-Privacy",
+                code="invalid_header_value",
             )
-        kinds = self.detector.kinds_in(body_texts(req.model_dump(include={"messages", "stop"})))
+        texts = tuple(body_texts(req.model_dump(include={"messages", "stop"})))
+        kinds = self.detector.kinds_in(texts)
+        if not kinds:
+            SCANNED_CLEAN.set(texts)  # the egress guard need not scan these very strings again
         return resolve(self.config.privacy, header, self._key_policy(request), kinds)
 
     def _key_policy(self, request: Request) -> str | None:
@@ -164,7 +172,7 @@ class Gateway:
 
     async def chat(self, request: Request) -> Response:
         t0 = time.monotonic()
-        rid = "req-" + uuid.uuid4().hex[:20]
+        rid = "req-" + os.urandom(10).hex()
         raw = await read_body(request, self.config.server.max_body_bytes)
         req = parse_chat_request(raw)
         hints = parse_hints(request.headers)
@@ -303,11 +311,12 @@ class Gateway:
                 },
                 compute_s=round(trace.compute_s, 6),
                 cost_usd=round(trace.cost_usd, 10),
-                baseline_usd=round(baseline_cost(self.config, usage), 10),
+                baseline_usd=round(attempt_cost(self.baseline, usage, 0.0), 10),
             )
         self.records.append(rec)
         self.metrics.observe(rec)
-        request_log.info("request", extra={"fields": rec})
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info("request", extra={"fields": rec})
         if self.audit is None:
             return
         if self.config.privacy.audit_content and content is not None:  # the operator opted in

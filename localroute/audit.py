@@ -80,12 +80,14 @@ class AuditLog:
         return GENESIS
 
     def append(self, record: dict[str, Any]) -> str:
-        rec = {**record, "prev": self._prev}
-        rec["hash"] = record_hash(rec)
-        self._fh.write(_canonical(rec).decode() + "\n")
+        body = _canonical({**record, "prev": self._prev})  # what `record_hash` hashes, made once
+        digest = hashlib.sha256(body).hexdigest()
+        # The hash goes last rather than in sorted place: `verify` re-canonicalises every record, so
+        # key order on disk does not matter, and the body is not serialised a second time.
+        self._fh.write(body[:-1].decode() + ',"hash":"' + digest + '"}\n')
         self._fh.flush()
-        self._prev = rec["hash"]
-        return self._prev
+        self._prev = digest
+        return digest
 
     def close(self) -> None:
         self._fh.close()

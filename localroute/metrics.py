@@ -86,33 +86,51 @@ class Metrics:
             ["model"], buckets=_TTFT_SECONDS, registry=r,
         )  # fmt: skip
         r.register(_Engines(health))
+        self._rows: dict[tuple[str, ...], _Row] = {}
 
     def observe(self, rec: Mapping[str, Any]) -> None:
         model = rec.get("model") or "none"
         tier = rec.get("tier")
-        self.requests.labels(
-            model,
-            "" if tier is None else str(tier),
-            rec.get("route") or "none",
-            (rec.get("privacy") or {}).get("class", "unknown"),
-            str(rec.get("status", 0)),
-        ).inc()
+        status = int(rec.get("status", 0))
+        key = (model, "" if tier is None else str(tier), rec.get("route") or "none",
+               (rec.get("privacy") or {}).get("class", "unknown"), str(status))  # fmt: skip
+        row = self._rows.get(key)
+        if row is None:  # a label set's children are looked up once (the set is bounded by the config)
+            row = self._rows[key] = _Row(self, key)
+        row.requests.inc()
         tokens = rec.get("tokens") or {}
-        for kind in ("prompt", "completion"):
-            if tokens.get(kind):
-                self.tokens.labels(model, kind).inc(tokens[kind])
-        self.cost.labels(model).inc(rec.get("cost_usd") or 0.0)
-        self.baseline.labels(model).inc(rec.get("baseline_usd") or 0.0)
+        if tokens.get("prompt"):
+            row.prompt.inc(tokens["prompt"])
+        if tokens.get("completion"):
+            row.completion.inc(tokens["completion"])
+        row.cost.inc(rec.get("cost_usd") or 0.0)
+        row.baseline.inc(rec.get("baseline_usd") or 0.0)
         if rec.get("compute_s"):
-            self.compute.labels(model).inc(rec["compute_s"])
+            row.compute.inc(rec["compute_s"])
         for move in rec.get("moves") or ():
             self.escalations.labels(move.split(":", 1)[-1]).inc()
-        if 200 <= int(rec.get("status", 0)) < 300:
-            self.latency.labels(model, "true" if rec.get("stream") else "false").observe(
+        if 200 <= status < 300:
+            (row.latency_stream if rec.get("stream") else row.latency).observe(
                 rec.get("latency_ms", 0.0) / 1000
             )
             if rec.get("ttft_ms") is not None:
-                self.ttft.labels(model).observe(rec["ttft_ms"] / 1000)
+                row.ttft.observe(rec["ttft_ms"] / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Row:
+    """The labelled children one kind of request updates."""
+
+    def __init__(self, m: Metrics, key: tuple[str, ...]) -> None:
+        model = key[0]
+        self.requests = m.requests.labels(*key)
+        self.prompt = m.tokens.labels(model, "prompt")
+        self.completion = m.tokens.labels(model, "completion")
+        self.cost = m.cost.labels(model)
+        self.baseline = m.baseline.labels(model)
+        self.compute = m.compute.labels(model)
+        self.latency = m.latency.labels(model, "false")
+        self.latency_stream = m.latency.labels(model, "true")
+        self.ttft = m.ttft.labels(model)

@@ -323,6 +323,9 @@ def resolve(
 # The privacy of the request being served in this task. Unset means private: the egress guard lets a
 # request leave only when the router has explicitly marked it public.
 CURRENT: contextvars.ContextVar[Privacy] = contextvars.ContextVar("localroute_privacy")
+# The request's texts as classified, when the scan found nothing in them. The guard scans again only
+# what differs (a redacted or rewritten body); unset means nothing was vouched for, so it scans all.
+SCANNED_CLEAN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("localroute_scanned_clean")
 
 
 class PrivacyViolationError(APIError):
@@ -348,7 +351,10 @@ class EgressGuard:
             raise PrivacyViolationError("This request is private and cannot be sent off this machine.")
         if privacy.reason == "override" and not self.redacting:
             return  # the operator allowed the client to send detected data as it is
-        kinds = self.detector.kinds_in(body_texts(body))  # after redaction, nothing may be left
+        texts = tuple(body_texts(body))
+        if texts == SCANNED_CLEAN.get(None):
+            return  # the very strings this request was classified on, and they held nothing
+        kinds = self.detector.kinds_in(texts)  # after redaction, nothing may be left
         if kinds:  # defence in depth: a public request must not carry what we would call private
             self.refused += 1
             raise PrivacyViolationError(

@@ -157,18 +157,18 @@ class Router:
         self.cascade = config.routing.cascade
         self.detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
 
-    def unavailable(self) -> set[str]:
-        return {n for n, b in self.backends.items() if b.health().get("state") == "unavailable"}
-
-    def cold(self) -> dict[str, Cold]:
-        """Local rungs not loaded now, with what their last load took (the policy's warm/cold input)."""
-        out = {}
+    def _rungs(self) -> tuple[set[str], dict[str, Cold]]:
+        """Rungs that cannot run here, and local rungs not loaded now with what their last load took
+        (the policy's availability and warm/cold inputs)."""
+        unavailable: set[str] = set()
+        cold: dict[str, Cold] = {}
         for n, b in self.backends.items():
-            h = b.health()
-            if h.get("engine") in LOCAL_ENGINES and h.get("state") not in ("ready", "unavailable"):
-                load = h.get("load_seconds")
-                out[n] = Cold(float(load) if isinstance(load, int | float) else None)
-        return out
+            brief = b.brief()
+            if brief.state == "unavailable":
+                unavailable.add(n)
+            elif brief.local and brief.state != "ready":
+                cold[n] = Cold(brief.load_seconds)
+        return unavailable, cold
 
     def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False) -> Decision:
         """The policy's decision; for a private request remote rungs do not exist."""
@@ -178,8 +178,9 @@ class Router:
                 + ", ".join(m.name for m in self.config.models) + ".",
                 param="model",
             )  # fmt: skip
+        unavailable, cold = self._rungs()
         if not private:
-            return self.policy.decide(req, hints, self.unavailable(), self.cold())
+            return self.policy.decide(req, hints, unavailable, cold)
         named = self.config.model(req.model)
         if (named is not None and named.engine not in LOCAL_ENGINES) or hints.tier == "remote":
             raise InvalidRequestError(
@@ -188,7 +189,7 @@ class Router:
             )
         remote = {m.name for m in self.config.models if m.engine not in LOCAL_ENGINES}
         try:
-            return self.policy.decide(req, hints, self.unavailable() | remote, self.cold())
+            return self.policy.decide(req, hints, unavailable | remote, cold)
         except InvalidRequestError as exc:
             if exc.code != "no_route":
                 raise

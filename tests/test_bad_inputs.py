@@ -283,33 +283,33 @@ CASES = [
     # -- routing headers
     pytest.param(
         Req(body(), headers={"x-localroute-tier": "garbage"}),
-        Want(400, None, "X-LocalRoute-Tier"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Tier"),
         id="tier-garbage",
     ),
     pytest.param(
         Req(body(), headers={"x-localroute-tier": "-1"}),
-        Want(400, None, "X-LocalRoute-Tier"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Tier"),
         id="tier-negative",
     ),
     pytest.param(Req(body(), headers={"x-localroute-tier": "99"}), Want(400, "no_route"), id="tier-absent"),
     pytest.param(
         Req(body(), headers={"x-localroute-max-cost": "NaN"}),
-        Want(400, None, "X-LocalRoute-Max-Cost"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Max-Cost"),
         id="max-cost-nan",
     ),
     pytest.param(
         Req(body(), headers={"x-localroute-max-cost": "inf"}),
-        Want(400, None, "X-LocalRoute-Max-Cost"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Max-Cost"),
         id="max-cost-inf",
     ),
     pytest.param(
         Req(body(), headers={"x-localroute-max-cost": "-1"}),
-        Want(400, None, "X-LocalRoute-Max-Cost"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Max-Cost"),
         id="max-cost-negative",
     ),
     pytest.param(
         Req(body(), headers={"x-localroute-privacy": "garbage"}),
-        Want(400, None, "X-LocalRoute-Privacy"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Privacy"),
         id="privacy-garbage",
     ),
     # -- methods and endpoints
@@ -347,7 +347,7 @@ CASES = [
     # CR LF in a value ends the header: what follows is a header of its own, never one in our answer.
     pytest.param(
         Req(raw=http("POST", CHAT, b"X-LocalRoute-Tier: a\r\nX-Injected: 1\r\n", body())),
-        Want(400, None, "X-LocalRoute-Tier"),
+        Want(400, "invalid_header_value", "X-LocalRoute-Tier"),
         id="header-crlf-injection",
     ),
 ]

@@ -4,9 +4,19 @@ so the router never knows which kind of engine it is talking to."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 EngineState = Literal["stopped", "starting", "ready", "crashed", "failed", "unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """What routing needs to know about a rung, cheaply, on every request."""
+
+    state: EngineState
+    local: bool
+    load_seconds: float | None = None
 
 
 @runtime_checkable
@@ -31,6 +41,10 @@ class Backend(Protocol):
 
     def health(self) -> dict[str, Any]:
         """A JSON-able snapshot: at least `state`. Never blocks."""
+
+    def brief(self) -> Brief:
+        """State and last load time without touching the OS (no /proc reads): the router calls it
+        for every rung on every request."""
 
     async def aclose(self) -> None:
         """Stop the engine and release every resource it holds."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from localroute.backends.base import EngineState
+from localroute.backends.base import Brief, EngineState
 from localroute.config import Config, RemoteModel
 from localroute.errors import (
     APIError,
@@ -109,6 +109,9 @@ class RemoteBackend:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+    def brief(self) -> Brief:
+        return Brief("unavailable" if self._disabled is not None else "ready", local=False)
 
     def health(self) -> dict[str, Any]:
         state: EngineState = "unavailable" if self._disabled is not None else "ready"

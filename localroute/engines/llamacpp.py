@@ -24,7 +24,7 @@ import anyio
 import httpx
 
 from localroute import gguf_check, resources
-from localroute.backends.base import EngineState
+from localroute.backends.base import Brief, EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, LlamaCppModel
 from localroute.engines.supervise import exit_reason, poll_health
@@ -305,12 +305,20 @@ class LlamaCppEngine:
                 raise await self._lost() from None
             self.served += 1
 
+    def _state(self) -> EngineState:
+        proc = self._proc
+        alive = proc is not None and proc.returncode is None
+        return self.state if alive or self.state != "ready" else "crashed"
+
+    def brief(self) -> Brief:
+        return Brief(self._state(), local=True, load_seconds=self.load_seconds)
+
     def health(self) -> dict[str, Any]:
         proc = self._proc
         alive = proc is not None and proc.returncode is None
         fp = self._footprint
         return {
-            "state": self.state if alive or self.state != "ready" else "crashed",
+            "state": self._state(),
             "engine": "llama_cpp",
             "tier": self.cfg.tier,
             "n_ctx": self.cfg.n_ctx,

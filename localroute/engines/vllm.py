@@ -27,7 +27,7 @@ from typing import Any, Literal, NoReturn
 
 import httpx
 
-from localroute.backends.base import EngineState
+from localroute.backends.base import Brief, EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, VllmModel
 from localroute.engines.supervise import TimeShare, exit_reason, poll_health
@@ -467,12 +467,20 @@ class VllmEngine:
                     self._share.leave(mark)
             self.served += 1
 
-    def health(self) -> dict[str, Any]:
+    def _state(self) -> EngineState:
         proc = self._proc
         alive = proc is not None and proc.returncode is None
         dead = self.mode == "launch" and self.state == "ready" and not alive  # before the watcher saw it
+        return "crashed" if dead else self.state
+
+    def brief(self) -> Brief:
+        return Brief(self._state(), local=True, load_seconds=self.load_seconds)
+
+    def health(self) -> dict[str, Any]:
+        proc = self._proc
+        alive = proc is not None and proc.returncode is None
         return {
-            "state": "crashed" if dead else self.state,
+            "state": self._state(),
             "engine": "vllm",
             "tier": self.cfg.tier,
             "mode": self.mode,
