@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from localroute.backends import lean_http
 from localroute.backends.base import Brief, EngineState
 from localroute.config import Config, RemoteModel
 from localroute.errors import (
@@ -72,6 +72,8 @@ class RemoteBackend:
         self.cfg = model
         self.who = f"Remote provider '{model.name}'"  # how every message names the provider
         self.url = model.base_url.rstrip("/") + "/chat/completions"
+        self._url = httpx.URL(self.url)  # parsed once, not per request
+        self._host = self._url.host
         self.attempts = 0  # network sends, retries included
         self.served = 0
         self.failures = 0
@@ -120,7 +122,7 @@ class RemoteBackend:
             "engine": "remote",
             "tier": self.cfg.tier,
             "model": self.cfg.model,
-            "host": httpx.URL(self.url).host,
+            "host": self._host,
             "served": self.served,
             "failures": self.failures,
             "last_error": self.last_error,
@@ -128,15 +130,21 @@ class RemoteBackend:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport, timeout=self._timeout)
+            transport = self._transport or lean_http.default_transport()
+            self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
         return self._client
 
     # -- serving ---------------------------------------------------------------------------------
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         out = self._outgoing(body, stream=False)
-        async with self._deadline(self._deadline_at()):
-            result = await self._retrying(lambda: self._complete_once(out))
+        try:
+            async with asyncio.timeout_at(self._deadline_at()) as scope:
+                result = await self._retrying(self._complete_once, out)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise self._late() from None
         self.served += 1
         return result
 
@@ -144,16 +152,25 @@ class RemoteBackend:
         out = self._outgoing(body, stream=True)
         deadline = self._deadline_at()
         # The deadline is armed only while this generator runs, never while the caller holds a chunk.
-        async with self._deadline(deadline):
-            resp, lines, chunk = await self._retrying(lambda: self._open_stream(out))
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                resp, lines, chunk = await self._retrying(self._open_stream, out)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise self._late() from None
         try:
             while chunk is not None:
                 yield chunk
-                async with self._deadline(deadline):
-                    try:
+                try:
+                    async with asyncio.timeout_at(deadline) as scope:
                         chunk = await self._next_chunk(lines)
-                    except _Retry as exc:  # after the first chunk nothing is retried
-                        raise self._failed(exc.error) from None
+                except _Retry as exc:  # after the first chunk nothing is retried
+                    raise self._failed(exc.error) from None
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise self._late() from None
             self.served += 1
         finally:
             await resp.aclose()
@@ -168,21 +185,14 @@ class RemoteBackend:
     def _deadline_at(self) -> float:
         return asyncio.get_running_loop().time() + self.cfg.total_timeout_s
 
-    @contextlib.asynccontextmanager
-    async def _deadline(self, when: float) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout_at(when) as scope:
-                yield
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            late = f"{self.who} did not finish within total_timeout_s={self.cfg.total_timeout_s:g}s."
-            raise self._failed(RemoteTimeoutError(late)) from None
+    def _late(self) -> APIError:
+        late = f"{self.who} did not finish within total_timeout_s={self.cfg.total_timeout_s:g}s."
+        return self._failed(RemoteTimeoutError(late))
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(self, attempt: Callable[[dict[str, Any]], Awaitable[T]], out: dict[str, Any]) -> T:
         for n in range(self.cfg.max_retries + 1):
             try:
-                return await attempt()
+                return await attempt(out)
             except _Retry as exc:
                 if n == self.cfg.max_retries:
                     raise self._failed(exc.error) from None
@@ -203,7 +213,7 @@ class RemoteBackend:
             headers["Authorization"] = f"Bearer {self._api_key}"
         if self._egress_guard is not None:
             self._egress_guard(out)  # the last word before any byte leaves the machine
-        request = client.build_request("POST", self.url, json=out, headers=headers)
+        request = client.build_request("POST", self._url, json=out, headers=headers)
         self.attempts += 1
         try:
             resp = await client.send(request, stream=True)
