@@ -287,6 +287,27 @@ def test_closing_a_stream_early_discards_its_connection() -> None:
     run(go())
 
 
+def test_a_stream_closed_just_before_its_terminator_keeps_its_connection() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await asyncio.sleep(0.02)
+        await peer.send(b"0\r\n\r\n")
+        await peer.request()
+        await peer.send(OK)
+
+    async def go() -> None:
+        async with serve(handler) as srv, client() as http:
+            async with http.stream("GET", srv.url) as resp:
+                async for _ in resp.aiter_raw():
+                    break  # as remote.py stops reading at `data: [DONE]`
+            await asyncio.sleep(0.1)
+            assert (await http.get(srv.url)).json() == {"ok": 1}
+            assert srv.connections == 1
+
+    run(go())
+
+
 def test_interim_responses_are_skipped() -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()

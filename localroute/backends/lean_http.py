@@ -26,6 +26,7 @@ import httpx
 
 MAX_CONNECTIONS = 100  # per origin, as httpx.Limits; all of them may stay alive (httpx keeps 20)
 KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
+LINGER_S = 0.25  # how long a body closed before its end may take to finish, for its connection's sake
 _Origin = tuple[bytes, bytes, int]
 
 
@@ -49,6 +50,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self._waiter: asyncio.Future[bool] | None = None
         self._paused = False
+        self._lingering: tuple[_Pool, asyncio.TimerHandle] | None = None
         self._start()
 
     def _start(self) -> None:
@@ -78,6 +80,8 @@ class _Conn(asyncio.Protocol):
                 self.error = httpx.RemoteProtocolError("Server closed the connection mid-response.")
         self._paused = False
         self._wake(True)
+        if self._lingering is not None:
+            self.finish()
 
     def data_received(self, data: bytes) -> None:
         if not self.active or self.done:  # bytes nobody asked for: this connection cannot be trusted
@@ -91,6 +95,10 @@ class _Conn(asyncio.Protocol):
             self.error = httpx.RemoteProtocolError(f"Malformed HTTP response: {exc}")
             self.close()
         self._wake(True)
+        if self._lingering is not None:
+            self.body = []
+            if self.done or self.error is not None:
+                self.finish()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -156,6 +164,24 @@ class _Conn(asyncio.Protocol):
         names = {name.lower() for name, _ in self.headers}
         return b"content-length" not in names and b"transfer-encoding" not in names
 
+    def finish(self, pool: _Pool | None = None) -> None:
+        """The request is over: back to `pool` (the lingering one by default) if it can be reused."""
+        if self._lingering is not None:
+            pool, timer = self._lingering
+            self._lingering = None
+            timer.cancel()
+        self.active = False
+        if not self.done or self.error is not None:
+            self.keep_alive = False
+        if pool is not None:
+            pool.give_back(self)
+
+    def linger(self, pool: _Pool) -> None:
+        """Its reader stopped before the end of the body: let the rest arrive (after an SSE `[DONE]`
+        it is usually just the chunked terminator) and reuse the connection, or close it after LINGER_S."""
+        self.body = []
+        self._lingering = (pool, self.loop.call_later(LINGER_S, self.finish))
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -170,6 +196,7 @@ class _Pool:
         self.expiry = expiry
         self.idle: list[_Conn] = []
         self.total = 0
+        self.closed = False  # its transport was closed: connections that come back are closed too
         self.waiters: collections.deque[asyncio.Future[_Conn | None]] = collections.deque()
 
     async def acquire(self, loop: asyncio.AbstractEventLoop, limit: float | None) -> _Conn | None:
@@ -203,7 +230,7 @@ class _Pool:
 
     def give_back(self, conn: _Conn | None) -> None:
         """Return a slot: an idle, reusable connection, or (None) the right to open one."""
-        if conn is not None and (conn.closed or not conn.keep_alive):
+        if conn is not None and (conn.closed or not conn.keep_alive or self.closed):
             conn.close()
             conn = None
         while self.waiters:
@@ -266,14 +293,16 @@ class _Body(httpx.AsyncByteStream):
 
     def _release(self, conn: _Conn) -> None:
         self._conn = None
-        conn.active = False
-        if not conn.done or conn.error is not None:
-            conn.keep_alive = False
-        self._pool.give_back(conn)
+        conn.finish(self._pool)
 
     async def aclose(self) -> None:
-        if self._conn is not None:  # not read to the end: the rest of it would poison the next request
-            self._release(self._conn)
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.error is None and conn.keep_alive and not conn.closed:
+            conn.linger(self._pool)
+        else:
+            conn.finish(self._pool)
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -368,6 +397,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
+            pool.closed = True
             pool.drop_idle()
 
 
