@@ -371,8 +371,9 @@ class Gateway:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        return error_response(MethodNotAllowedError(f"Method {request.method} is not allowed here."))
+    if exc.status_code == 405:  # keeps Starlette's `Allow` header: RFC 9110 requires it on a 405
+        msg = f"Method {request.method} is not allowed here."
+        return error_response(MethodNotAllowedError(msg, headers=dict(exc.headers or {})))
     return error_response(NotFoundError(f"No such endpoint: {request.url.path[:200]}"))
 
 

@@ -18,7 +18,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
 
 from localroute.openapi import build_document
 from localroute.protocol import MAX_TOKENS
@@ -27,6 +32,15 @@ from tests.conftest import Server, start_server
 pytestmark = pytest.mark.timeout(420)
 
 MAX_EXAMPLES = 30
+# No 5xx, and every answer is one the document describes: its status, content type and body, and a
+# 405 with `Allow` for a method the path does not serve.
+CHECKS = [
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+    content_type_conformance,
+    unsupported_method,
+]
 # The longest answer the fuzzer asks of the model: enough to exercise streaming and logprobs.
 ANSWER_TOKENS = 4
 
@@ -118,4 +132,4 @@ fuzzed = schemathesis.openapi.from_dict(
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzzed_requests_get_documented_answers(case: schemathesis.Case, gateway: Server) -> None:
     _bounded(case)
-    case.call_and_validate(base_url=gateway.url, checks=[not_a_server_error, response_schema_conformance])
+    case.call_and_validate(base_url=gateway.url, checks=CHECKS)
