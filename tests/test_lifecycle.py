@@ -506,12 +506,13 @@ def test_sweeper_stops_idle_models_after_their_ttl() -> None:
 def test_auto_prefers_a_warm_rung_over_a_cold_one_with_a_long_load(
     estimates: dict[str, Footprint], tmp_path: Path, gateways: list[Server]
 ) -> None:
-    # Both rungs admit every request; SmolLM2 is cheaper but unloads after 2 s idle. Once its load
-    # time is known to exceed max_cold_wait_s, `auto` goes to the warm gemma instead of waiting.
+    # Both rungs admit every request; SmolLM2 is cheaper but unloads after 8 s idle (long enough to
+    # outlast gemma's preload, GGUF check included, on a busy box). Once its load time is known to
+    # exceed max_cold_wait_s, `auto` goes to the warm gemma instead of waiting.
     cfg = write_config(
         tmp_path,
         budget="90%",
-        smol={"idle_ttl_s": 2.0, "max_score": 1.0},
+        smol={"idle_ttl_s": 8.0, "max_score": 1.0},
         gemma={"preload": True, "max_score": 1.0},
     )
     cfg.write_text(cfg.read_text().replace("[resources]\n", "[resources]\nmax_cold_wait_s = 0.05\n", 1))
@@ -519,7 +520,7 @@ def test_auto_prefers_a_warm_rung_over_a_cold_one_with_a_long_load(
     gateways.append(srv)
     assert ask(srv, "auto") == (SMOL, "policy:score<=1.00")  # warm: the cheapest rung
     assert engine(srv, SMOL)["load_seconds"] > 0.05
-    assert wait_until(lambda: engine(srv, SMOL)["state"] == "stopped", timeout=15, every=0.1)
+    assert wait_until(lambda: engine(srv, SMOL)["state"] == "stopped", timeout=30, every=0.1)
     model, route = ask(srv, "auto")
     assert (model, route) == (GEMMA, "policy:warm")
     assert engine(srv, SMOL)["state"] == "stopped"  # nobody paid SmolLM2's load for this request
