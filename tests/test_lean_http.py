@@ -266,6 +266,23 @@ def test_a_malformed_response_is_a_protocol_error(answer: bytes) -> None:
     run(go())
 
 
+def test_a_second_response_to_one_request_is_not_mixed_in() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi" + OK)
+        await peer.request()
+        await peer.send(OK)
+
+    async def go() -> None:
+        async with serve(handler) as srv, client() as http:
+            resp = await http.get(srv.url)
+            assert resp.content == b"hi" and resp.headers["content-length"] == "2"
+            assert (await http.get(srv.url)).json() == {"ok": 1}
+            assert srv.connections == 2  # the first one is not trusted again
+
+    run(go())
+
+
 def test_closing_a_stream_early_discards_its_connection() -> None:
     closed = asyncio.Event()
 

@@ -109,6 +109,10 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.head_done:  # a second response to one request: stop parsing, drop the connection
+            raise httpx.RemoteProtocolError("Unexpected data after the response.")
+
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
