@@ -2,8 +2,9 @@
 and schemathesis, generating requests for every operation from it (valid and invalid ones), finds no
 server error and no response the document does not describe.
 
-Bounded: every operation gets at most MAX_EXAMPLES generated cases plus schemathesis's explicit and
-coverage cases, the model writes at most 4 tokens per answer, and the module has a hard timeout.
+Bounded (marked `fuzz`): every operation gets at most MAX_EXAMPLES generated cases plus schemathesis's
+explicit and coverage cases, derandomized, the model writes at most 4 tokens per answer, and each test
+has a hard timeout. The module takes 1-2 minutes on two busy cores.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ fuzzed = schemathesis.openapi.from_dict(
 )
 
 
+@pytest.mark.fuzz
 @fuzzed.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzzed_requests_get_documented_answers(case: schemathesis.Case, gateway: Server) -> None:
