@@ -94,7 +94,10 @@ def _answer_headers() -> Schema:
             "schema": {"type": "string", "pattern": "^-?[0-9]+$"},
         },
         "x-localroute-route": {"description": "Why it was chosen.", "schema": STR},
-        "x-localroute-escalations": {"description": "Rungs moved up.", "schema": {"type": "string"}},
+        "x-localroute-escalations": {
+            "description": "How many rungs it moved up.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
     }
 
 
