@@ -7,9 +7,10 @@ streams as bytes arrive.
 HTTP/1.1 only, and no proxies: `default_transport()` returns None when the environment names a proxy,
 so that httpx builds its own, proxy-aware transport. TLS is verified as httpx verifies it
 (`httpx.create_ssl_context()`: certifi, or SSL_CERT_FILE / SSL_CERT_DIR); there is no plaintext
-fallback. A request on a reused connection that the server closed before any response byte (it
-dropped the idle connection as we sent) is sent once more on a fresh connection, as httpcore does for
-a connection it finds closed before sending.
+fallback. Like httpcore, a pooled connection the server closed while idle is never reused; unlike it,
+a request on a reused connection that gets a clean close (FIN) before any response byte (the server
+dropped the idle connection as we sent) is sent once more on a fresh one. A reset is not retried here.
+A body closed before its end may linger LINGER_S for the rest, so that its connection is kept.
 """
 
 from __future__ import annotations
