@@ -377,9 +377,8 @@ def test_rung_is_unavailable_with_one_line_and_auto_routes_around_it(tmp_path: P
     try:
         eng = srv.engine("gpu")
         assert eng["state"] == "unavailable" and eng["pid"] is None and eng["last_error"] == why
-        assert srv.log_lines("localroute.vllm") == [
-            f"WARNING localroute.vllm: vllm model gpu unavailable: {why}"
-        ]
+        lines = [json.loads(ln) for ln in srv.log_lines('"logger":"localroute.vllm"')]
+        assert [(x["level"], x["msg"]) for x in lines] == [("warning", f"vllm model gpu unavailable: {why}")]
         assert srv.log_lines("gpu not started") == []
 
         r, h = chat(srv, GREETING, max_tokens=1)
