@@ -238,13 +238,14 @@ def _paths() -> Schema:
         },
         "/openapi.json": {
             "get": _op(
-                "This document",
+                "This document (public even when API keys are configured)",
                 {
                     "description": "The OpenAPI document.",
                     "content": _json(obj({"openapi": {"const": "3.1.0"}, "info": {}, "paths": {}})),
                 },
-                _GUARDED,
+                (431, 500),
                 operationId="getOpenAPI",
+                **public,
             )
         },
     }

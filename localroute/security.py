@@ -28,9 +28,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Served without a key: the liveness probe, and the dashboard's static page and assets (they hold
-# no data; the page asks for a key before it reads /v1/localroute/stats).
-PUBLIC_PATHS = frozenset({"/health", "/dashboard"})
+# Served without a key: the liveness probe, the API description, and the dashboard's static page
+# and assets (they hold no data; the page asks for a key before it reads /v1/localroute/stats).
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/dashboard"})
 PUBLIC_PREFIXES = ("/dashboard/assets/",)
 
 

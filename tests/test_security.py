@@ -117,6 +117,7 @@ def test_guard_decides_on_the_parsed_path_not_the_host_header() -> None:
     assert code(g.check(scope("/metrics", {}))) == "invalid_api_key"
     assert code(guard(metrics_public=True).check(scope("/metrics", {}))) is None
     assert code(g.check(scope("/dashboard", {}))) is None  # the static page holds no data
+    assert code(g.check(scope("/openapi.json", {}))) is None
     assert code(g.check(scope("/v1/localroute/stats", {}))) == "invalid_api_key"
 
 
