@@ -211,7 +211,9 @@ class Router:
     def _body(
         self, req: ChatCompletionRequest, m: ModelConfig, judge: bool, privacy: Privacy | None = None
     ) -> dict[str, Any]:
-        body = req.engine_body(m.name, req.output_limit() or m.default_max_tokens)
+        # A limit past the model's whole context can never be reached: clamp it (the engine stops
+        # when the context is full, `finish_reason: length`) rather than pass a number it may refuse.
+        body = req.engine_body(m.name, min(req.output_limit() or m.default_max_tokens, m.n_ctx))
         # `redact`: a request made public over detected data (the only public one that carries any)
         # goes remote with typed placeholders in place of the data. Private ones never go remote.
         overridden = privacy is not None and privacy.reason == "override" and not privacy.private

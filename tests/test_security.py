@@ -350,3 +350,17 @@ def test_sigterm_grace_period_is_bounded(tmp_path: Path) -> None:
         assert wait_until(lambda: not pid_alive(worker), timeout=15)
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_max_tokens_beyond_the_context_is_clamped_to_it() -> None:
+    from localroute.protocol import parse_chat_request
+    from localroute.router import Router
+
+    text = '[[models]]\nname = "m"\nengine = "llama_cpp"\nn_ctx = 2048\n'
+    cfg = parse_config(text + 'source = { kind = "path", path = "m.gguf" }\n')
+    router = Router(cfg, {})
+    m = cfg.models[0]
+    for asked, sent in [(10**6, 2048), (2048, 2048), (100, 100)]:
+        req = parse_chat_request(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": asked}).encode())  # fmt: skip
+        assert router._body(req, m, judge=False)["max_tokens"] == sent
