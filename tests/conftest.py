@@ -142,6 +142,20 @@ def repo_config() -> Path:
     return ROOT / "models.toml"
 
 
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The default model's GGUF, as the repo config resolves it (bootstrap pulls it)."""
+    from localroute.config import LlamaCppModel, load_config
+
+    cfg = load_config(ROOT / "models.toml")
+    m = cfg.model("smollm2-135m")
+    assert isinstance(m, LlamaCppModel)
+    path = cfg.model_path(m)
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `localroute pull` (scripts/bootstrap.sh does)")
+    return path
+
+
 def start_server(config: Path, tmp: Path, *, deterministic: bool = False) -> Server:
     """Serve a copy of `config`; `deterministic` turns off prompt caching on the default model."""
     text = config.read_text()

@@ -20,7 +20,6 @@ import httpx
 import psutil
 import pytest
 
-from localroute.config import LlamaCppModel, load_config
 from localroute.errors import InvalidModelFileError
 from localroute.gguf_check import CHECK_TIMEOUT_S, MAX_ARRAY, check, verify
 from localroute.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
@@ -65,17 +64,6 @@ def gguf(
 def write(tmp: Path, data: bytes) -> Path:
     path = tmp / "model.gguf"
     path.write_bytes(data)
-    return path
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    cfg = load_config(ROOT / "models.toml")
-    m = cfg.model("smollm2-135m")
-    assert isinstance(m, LlamaCppModel)
-    path = cfg.model_path(m)
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `localroute pull` (scripts/bootstrap.sh does)")
     return path
 
 

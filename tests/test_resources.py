@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from localroute.config import LlamaCppModel, ResourcesConfig, load_config
+from localroute.config import ResourcesConfig
 from localroute.resources import (
     BASE_OVERHEAD,
     DEFAULT_VOCAB,
@@ -29,20 +29,8 @@ from localroute.resources import (
     read_gguf_metadata,
     rss,
 )
-from tests.conftest import ROOT
 
 GiB = 1 << 30
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    cfg = load_config(ROOT / "models.toml")
-    m = cfg.model("smollm2-135m")
-    assert isinstance(m, LlamaCppModel)
-    path = cfg.model_path(m)
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `localroute pull` (scripts/bootstrap.sh does)")
-    return path
 
 
 @pytest.mark.parametrize(
