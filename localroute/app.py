@@ -43,6 +43,7 @@ from localroute.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
 )
 from localroute.lifecycle import Managed, Placement
 from localroute.logs import REQUEST_LOGGER
@@ -55,10 +56,11 @@ from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
 from localroute.router import Router, Trace
 from localroute.security import Guard, KeyRing
-from localroute.stats import parse_since, summarize
+from localroute.stats import parse_since, summarize_timed
 
 log = logging.getLogger("localroute")
 request_log = logging.getLogger(REQUEST_LOGGER)
+STATS_CACHE_S = 1.0
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -138,6 +140,7 @@ class Gateway:
         detector: Detector,
         audit: AuditLog | None,
         placement: Placement | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -146,9 +149,13 @@ class Gateway:
         self.detector = detector
         self.audit = audit
         self.created = int(time.time())
-        self.keyring = KeyRing(config.keys)
+        self.keyring = keyring if keyring is not None else KeyRing(config.keys)
         self.baseline = baseline_model(config)
-        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.server.stats_window)
+        # (time, record) of the latest requests, oldest first: the stats API's window.
+        self.records: collections.deque[tuple[datetime, dict[str, Any]]] = collections.deque(
+            maxlen=config.server.stats_window
+        )
+        self._stats_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
 
     def classify(self, request: Request, req: ChatCompletionRequest) -> Privacy:
@@ -173,7 +180,13 @@ class Gateway:
     async def chat(self, request: Request) -> Response:
         t0 = time.monotonic()
         rid = "req-" + os.urandom(10).hex()
-        raw = await read_body(request, self.config.server.max_body_bytes)
+        limit = self.config.server.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + limit
+        try:
+            async with asyncio.timeout_at(deadline):  # a client trickling its body holds nothing forever
+                raw = await read_body(request, self.config.server.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeoutError(f"The request body did not arrive within {limit:g} s.") from None
         req = parse_chat_request(raw)
         hints = parse_hints(request.headers)
         if len(req.messages) > self.config.server.max_messages:
@@ -185,8 +198,6 @@ class Gateway:
         privacy = self.classify(request, req)
         CURRENT.set(privacy)  # this request's task: the egress guard reads it
         attempts: list[dict[str, Any]] = []  # the rungs tried, for the audit record even on failure
-        limit = self.config.server.request_timeout_s
-        deadline = asyncio.get_running_loop().time() + limit - (time.monotonic() - t0)
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
             try:
@@ -244,6 +255,9 @@ class Gateway:
                 log.error("unhandled %s streaming %s", exc.__class__.__name__, rid)
                 status, error = 500, "internal_error"
                 yield _sse(InternalError("Internal error in localroute.").body())
+            except BaseException:  # the client left (we are cancelled or closed): not a success
+                status, error = 499, "client_gone"
+                raise
             finally:
                 # The client may have left (we are being cancelled): close the engine stream anyway,
                 # so its slot is freed now rather than when the garbage collector gets to it.
@@ -275,8 +289,9 @@ class Gateway:
         log), no matched data, no keys. Without a trace (the request failed), `attempts` lists the
         rungs it tried."""
         seconds = time.monotonic() - t0
+        now = datetime.now(UTC)
         rec: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": now.isoformat(timespec="milliseconds"),
             "id": rid,
             "privacy": privacy.as_json(),
             "status": status,
@@ -313,7 +328,7 @@ class Gateway:
                 cost_usd=round(trace.cost_usd, 10),
                 baseline_usd=round(attempt_cost(self.baseline, usage, 0.0), 10),
             )
-        self.records.append(rec)
+        self.records.append((now, rec))
         self.metrics.observe(rec)
         if request_log.isEnabledFor(logging.INFO):
             request_log.info("request", extra={"fields": rec})
@@ -335,14 +350,22 @@ class Gateway:
 
     async def stats(self, request: Request) -> Response:
         now = datetime.now(UTC)
-        raw = request.query_params.get("since")
+        raw = (request.query_params.get("since") or "")[:100]
         since = None
         if raw:
             try:
-                since = parse_since(raw[:100], now)
+                since = parse_since(raw, now)
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), param="since") from None
-        return JSONResponse(summarize(list(self.records), since, now))
+        # Summing a large window takes a while: off the event loop, and shared by pollers for 1 s.
+        cached = self._stats_cache.get(raw)
+        if cached is None or time.monotonic() - cached[0] > STATS_CACHE_S:
+            window = list(self.records)
+            cached = (time.monotonic(), await anyio.to_thread.run_sync(summarize_timed, window, since, now))
+            self._stats_cache[raw] = cached
+            while len(self._stats_cache) > 64:  # `since` is the client's: keep the cache bounded
+                self._stats_cache.pop(next(iter(self._stats_cache)))
+        return JSONResponse(cached[1])
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -380,6 +403,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None) -> Starlette:
     """Build the gateway. Engines are created (from config, unless given) and started in the lifespan."""
     holder: dict[str, Gateway] = {}
+    keyring = KeyRing(config.keys)  # one set of digests: the guard admits, the gateway reads policies
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -393,7 +417,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         for b in live.values():
             if isinstance(b, Managed):
                 placement.manage(b)
-        holder["gw"] = Gateway(config, live, detector, audit, placement)
+        holder["gw"] = Gateway(config, live, detector, audit, placement, keyring)
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             for m in config.ladder():
@@ -415,7 +439,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
             shutil.rmtree(runtime, ignore_errors=True)
 
     # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
-    middleware = [Middleware(Guard, config=config, keys=KeyRing(config.keys), render=error_response)]
+    middleware = [Middleware(Guard, config=config, keys=keyring, render=error_response)]
     if config.server.cors_origins:
         middleware.insert(0, Middleware(
             CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["GET", "POST"],

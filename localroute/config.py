@@ -225,7 +225,7 @@ class ServerConfig(BaseModel):
     # "text": the same fields as key=value, for a terminal.
     log_format: Literal["json", "text"] = "json"
     # Requests kept in memory for /v1/localroute/stats and the dashboard (the audit log keeps all).
-    stats_window: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    stats_window: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000
     # With [[keys]] configured every path needs a key except /health; this one too unless public.
     metrics_public: bool = False
     # Origins allowed to call the API from a browser. Empty: no CORS headers at all (the default).

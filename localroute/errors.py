@@ -23,6 +23,11 @@ class InvalidModelFileError(ModelUnavailableError):
     (a header field, an offset) and never names the file's path."""
 
 
+class ModelCheckInconclusiveError(InvalidModelFileError):
+    """The structural check hung, died or gave no answer: that says little about the file, so the
+    verdict is not kept for long (a busy moment must not disable a model until restart)."""
+
+
 class APIError(LocalRouteError):
     """An error with an HTTP status and an OpenAI-shaped body. Messages never carry paths or secrets."""
 
@@ -136,6 +141,14 @@ class HeadersTooLargeError(APIError):
     status = 431
     type = "invalid_request_error"
     default_code = "headers_too_large"
+
+
+class RequestTimeoutError(APIError):
+    """The client did not send its request body within the deadline."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class DeadlineExceededError(APIError):

@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localroute.errors import InvalidModelFileError
+from localroute.errors import InvalidModelFileError, ModelCheckInconclusiveError
 from localroute.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
 
 # (elements per block, bytes per block) of each tensor type, as ggml_blck_size / ggml_type_size of the
@@ -183,7 +183,7 @@ async def verify(path: Path, limit_s: float = CHECK_TIMEOUT_S) -> GGUFSummary:
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), limit_s)
     except TimeoutError:
-        raise InvalidModelFileError(f"the file check did not finish in {limit_s:g}s") from None
+        raise ModelCheckInconclusiveError(f"the file check did not finish in {limit_s:g}s") from None
     finally:
         if proc.returncode is None:  # timed out or cancelled: the checker must not outlive us
             with contextlib.suppress(ProcessLookupError):
@@ -193,14 +193,14 @@ async def verify(path: Path, limit_s: float = CHECK_TIMEOUT_S) -> GGUFSummary:
     rc = proc.returncode
     assert rc is not None
     if rc < 0:
-        raise InvalidModelFileError(f"the file check was killed by {signal.Signals(-rc).name}")
+        raise ModelCheckInconclusiveError(f"the file check was killed by {signal.Signals(-rc).name}")
     try:
         answer = json.loads(out.decode("utf-8").strip().splitlines()[-1])
         if rc == 0:
             return GGUFSummary(**answer["ok"])
         reason = str(answer["error"])
     except (ValueError, IndexError, KeyError, TypeError):
-        reason = f"the file check gave no answer (exit status {rc})"
+        raise ModelCheckInconclusiveError(f"the file check gave no answer (exit status {rc})") from None
     raise InvalidModelFileError(reason)
 
 

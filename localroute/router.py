@@ -100,7 +100,8 @@ def _usage(result: Mapping[str, Any]) -> dict[str, int]:
     usage = result.get("usage")
     if not isinstance(usage, dict):
         return {}
-    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    # Counts from an engine or a provider: whole, non-negative and sane, or not counted at all.
+    return {k: v for k, v in usage.items() if type(v) is int and 0 <= v < 2**31}
 
 
 def _compute_s(result: Mapping[str, Any]) -> float:

@@ -137,11 +137,15 @@ def _is_local(rec: Record) -> bool:
 def summarize(records: Iterable[Record], since: datetime | None, now: datetime) -> dict[str, Any]:
     """Totals, per-model breakdowns, a cost series and the latest decisions over the records at or
     after `since` (all when None)."""
-    picked: list[tuple[datetime, Record]] = []
-    for rec in records:
-        when = record_time(rec)
-        if when is not None and (since is None or when >= since):
-            picked.append((when, rec))
+    timed = ((record_time(rec), rec) for rec in records)
+    return summarize_timed([(w, r) for w, r in timed if w is not None], since, now)
+
+
+def summarize_timed(
+    timed: Iterable[tuple[datetime, Record]], since: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """`summarize` over records whose times are already known (the gateway keeps them parsed)."""
+    picked = [(when, rec) for when, rec in timed if since is None or when >= since]
     picked.sort(key=lambda p: p[0])
 
     models: dict[str, _Model] = {}

@@ -249,8 +249,19 @@ def test_a_body_cut_short_is_a_protocol_error() -> None:
     run(go())
 
 
+ENDLESS_HEADERS = (
+    b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 1000 + b"\r\n" + b"X-More: b\r\n" * 10_000 + b"\r\n"
+)
+
+
 @pytest.mark.parametrize(
-    "answer", [b"HTTP/1.1 abc OK\r\n\r\n", b"SMTP ready\r\n\r\n", b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"]
+    "answer",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ENDLESS_HEADERS,
+    ],
 )
 def test_a_malformed_response_is_a_protocol_error(answer: bytes) -> None:
     async def handler(peer: Peer) -> None:

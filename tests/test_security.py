@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -364,3 +365,49 @@ def test_max_tokens_beyond_the_context_is_clamped_to_it() -> None:
         req = parse_chat_request(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                                              "max_tokens": asked}).encode())  # fmt: skip
         assert router._body(req, m, judge=False)["max_tokens"] == sent
+
+
+def test_a_client_that_leaves_mid_stream_is_recorded_as_gone(keyed: Server) -> None:
+    body = {**COUNT, "max_tokens": 400}
+    with httpx.stream("POST", keyed.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
+        lines = r.iter_lines()
+        rid = r.headers["x-request-id"]
+        assert next(line for line in lines if line.startswith("data: "))
+
+    def recorded() -> dict[str, Any] | None:
+        recs = [json.loads(x) for x in keyed.audit.read_text().splitlines()]
+        return next((x for x in recs if x["id"] == rid), None)
+
+    assert wait_until(lambda: recorded() is not None, timeout=30)
+    rec = recorded()
+    assert rec is not None and (rec["status"], rec["error"]) == (499, "client_gone")
+
+
+def test_a_body_trickled_past_the_deadline_is_a_408(keyed: Server) -> None:
+    """request_timeout_s = 3 covers reading the body too: a slow sender holds nothing forever."""
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {CLIENT}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as s:
+        s.sendall(head + b'{"model": ')
+        s.settimeout(0.5)
+        answer = b""
+        while time.monotonic() - t0 < 20 and b"\r\n\r\n" not in answer:
+            try:
+                s.sendall(b" ")  # one byte at a time, never the whole body
+                answer += s.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - t0 < 3 + 10
+
+
+def test_token_counts_from_upstream_are_only_believed_when_sane() -> None:
+    from localroute.router import _usage
+
+    usage = {"prompt_tokens": -5, "completion_tokens": 10**400, "total_tokens": 7, "cached": True, "x": 2.0}
+    assert _usage({"usage": usage}) == {"total_tokens": 7}

@@ -27,6 +27,7 @@ import httpx
 
 MAX_CONNECTIONS = 100  # per origin, as httpx.Limits; all of them may stay alive (httpx keeps 20)
 KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
+MAX_HEAD_BYTES = 64 * 1024  # a response status line and headers, at most (h11 allows 16 KiB)
 LINGER_S = 0.25  # how long a body closed before its end may take to finish, for its connection's sake
 _Origin = tuple[bytes, bytes, int]
 
@@ -58,6 +59,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0  # status line and headers of the response being read, bounded
         self.head_done = self.done = self.seen = self._interim = False
         self.keep_alive = True
         self.body: list[bytes] = []
@@ -114,16 +116,23 @@ class _Conn(asyncio.Protocol):
         if self.head_done:  # a second response to one request: stop parsing, drop the connection
             raise httpx.RemoteProtocolError("Unexpected data after the response.")
 
+    def _count(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:  # as h11 refuses: a provider must not grow our memory
+            raise httpx.RemoteProtocolError(f"Response headers exceed {MAX_HEAD_BYTES} bytes.")
+
     def on_status(self, status: bytes) -> None:
+        self._count(len(status))
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         if self.status < 200:  # an interim response (103 Early Hints …): the real one follows
-            self._interim, self.headers, self.reason = True, [], b""
+            self._interim, self.headers, self.reason, self.head_bytes = True, [], b"", 0
         else:
             self.head_done = True
 

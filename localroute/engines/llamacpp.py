@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -28,11 +29,17 @@ from localroute.backends.base import Brief, EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, LlamaCppModel
 from localroute.engines.supervise import exit_reason, poll_health
-from localroute.errors import EngineUnavailableError, InvalidModelFileError, OverloadedError
+from localroute.errors import (
+    EngineUnavailableError,
+    InvalidModelFileError,
+    ModelCheckInconclusiveError,
+    OverloadedError,
+)
 from localroute.lifecycle import Placement
 from localroute.resources import Footprint, MiB
 
 log = logging.getLogger("localroute.engine")
+INCONCLUSIVE_RETRY_S = 60.0  # a file check that hung or died is tried again after this long
 
 
 class LlamaCppEngine:
@@ -63,7 +70,8 @@ class LlamaCppEngine:
         self._starts = 0
         self._stderr_task: asyncio.Task[None] | None = None
         # (inode, size, mtime) of the model file last checked, and why it failed (None: it passed)
-        self._checked: tuple[tuple[int, int, int], str | None] | None = None
+        # (file identity, why it was rejected or None, when to check again)
+        self._checked: tuple[tuple[int, int, int], str | None, float] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -126,12 +134,15 @@ class LlamaCppEngine:
         except OSError as exc:
             self._reject(f"cannot read the file: {exc.strerror}")
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._checked is None or self._checked[0] != stamp:
+        now = time.monotonic()
+        if self._checked is None or self._checked[0] != stamp or now >= self._checked[2]:
             try:
                 await gguf_check.verify(self.model_path)
-                self._checked = (stamp, None)
-            except InvalidModelFileError as exc:
-                self._checked = (stamp, str(exc))  # not re-checked for every request that comes in
+                self._checked = (stamp, None, math.inf)
+            except ModelCheckInconclusiveError as exc:  # a hung or killed checker: try again soon
+                self._checked = (stamp, str(exc), now + INCONCLUSIVE_RETRY_S)
+            except InvalidModelFileError as exc:  # the file's own fault: kept until the file changes
+                self._checked = (stamp, str(exc), math.inf)
         if self._checked[1] is not None:
             self._reject(self._checked[1])
 
