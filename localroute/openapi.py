@@ -24,6 +24,7 @@ _ERRORS = {
     "header, a prompt longer than the model's context, or a private request that no local model serves.",
     401: "API keys are configured and the request carries none or a wrong one.",
     404: "No such model (or no such endpoint).",
+    408: "The request body did not arrive within `server.request_timeout_s`.",
     413: "The request body is larger than `server.max_body_bytes`.",
     429: "An engine's queue is full (`queue_full`) or the caller's rate limit is reached "
     "(`rate_limit_exceeded`); `Retry-After` says when to try again.",
@@ -152,7 +153,7 @@ def _paths() -> Schema:
             "post": _op(
                 "Chat completion, routed to the cheapest rung that can serve it",
                 answer,
-                (400, 404, 413, 502, 503, 504, *_GUARDED),
+                (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
                 operationId="createChatCompletion",
                 parameters=[*_hints(), _privacy()],
                 requestBody=chat_body,
