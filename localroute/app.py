@@ -203,9 +203,9 @@ class Gateway:
             try:
                 async with asyncio.timeout_at(deadline):
                     if not req.stream:
-                        result, trace = await self.router.complete(req, hints, privacy, attempts)
+                        result, trace = await self.router.complete(req, hints, privacy, attempts, deadline)
                     else:
-                        chunks, trace = await self.router.stream(req, hints, privacy, attempts)
+                        chunks, trace = await self.router.stream(req, hints, privacy, attempts, deadline)
             except TimeoutError:
                 raise late from None
             if not req.stream:

@@ -3,11 +3,12 @@ what happened. The decision itself is the pure policy's (`policy.py`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -18,6 +19,7 @@ from localroute.cost import attempt_cost
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
+    DeadlineExceededError,
     EngineUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -30,6 +32,8 @@ from localroute.privacy import Detector, Privacy, PrivacyViolationError, redact
 from localroute.protocol import ChatCompletionRequest
 
 Chunks = AsyncGenerator[dict[str, Any], None]
+T = TypeVar("T")
+KEEP_MARGIN_S = 0.5  # how long before the deadline an escalation is abandoned for the kept answer
 
 
 @dataclass
@@ -138,6 +142,18 @@ def _failure_route(exc: APIError) -> str | None:
     if isinstance(exc, EngineUnavailableError | UpstreamError | OverloadedError) or exc.status >= 500:
         return "fallback:engine_error"
     return None
+
+
+async def _before(aw: Awaitable[T], deadline: float | None) -> T:
+    """`aw`, given up shortly before the request's deadline: a kept local answer is worth more to the
+    client than a 504 from a rung above that is still thinking (the caller then keeps its answer)."""
+    if deadline is None:
+        return await aw
+    try:
+        async with asyncio.timeout_at(deadline - KEEP_MARGIN_S):
+            return await aw
+    except TimeoutError:
+        raise DeadlineExceededError("The rung above did not answer before the deadline.") from None
 
 
 @dataclass
@@ -268,6 +284,7 @@ class Router:
         hints: Hints = NO_HINTS,
         privacy: Privacy | None = None,
         attempts: list[dict[str, Any]] | None = None,
+        deadline: float | None = None,
     ) -> tuple[dict[str, Any], Trace]:
         """Serve `req`. Every rung tried is appended to `attempts` too: the caller's record of them
         when this raises (the audit log lists the rungs a failed request tried)."""
@@ -281,7 +298,8 @@ class Router:
             judge = self._judges(m, not last)
             t0 = time.monotonic()
             try:
-                result = await self.backends[m.name].complete(self._body(req, m, judge, privacy))
+                call = self.backends[m.name].complete(self._body(req, m, judge, privacy))
+                result = await (_before(call, deadline) if kept is not None else call)
             except APIError as exc:
                 route = _failure_route(exc)
                 trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
@@ -323,6 +341,7 @@ class Router:
         hints: Hints = NO_HINTS,
         privacy: Privacy | None = None,
         attempts: list[dict[str, Any]] | None = None,
+        deadline: float | None = None,
     ) -> tuple[Chunks, Trace]:
         """Open a stream on the first rung that commits. Judgement and fallback happen before the
         first byte reaches the client; after that the rung is committed and chunks flow through.
@@ -340,7 +359,10 @@ class Router:
                 t0 = time.monotonic()
                 chunks = self.backends[m.name].stream(self._body(req, m, judge, privacy))
                 try:
-                    buffered, logprobs, finish, done = await self._prefetch(chunks, judge)
+                    opening = self._prefetch(chunks, judge)
+                    buffered, logprobs, finish, done = await (
+                        _before(opening, deadline) if held is not None else opening
+                    )
                 except APIError as exc:
                     await _close(chunks)
                     route = _failure_route(exc)

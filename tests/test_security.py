@@ -147,6 +147,8 @@ def config_text(base_url: str, **server: Any) -> str:
     ]
     for k in keys:
         lines += ["[[keys]]", *(f"{kk} = {toml_value(v)}" for kk, v in k.items()), ""]
+    # `auto` answers from the small model are always judged unsure: they escalate to the remote rung.
+    lines += ["[routing.cascade]", "min_mean_logprob = -0.01", "min_length_tokens = 0", ""]
     return "\n".join(lines)
 
 
@@ -411,3 +413,15 @@ def test_token_counts_from_upstream_are_only_believed_when_sane() -> None:
 
     usage = {"prompt_tokens": -5, "completion_tokens": 10**400, "total_tokens": 7, "cached": True, "x": 2.0}
     assert _usage({"usage": usage}) == {"total_tokens": 7}
+
+
+def test_an_escalation_still_thinking_at_the_deadline_keeps_the_local_answer(
+    keyed: Server, provider: StandinProvider
+) -> None:
+    provider.set("hang")
+    t0 = time.monotonic()
+    r = chat(keyed, {"model": "auto", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-localroute-route"] == "kept:escalation_failed"
+    assert r.headers["x-localroute-model"] == MODEL and r.json()["choices"][0]["message"]["content"]
+    assert time.monotonic() - t0 < 3 + 10
