@@ -387,6 +387,7 @@ class Gateway:
         engines = {name: b.health() for name, b in self.backends.items()}
         ok = any(e["state"] in ("ready", "stopped") for e in engines.values())
         body: dict[str, Any] = {"status": "ok" if ok else "degraded", "engines": engines}
+        body["tasks"] = len(asyncio.all_tasks())  # the gateway's asyncio tasks: a leak shows here
         if self.placement is not None:
             body["resources"] = await self.placement.snapshot(self.config.models_dir())
         return JSONResponse(body)

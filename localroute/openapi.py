@@ -274,7 +274,8 @@ def build_document() -> Schema:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key from the config's [[keys]]. Without [[keys]] (loopback "
-                    "only) no key is needed; with them every path but /health and /dashboard needs one.",
+                    "only) no key is needed; with them every path but /health, /openapi.json and the "
+                    "dashboard's static files needs one.",
                 }
             },
         },

@@ -164,6 +164,7 @@ def _response_schemas() -> dict[str, Schema]:
             {
                 "status": {"enum": ["ok", "degraded"]},
                 "engines": _map(engine),
+                "tasks": _COUNT,
                 "resources": {"type": "object"},
             },
             optional=("resources",),

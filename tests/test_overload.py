@@ -85,6 +85,7 @@ def test_load_past_capacity_is_answered_or_refused_and_leaves_nothing_behind(srv
     asyncio.run(burst(srv.url))  # warm-up: allocator, connection pools and caches reach steady state
     assert wait_until(lambda: srv.health()["engines"][MODEL]["in_flight"] == 0, timeout=30)  # type: ignore[index]
     fds0, rss0 = footprint(srv.proc.pid)
+    tasks0 = srv.health()["tasks"]
     seen: dict[tuple[int, str | None], int] = {}
     for _ in range(ROUNDS):
         results, left = asyncio.run(burst(srv.url))
@@ -99,6 +100,7 @@ def test_load_past_capacity_is_answered_or_refused_and_leaves_nothing_behind(srv
     assert seen.get((429, "queue_full"), 0) > 0  # it really was past capacity
     assert wait_until(lambda: srv.health()["engines"][MODEL]["in_flight"] == 0, timeout=30)  # type: ignore[index]
     fds1, rss1 = footprint(srv.proc.pid)
+    assert srv.health()["tasks"] <= tasks0  # no task left behind by a request, a stream or a refusal
     assert fds1 <= fds0 + 4, (fds0, fds1)  # no leaked sockets or pipes
     assert rss1 - rss0 < 48 * 1024 * 1024, (rss0, rss1)  # flat, give or take allocator noise
     eng = srv.health()["engines"][MODEL]  # type: ignore[index]
