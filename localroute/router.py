@@ -111,7 +111,9 @@ def _usage(result: Mapping[str, Any]) -> dict[str, int]:
 def _compute_s(result: Mapping[str, Any]) -> float:
     extra = result.get("x_localroute")
     value = extra.get("compute_s") if isinstance(extra, dict) else None
-    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    return float(value) if 0 <= value < 86_400 * 365 else 0.0  # finite, plausible seconds, or nothing
 
 
 def _outcome(exc: APIError) -> str:
