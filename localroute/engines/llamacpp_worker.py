@@ -330,7 +330,9 @@ def _control_markers(llm: Any) -> re.Pattern[str] | None:
     for t in range(llm.n_vocab()):
         if llama_cpp.llama_vocab_get_attr(vocab, t) & wanted:
             text = llm.detokenize([t], special=True).decode("utf-8", "ignore")
-            if len(text.strip()) >= 2:
+            # Markup only (`<|im_start|>`, `[INST]`): a user-defined token that is a plain word or
+            # whitespace forges nothing, and ordinary text must reach the model untouched.
+            if len(text.strip()) >= 2 and any(c in text for c in "<>[]|"):
                 texts.add(text)
     return re.compile(_trie_pattern(texts)) if texts else None
 
