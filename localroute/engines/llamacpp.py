@@ -28,7 +28,7 @@ from localroute import gguf_check, resources
 from localroute.backends.base import Brief, EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, LlamaCppModel
-from localroute.engines.supervise import exit_reason, poll_health
+from localroute.engines.supervise import exit_reason, poll_health, signal_group
 from localroute.errors import (
     EngineUnavailableError,
     InvalidModelFileError,
@@ -246,13 +246,11 @@ class LlamaCppEngine:
             await self._client.aclose()
             self._client, self._http = None, None
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 5.0)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 await proc.wait()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()

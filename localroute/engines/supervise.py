@@ -4,8 +4,13 @@ measuring a request's share of a batching engine's time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import httpx
@@ -27,6 +32,31 @@ async def poll_health(
             pass
         await asyncio.sleep(every_s)
     return "timeout"
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec hook that has the kernel send the child `sig` when the gateway dies, even by SIGKILL
+    (Linux; None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the gateway died before the hook ran
+            os._exit(1)
+
+    return hook
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal a child's whole process group (it was started in a session of its own), if it is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def exit_reason(code: int) -> str:

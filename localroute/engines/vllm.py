@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -27,10 +24,11 @@ from typing import Any, Literal, NoReturn
 
 import httpx
 
+from localroute import resources
 from localroute.backends.base import Brief, EngineState
 from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.config import Config, VllmModel
-from localroute.engines.supervise import TimeShare, exit_reason, poll_health
+from localroute.engines.supervise import TimeShare, die_with_parent, exit_reason, poll_health, signal_group
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
@@ -83,31 +81,7 @@ def _visible_gpus() -> int:
     with contextlib.suppress(OSError):  # the driver lists one folder per GPU, containers included
         if found := len(list(Path("/proc/driver/nvidia/gpus").iterdir())):
             return found
-    if (smi := shutil.which("nvidia-smi")) is None:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec hook that has the kernel SIGTERM the child when the gateway dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the gateway died before the hook ran
-            os._exit(1)
-
-    return hook
+    return len(resources.gpus(timeout=10))
 
 
 def _bind(port: int = 0) -> int | None:
@@ -127,11 +101,6 @@ def _root(url: str) -> str:
 def _display(url: str) -> str:
     """`url` without any user:password part, for logs and /health."""
     return re.sub(r"^([a-z]+://)[^/@]*@", r"\1", url)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 class VllmEngine:
@@ -257,7 +226,7 @@ class VllmEngine:
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.cwd,
                 start_new_session=True,  # Ctrl-C reaches the gateway, which stops the group in order
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         except OSError as exc:
             self._fail(f"cannot run `vllm`: {exc.strerror or exc.__class__.__name__}")
@@ -340,7 +309,7 @@ class VllmEngine:
         self._closing = True
         proc = self._proc
         if proc is not None and proc.returncode is None and self.state == "starting":
-            _signal_group(proc.pid, signal.SIGTERM)  # a load in progress ends now, not at load_timeout_s
+            signal_group(proc.pid, signal.SIGTERM)  # a load in progress ends now, not at load_timeout_s
         async with self._start_lock:
             await self._stop_process()
             if self._client is not None:
@@ -361,12 +330,12 @@ class VllmEngine:
         if proc is None:
             return
         if proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
             except TimeoutError:
                 log.warning("vllm model %s server ignored SIGTERM; killing it", self.name)
-        _signal_group(proc.pid, signal.SIGKILL)  # whatever of its group is left (workers)
+        signal_group(proc.pid, signal.SIGKILL)  # whatever of its group is left (workers)
         await proc.wait()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
