@@ -55,7 +55,7 @@ from localroute.privacy import CURRENT, SCANNED_CLEAN, Detector, EgressGuard, Pr
 from localroute.protocol import ChatCompletionRequest, parse_chat_request
 from localroute.registry import build_backends
 from localroute.router import Router, Trace
-from localroute.security import Guard, KeyRing
+from localroute.security import Guard, KeyRing, matched_key
 from localroute.stats import parse_since, summarize_timed
 
 log = logging.getLogger("localroute")
@@ -140,7 +140,6 @@ class Gateway:
         detector: Detector,
         audit: AuditLog | None,
         placement: Placement | None = None,
-        keyring: KeyRing | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -149,7 +148,6 @@ class Gateway:
         self.detector = detector
         self.audit = audit
         self.created = int(time.time())
-        self.keyring = keyring if keyring is not None else KeyRing(config.keys)
         self.baseline = baseline_model(config)
         # (time, record) of the latest requests, oldest first: the stats API's window.
         self.records: collections.deque[tuple[datetime, dict[str, Any]]] = collections.deque(
@@ -174,7 +172,7 @@ class Gateway:
         return resolve(self.config.privacy, header, self._key_policy(request), kinds)
 
     def _key_policy(self, request: Request) -> str | None:
-        key = self.keyring.match(request.headers.get("authorization"))
+        key = matched_key(request.scope)  # the guard's match: keys are not hashed twice
         return None if key is None else key.privacy
 
     async def chat(self, request: Request) -> Response:
@@ -404,7 +402,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None) -> Starlette:
     """Build the gateway. Engines are created (from config, unless given) and started in the lifespan."""
     holder: dict[str, Gateway] = {}
-    keyring = KeyRing(config.keys)  # one set of digests: the guard admits, the gateway reads policies
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -418,7 +415,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         for b in live.values():
             if isinstance(b, Managed):
                 placement.manage(b)
-        holder["gw"] = Gateway(config, live, detector, audit, placement, keyring)
+        holder["gw"] = Gateway(config, live, detector, audit, placement)
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             for m in config.ladder():
@@ -440,7 +437,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
             shutil.rmtree(runtime, ignore_errors=True)
 
     # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
-    middleware = [Middleware(Guard, config=config, keys=keyring, render=error_response)]
+    middleware = [Middleware(Guard, config=config, keys=KeyRing(config.keys), render=error_response)]
     if config.server.cors_origins:
         middleware.insert(0, Middleware(
             CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["GET", "POST"],

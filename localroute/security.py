@@ -32,6 +32,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # and assets (they hold no data; the page asks for a key before it reads /v1/localroute/stats).
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/dashboard"})
 PUBLIC_PREFIXES = ("/dashboard/assets/",)
+_STATE_KEY = "localroute_api_key"  # where the guard leaves the matched key for the handlers
 
 
 def is_loopback(host: str) -> bool:
@@ -106,6 +107,12 @@ class RateLimiter:
         return wait
 
 
+def matched_key(scope: Scope) -> APIKey | None:
+    """The key the guard matched for this request (None without [[keys]], or on a public path)."""
+    key = (scope.get("state") or {}).get(_STATE_KEY)
+    return key if isinstance(key, APIKey) else None
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope.get("headers") or ():
         if k.lower() == name:
@@ -140,6 +147,7 @@ class Guard:
         key = None
         if self.keys and not self._public(path):
             key = self.keys.match(_header(scope, b"authorization"))
+            scope.setdefault("state", {})[_STATE_KEY] = key
             if key is None:
                 return AuthenticationError(
                     "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
