@@ -33,7 +33,7 @@ from starlette.routing import Route
 from localroute.audit import AuditLog
 from localroute.backends.base import Backend
 from localroute.config import LOCAL_ENGINES, Config
-from localroute.cost import attempt_cost, baseline_model
+from localroute.cost import baseline_cost, baseline_model
 from localroute.dashboard import dashboard, dashboard_asset
 from localroute.errors import (
     APIError,
@@ -324,7 +324,7 @@ class Gateway:
                 },
                 compute_s=round(trace.compute_s, 6),
                 cost_usd=round(trace.cost_usd, 10),
-                baseline_usd=round(attempt_cost(self.baseline, usage, 0.0), 10),
+                baseline_usd=round(baseline_cost(self.baseline, usage), 10),
             )
         self.records.append((now, rec))
         self.metrics.observe(rec)

@@ -31,10 +31,11 @@ def baseline_model(config: Config) -> ModelConfig:
     return max(config.models, key=lambda m: (m.price.output_per_mtok, m.price.input_per_mtok, m.tier))
 
 
-def baseline_cost(config: Config, usage: Mapping[str, int]) -> float:
-    """The same tokens on the baseline model. Token counts come from the rung that answered; the
-    baseline's tokenizer would count somewhat differently, which is the estimate's known error."""
-    return attempt_cost(baseline_model(config), usage, 0.0)
+def baseline_cost(baseline: ModelConfig, usage: Mapping[str, int]) -> float:
+    """The same tokens on the baseline model (`baseline_model`, resolved once by the caller). Token
+    counts come from the rung that answered; the baseline's tokenizer would count somewhat
+    differently, which is the estimate's known error."""
+    return attempt_cost(baseline, usage, 0.0)
 
 
 def savings_pct(cost: float, baseline: float) -> float | None:

@@ -61,10 +61,12 @@ def test_remote_tokens_are_priced_per_million() -> None:
 def test_baseline_is_the_dearest_model_unless_named() -> None:
     usage = {"prompt_tokens": 1_000, "completion_tokens": 200}
     assert cost.baseline_model(config()).name == "top"
-    assert cost.baseline_cost(config(), usage) == pytest.approx(0.0045)
+    assert cost.baseline_cost(cost.baseline_model(config()), usage) == pytest.approx(0.0045)
     named = config('[cost]\nbaseline = "mid"')
     assert cost.baseline_model(named).name == "mid"
-    assert cost.baseline_cost(named, usage) == pytest.approx((1_000 * 0.5 + 200 * 1.5) / 1e6)
+    assert cost.baseline_cost(cost.baseline_model(named), usage) == pytest.approx(
+        (1_000 * 0.5 + 200 * 1.5) / 1e6
+    )
 
 
 def test_unknown_baseline_is_a_config_error() -> None:
