@@ -1,1 +1,0 @@
-"""Backends: the one protocol every rung implements, and its OpenAI-over-HTTP implementation."""

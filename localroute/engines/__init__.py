@@ -1,1 +1,0 @@
-"""Engines: model runtimes as supervised processes (llama.cpp workers, and later vLLM servers)."""
