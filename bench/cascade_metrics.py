@@ -1,6 +1,6 @@
 """Scoring helpers for bench.cascade_quality: routed quality and cost curves, AUROC, binomial tests.
 
-Curves reuse localroute.evaluate (RouteLLM's APGR and CPT, ties routed fractionally). Two ways to pay:
+Curves reuse localroute.routing.evaluate (RouteLLM's APGR and CPT, ties routed fractionally). Two ways to pay:
 a *cascade* runs the local model on every request and pays the remote rung on top for those it
 escalates; a *pre-router* (policy, length, random) decides first and pays one rung per request.
 """
@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from localroute.evaluate import (
+from localroute.routing.evaluate import (
     QUALITY_TARGET,
     apgr,
     first_share,

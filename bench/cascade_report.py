@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from bench.cascade_metrics import Costs, Row, auroc, auroc_ci, binom_sf, pct, route, wilson
 from bench.common import append_result
-from localroute.confidence import measure
-from localroute.config import Config, LlamaCppModel
-from localroute.evaluate import cost_model, evaluate, length_scores, load_dataset, oracle_scores
-from localroute.policy import Policy
+from localroute.config.schema import Config, LlamaCppModel
+from localroute.routing.confidence import measure
+from localroute.routing.evaluate import cost_model, evaluate, length_scores, load_dataset, oracle_scores
+from localroute.routing.policy import Policy
 
 if TYPE_CHECKING:
     from bench.cascade_quality import Record
@@ -241,8 +241,8 @@ def report(
             "The letter is read from the start of the answer (or an answer starting with one option's text); "
             "an unparseable answer counts as wrong. Gold letters: the MMLU test answer key "
             f"(bench/mmlu_answers.py); {missing} dev questions not in the key were left out.",
-            "Confidence = localroute.confidence.measure over the sampled tokens (what the cascade judges); "
-            "the letter logprob is that of the sampled token carrying the letter. Escalating the least "
+            "Confidence = localroute.routing.confidence.measure over the sampled tokens "
+            "(what the cascade judges); the letter logprob is that of the sampled token carrying the letter. Escalating the least "
             "confident first traces quality against the share escalated; PGR and APGR as in "
             "shared/eval/README.md, with weak = the local model's own accuracy and strong = gpt-4's on the "
             "same questions. AUROC: how well each router's 'easy' end picks out right local answers "

@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 
 from bench.common import append_result, pct
-from localroute.config import parse_config
-from localroute.policy import Policy
-from localroute.privacy import Detector
-from localroute.privacy_config import ALL_KINDS
-from localroute.protocol import ChatCompletionRequest, parse_chat_request
+from localroute.config.privacy import ALL_KINDS
+from localroute.config.schema import parse_config
+from localroute.privacy.guard import Detector
+from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
+from localroute.routing.policy import Policy
 
 TARGET_US, TARGET_TOKENS = 200.0, 2000
 SIZES = (100, 2000, 30000)

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from bench.common import append_result
-from localroute.config import Config, LlamaCppModel, load_config, parse_config
-from localroute.engines.llamacpp import LlamaCppEngine
-from localroute.resources import MiB, estimate_gguf, rss
+from localroute.config.schema import Config, LlamaCppModel, load_config, parse_config
+from localroute.host.resources import MiB, estimate_gguf, rss
+from localroute.rungs.llamacpp.engine import LlamaCppEngine
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 
@@ -69,7 +69,7 @@ def main() -> None:
         "| estimate vs full |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
     notes = (
-        "Estimate = GGUF size + f16 KV cache for n_ctx + overhead (localroute.resources.estimate_gguf). "
+        "Estimate = GGUF size + f16 KV cache for n_ctx + overhead (localroute.host.resources.estimate_gguf). "
         "A positive last column means the budget reserves more than the worker used."
     )
     append_result("bench.footprint", "Model footprint: estimate vs worker RSS", table, notes,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 
-from localroute.config import LlamaCppModel, load_config
+from localroute.config.schema import LlamaCppModel, load_config
 
 PROMPT = [{"role": "user", "content": "Count from 1 to 300, separated by commas: 1, 2, 3,"}]
 Mode = Literal["stream", "complete"]
@@ -113,7 +113,7 @@ class RawSide:
 
 
 def raw_child(path: Path, m: LlamaCppModel) -> None:
-    """The same Llama arguments as localroute.engines.llamacpp_worker.load_llama, and the same
+    """The same Llama arguments as localroute.rungs.llamacpp.worker.load_llama, and the same
     prompt-cache policy as its Runner: with cache_prompt off, the context is reset before each request."""
     from llama_cpp import Llama
 

@@ -12,8 +12,8 @@ import random
 import time
 
 from bench.common import append_result, pct
-from localroute.privacy import Detector
-from localroute.privacy_config import ALL_KINDS
+from localroute.config.privacy import ALL_KINDS
+from localroute.privacy.guard import Detector
 
 PROSE = (
     "The committee met on Tuesday to review the quarterly plan. Revenue grew 12 percent while costs "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from localroute.config import Config, LlamaCppModel, load_config
+from localroute.config.schema import Config, LlamaCppModel, load_config
 from localroute.errors import ConfigError
 
 
@@ -26,10 +26,10 @@ def _load(path: str | None) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from localroute.app import create_app
-    from localroute.logs import configure as configure_logs
-    from localroute.logs import level_from
-    from localroute.security import exposure_problem, is_loopback
+    from localroute.gateway.app import create_app
+    from localroute.gateway.security import exposure_problem, is_loopback
+    from localroute.observe.logs import configure as configure_logs
+    from localroute.observe.logs import level_from
 
     cfg = _load(args.config)
     host = args.host or cfg.server.host
@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from localroute.pull import pull_models
+    from localroute.host.pull import pull_models
 
     cfg = _load(args.config)
     return pull_models(cfg, names=args.models or None)
@@ -84,7 +84,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from localroute.evaluate import (
+    from localroute.routing.evaluate import (
         EvalError,
         cost_model,
         evaluate,
@@ -93,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         plot_report,
         report_json,
     )
-    from localroute.policy import Policy
+    from localroute.routing.policy import Policy
 
     try:
         if args.plot:
@@ -118,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from localroute.explain import run
+    from localroute.routing.explain import run
 
     cfg = _load(args.config)
     if args.file and args.file != "-":
@@ -128,7 +128,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from localroute.audit import verify
+    from localroute.privacy.audit import verify
 
     if args.path:
         path = Path(args.path)
@@ -145,8 +145,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from localroute.report import build, format_report
-    from localroute.stats import parse_since
+    from localroute.observe.report import build, format_report
+    from localroute.observe.stats import parse_since
 
     path = Path(args.path) if args.path else _load(args.config).audit_path()
     if not path.is_file():

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from localroute.audit import GENESIS, AuditLog, record_hash, verify
+from localroute.privacy.audit import GENESIS, AuditLog, record_hash, verify
 from tests.conftest import ROOT
 
 LOCAL_OK = {"model": "smollm2-135m", "outcome": "ok", "reason": None, "ms": 12.5, "remote": False}
@@ -132,7 +132,7 @@ def test_a_restart_after_a_torn_tail_drops_it_and_continues(
     text = path.read_text()
     path.write_text(text[: len(text) - len(lines(path)[-1]) // 2])  # a crash in the middle of a write
     assert verify(path).broken_at == 3
-    with caplog.at_level(logging.WARNING, logger="localroute.audit"):
+    with caplog.at_level(logging.WARNING, logger="localroute.privacy.audit"):
         write_log(path, GOOD[3:4])
     assert "torn" in caplog.text
     recs = [json.loads(line) for line in lines(path)]  # every line is whole again

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import uvicorn
 
-from localroute.app import create_app
-from localroute.config import LlamaCppModel, load_config
-from localroute.protocol import MAX_STOP_CHARS, MAX_TOKENS
+from localroute.config.schema import LlamaCppModel, load_config
+from localroute.gateway.app import create_app
+from localroute.protocol.chat import MAX_STOP_CHARS, MAX_TOKENS
 from tests.conftest import ROOT, Server, free_port, start_server
 
 CONFIG = load_config(ROOT / "models.toml")

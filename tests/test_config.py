@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localroute.config import (
+from localroute.config.schema import (
     HFSource,
     LlamaCppModel,
     PathSource,

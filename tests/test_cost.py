@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from localroute import cost
-from localroute.config import Price, parse_config
-from localroute.engines import supervise
+from localroute.config.schema import Price, parse_config
 from localroute.errors import ConfigError
+from localroute.observe import cost
+from localroute.rungs import supervise
 
 CONFIG = """
 [[models]]

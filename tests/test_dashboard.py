@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from localroute.stats import summarize
+from localroute.observe.stats import summarize
 from tests.conftest import Server, start_server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from localroute import cli
-from localroute.config import Config, Price, parse_config
-from localroute.evaluate import (
+from localroute.config.schema import Config, Price, parse_config
+from localroute.routing.evaluate import (
     DEFAULT_STRONG_PRICE,
     METRICS,
     Dataset,
@@ -30,7 +30,7 @@ from localroute.evaluate import (
     routed_sums,
     router_result,
 )
-from localroute.policy import Policy
+from localroute.routing.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 WEAK_RUNG = """

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from localroute.errors import InvalidModelFileError
-from localroute.gguf_check import CHECK_TIMEOUT_S, MAX_ARRAY, check, verify
-from localroute.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
+from localroute.host.gguf import CHECK_TIMEOUT_S, MAX_ARRAY, check, verify
+from localroute.host.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 
 # -- building GGUF files -------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def checker_children() -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process().children(recursive=True)
-        if "localroute.gguf_check" in " ".join(p.cmdline())
+        if "localroute.host.gguf" in " ".join(p.cmdline())
     ]
 
 
@@ -272,7 +272,7 @@ def test_verify_kills_a_check_that_hangs(tmp_path: Path) -> None:
 
 def test_the_checker_command_line(smollm2: Path, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "localroute.gguf_check", *args]
+        cmd = [sys.executable, "-m", "localroute.host.gguf", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
     ok = run(str(smollm2))
@@ -417,7 +417,7 @@ def test_the_worker_renders_a_gguf_template_in_the_sandbox(
     assert check(evil).tensors == 272  # the check is about structure; the sandbox guards the template
     sock = tmp_path / "evil.sock"
     cmd = [
-        sys.executable, "-m", "localroute.engines.llamacpp_worker", "--socket", str(sock),
+        sys.executable, "-m", "localroute.rungs.llamacpp.worker", "--socket", str(sock),
         "--model-path", str(evil), "--name", "evil", "--n-ctx", "512", "--threads", "1",
         "--parent-pid", str(os.getpid()),
     ]  # fmt: skip

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localroute.backends import lean_http
-from localroute.backends.lean_http import LeanTransport
+from localroute.rungs import lean_http
+from localroute.rungs.lean_http import LeanTransport
 from tests.standin_fixtures import STANDIN_KEY, standin_fixture  # noqa: F401
 from tests.standin_provider import StandinProvider
 

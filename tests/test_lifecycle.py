@@ -22,9 +22,9 @@ import openai
 import psutil
 import pytest
 
-from localroute.config import LlamaCppModel, load_config
-from localroute.lifecycle import OverBudgetError, Placement
-from localroute.resources import Footprint, MiB, estimate_gguf
+from localroute.config.schema import LlamaCppModel, load_config
+from localroute.host.lifecycle import OverBudgetError, Placement
+from localroute.host.resources import Footprint, MiB, estimate_gguf
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 from tests.toml_text import toml_value
 

@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from localroute.openapi import build_document
-from localroute.protocol import MAX_TOKENS
+from localroute.gateway.openapi import build_document
+from localroute.protocol.chat import MAX_TOKENS
 from tests.conftest import Server, start_server
 
 pytestmark = pytest.mark.timeout(420)

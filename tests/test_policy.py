@@ -7,10 +7,19 @@ from dataclasses import replace
 
 import pytest
 
-from localroute.config import Config, parse_config
+from localroute.config.schema import Config, parse_config
 from localroute.errors import InvalidRequestError
-from localroute.policy import HEAD_CHARS, NO_HINTS, TAIL_CHARS, Cold, Decision, Features, Hints, Policy
-from localroute.protocol import ChatCompletionRequest
+from localroute.protocol.chat import ChatCompletionRequest
+from localroute.routing.policy import (
+    HEAD_CHARS,
+    NO_HINTS,
+    TAIL_CHARS,
+    Cold,
+    Decision,
+    Features,
+    Hints,
+    Policy,
+)
 
 SMALL = """
 [[models]]

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from localroute.backends.remote import RemoteBackend
-from localroute.config import RemoteModel
-from localroute.privacy import (
+from localroute.config.privacy import ALL_KINDS, PrivacyConfig
+from localroute.config.schema import RemoteModel
+from localroute.privacy.guard import (
     CURRENT,
     Detector,
     EgressGuard,
@@ -26,7 +26,7 @@ from localroute.privacy import (
     redact,
     resolve,
 )
-from localroute.privacy_config import ALL_KINDS, PrivacyConfig
+from localroute.rungs.remote import RemoteBackend
 
 EVERYTHING = Detector(ALL_KINDS)
 

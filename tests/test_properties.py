@@ -12,10 +12,10 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from localroute.config.privacy import ALL_KINDS
 from localroute.errors import APIError, InvalidRequestError
-from localroute.privacy import Detector, iban_ok, luhn_ok, redact
-from localroute.privacy_config import ALL_KINDS
-from localroute.protocol import MAX_STOP_CHARS, MAX_TOKENS, ChatCompletionRequest, parse_chat_request
+from localroute.privacy.guard import Detector, iban_ok, luhn_ok, redact
+from localroute.protocol.chat import MAX_STOP_CHARS, MAX_TOKENS, ChatCompletionRequest, parse_chat_request
 
 BOUNDED = settings(
     max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

@@ -20,7 +20,7 @@ from localroute.errors import (
     UpstreamError,
     api_error_from_body,
 )
-from localroute.protocol import ChatCompletionRequest, parse_chat_request
+from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 DROP = object()

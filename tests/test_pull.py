@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from localroute.config import Config, parse_config
-from localroute.pull import FreeSpace, disk_free, pull_models
+from localroute.config.schema import Config, parse_config
+from localroute.host.pull import FreeSpace, disk_free, pull_models
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = b"GGUF" + bytes(range(256)) * 800  # ~200 KB, compresses only a little
@@ -311,7 +311,7 @@ def test_unknown_name_is_rejected(tmp_path: Path) -> None:
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "localroute.pull", *args],
+        [sys.executable, "-m", "localroute.host.pull", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

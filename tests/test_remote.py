@@ -14,9 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from localroute.backends.base import Backend
-from localroute.backends.remote import RemoteBackend, RemoteTimeoutError
-from localroute.config import Config, RemoteModel
+from localroute.config.schema import Config, RemoteModel
 from localroute.errors import (
     APIError,
     EngineUnavailableError,
@@ -24,7 +22,9 @@ from localroute.errors import (
     OverloadedError,
     UpstreamError,
 )
-from localroute.registry import build_backend
+from localroute.protocol.backend import Backend
+from localroute.rungs.registry import build_backend
+from localroute.rungs.remote import RemoteBackend, RemoteTimeoutError
 from tests.standin_fixtures import STANDIN_KEY, standin_fixture  # noqa: F401
 from tests.standin_provider import StandinProvider
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from localroute.config import ResourcesConfig
-from localroute.resources import (
+from localroute.config.schema import ResourcesConfig
+from localroute.host.resources import (
     BASE_OVERHEAD,
     DEFAULT_VOCAB,
     FALLBACK_RATIO,

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from localroute.config import parse_config
+from localroute.config.privacy import APIKey
+from localroute.config.schema import parse_config
 from localroute.errors import APIError
-from localroute.privacy_config import APIKey
-from localroute.security import Guard, KeyRing, RateLimiter, exposure_problem, is_loopback
+from localroute.gateway.security import Guard, KeyRing, RateLimiter, exposure_problem, is_loopback
 from tests.conftest import ROOT, Server, free_port, pid_alive, wait_until
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
@@ -356,8 +356,8 @@ def test_sigterm_grace_period_is_bounded(tmp_path: Path) -> None:
 
 
 def test_max_tokens_beyond_the_context_is_clamped_to_it() -> None:
-    from localroute.protocol import parse_chat_request
-    from localroute.router import Router
+    from localroute.protocol.chat import parse_chat_request
+    from localroute.routing.router import Router
 
     text = '[[models]]\nname = "m"\nengine = "llama_cpp"\nn_ctx = 2048\n'
     cfg = parse_config(text + 'source = { kind = "path", path = "m.gguf" }\n')
@@ -409,7 +409,7 @@ def test_a_body_trickled_past_the_deadline_is_a_408(keyed: Server) -> None:
 
 
 def test_token_counts_from_upstream_are_only_believed_when_sane() -> None:
-    from localroute.router import _usage
+    from localroute.routing.router import _usage
 
     usage = {"prompt_tokens": -5, "completion_tokens": 10**400, "total_tokens": 7, "cached": True, "x": 2.0}
     assert _usage({"usage": usage}) == {"total_tokens": 7}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from localroute.stats import LATENCY_BOUNDS_MS, parse_since, summarize
+from localroute.observe.stats import LATENCY_BOUNDS_MS, parse_since, summarize
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 

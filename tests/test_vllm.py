@@ -36,10 +36,10 @@ import httpx
 import openai
 import pytest
 
-from localroute.config import parse_config
-from localroute.engines.vllm import VllmEngine, from_config, gpu_problem
+from localroute.config.schema import parse_config
 from localroute.errors import OverloadedError
-from localroute.pull import pull_models
+from localroute.host.pull import pull_models
+from localroute.rungs.vllm import VllmEngine, from_config, gpu_problem
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 from tests.fake_vllm import install
 from tests.toml_text import toml_value

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from localroute.routing_config import check_regex
+from localroute.config.routing import check_regex
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 PIIKind = Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"]

@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from localroute.config.privacy import APIKey, PrivacyConfig
+from localroute.config.routing import RoutingConfig
 from localroute.errors import ConfigError
-from localroute.privacy_config import APIKey, PrivacyConfig
-from localroute.routing_config import RoutingConfig
 
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 DEFAULT_MODELS_DIR = "~/.cache/localroute/models"

@@ -30,11 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from localroute.audit import AuditLog
-from localroute.backends.base import Backend
-from localroute.config import LOCAL_ENGINES, Config
-from localroute.cost import baseline_cost, baseline_model
-from localroute.dashboard import dashboard, dashboard_asset
+from localroute.config.schema import LOCAL_ENGINES, Config
 from localroute.errors import (
     APIError,
     DeadlineExceededError,
@@ -45,18 +41,30 @@ from localroute.errors import (
     PayloadTooLargeError,
     RequestTimeoutError,
 )
-from localroute.lifecycle import Managed, Placement
-from localroute.logs import REQUEST_LOGGER
-from localroute.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from localroute.metrics import Metrics
-from localroute.openapi import openapi_json
-from localroute.policy import Hints
-from localroute.privacy import CURRENT, SCANNED_CLEAN, Detector, EgressGuard, Privacy, body_texts, resolve
-from localroute.protocol import ChatCompletionRequest, parse_chat_request
-from localroute.registry import build_backends
-from localroute.router import Router, Trace
-from localroute.security import Guard, KeyRing, matched_key
-from localroute.stats import parse_since, summarize_timed
+from localroute.gateway.dashboard import dashboard, dashboard_asset
+from localroute.gateway.openapi import openapi_json
+from localroute.gateway.security import Guard, KeyRing, matched_key
+from localroute.host.lifecycle import Managed, Placement
+from localroute.observe.cost import baseline_cost, baseline_model
+from localroute.observe.logs import REQUEST_LOGGER
+from localroute.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from localroute.observe.metrics import Metrics
+from localroute.observe.stats import parse_since, summarize_timed
+from localroute.privacy.audit import AuditLog
+from localroute.privacy.guard import (
+    CURRENT,
+    SCANNED_CLEAN,
+    Detector,
+    EgressGuard,
+    Privacy,
+    body_texts,
+    resolve,
+)
+from localroute.protocol.backend import Backend
+from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
+from localroute.routing.policy import Hints
+from localroute.routing.router import Router, Trace
+from localroute.rungs.registry import build_backends
 
 log = logging.getLogger("localroute")
 request_log = logging.getLogger(REQUEST_LOGGER)

@@ -1,4 +1,4 @@
-"""The dashboard: one page and its stylesheet, script and icon, read from `localroute/static`.
+"""The dashboard: one page and its stylesheet, script and icon, read from `localroute/gateway/static`.
 
 Everything it needs is served from here: no CDN, no web fonts, no inline script or style, so the
 Content-Security-Policy can forbid all of them. The page draws its charts from `/v1/localroute/stats`.
@@ -41,7 +41,7 @@ def _headers(etag: str) -> dict[str, str]:
 
 def _serve(request: Request, name: str) -> Response:
     # Files of a few KiB, read on demand: nothing is held at import or between requests.
-    body = resources.files("localroute").joinpath("static", name).read_bytes()
+    body = resources.files("localroute.gateway").joinpath("static", name).read_bytes()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = _headers(etag)
     if etag in request.headers.get("if-none-match", ""):

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from localroute import __version__
-from localroute.dashboard import ASSETS, CSP
-from localroute.openapi_schemas import STR, Schema, components, obj, ref
+from localroute.gateway.dashboard import ASSETS, CSP
+from localroute.gateway.openapi_schemas import STR, Schema, components, obj, ref
 
 _ERRORS = {
     400: "The request is invalid: bad JSON, an unknown or out-of-range parameter, a bad routing "

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from localroute.backends.base import EngineState
-from localroute.protocol import ChatCompletionRequest
-from localroute.stats import LATENCY_BOUNDS_MS
+from localroute.observe.stats import LATENCY_BOUNDS_MS
+from localroute.protocol.backend import EngineState
+from localroute.protocol.chat import ChatCompletionRequest
 
 Schema = dict[str, Any]
 STR: Schema = {"type": "string"}
@@ -226,7 +226,7 @@ def _stats_schema() -> Schema:
     )
     return obj(
         {
-            "object": {"const": "localroute.stats"},
+            "object": {"const": "localroute.observe.stats"},
             # As the client wrote it, offset included: not always RFC 3339 (`+05:30:15`).
             "since": _STR_OR_NULL,
             "until": _TIME,

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from localroute.config import Config
+from localroute.config.privacy import APIKey
+from localroute.config.schema import Config
 from localroute.errors import APIError, AuthenticationError, HeadersTooLargeError, RateLimitError
-from localroute.privacy_config import APIKey
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -4,7 +4,7 @@ A model file comes from outside (a hub, a registry, a path an operator typed), a
 reader has had heap overflows from crafted counts and lengths. `check` walks the whole header with
 every count and length bounded by the bytes left in the file, so nothing is allocated or looped over
 on a header's word alone; `verify` runs it in a child process under a timeout and a memory cap, so a
-hostile file can neither hang nor crash the gateway. Run by hand: `python -m localroute.gguf_check FILE`.
+hostile file can neither hang nor crash the gateway. Run by hand: `python -m localroute.host.gguf FILE`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from localroute.errors import InvalidModelFileError, ModelCheckInconclusiveError
-from localroute.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
+from localroute.host.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
 
 # (elements per block, bytes per block) of each tensor type, as ggml_blck_size / ggml_type_size of the
 # pinned llama-cpp-python 0.3.36 report them. Ids 4, 5, 31-33 and 36-38 were removed from ggml.
@@ -174,10 +174,10 @@ def _tensor(r: GGUFReader, i: int, alignment: int) -> tuple[str, int, int]:
 
 
 async def verify(path: Path, limit_s: float = CHECK_TIMEOUT_S) -> GGUFSummary:
-    """`check` in a child process (`python -m localroute.gguf_check`), killed after `limit_s` seconds.
+    """`check` in a child process (`python -m localroute.host.gguf`), killed after `limit_s` seconds.
     Raises InvalidModelFileError: the file's problem, or that the check hung or died."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "localroute.gguf_check", str(path),
+        sys.executable, "-m", "localroute.host.gguf", str(path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print one JSON line, {"ok": summary} (exit 0) or {"error": reason} (exit 1)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m localroute.gguf_check FILE.gguf", file=sys.stderr)
+        print("usage: python -m localroute.host.gguf FILE.gguf", file=sys.stderr)
         return 2
     _cap_self()
     try:

@@ -19,12 +19,12 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
-from localroute import resources
-from localroute.config import Config
+from localroute.config.schema import Config
 from localroute.errors import EngineUnavailableError
-from localroute.resources import GPU, Footprint, MiB
+from localroute.host import resources
+from localroute.host.resources import GPU, Footprint, MiB
 
-log = logging.getLogger("localroute.lifecycle")
+log = logging.getLogger("localroute.host.lifecycle")
 OverBudget = Literal["queue", "route", "fail"]
 
 

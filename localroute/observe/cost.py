@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from localroute.config import Config, ModelConfig
+from localroute.config.schema import Config, ModelConfig
 
 
 def attempt_cost(m: ModelConfig, usage: Mapping[str, int], compute_s: float) -> float:

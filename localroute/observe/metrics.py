@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from localroute.backends.base import EngineState
-from localroute.stats import LATENCY_BOUNDS_MS
+from localroute.observe.stats import LATENCY_BOUNDS_MS
+from localroute.protocol.backend import EngineState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)

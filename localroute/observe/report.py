@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from localroute.stats import summarize
+from localroute.observe.stats import summarize
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from localroute.cost import savings_pct
+from localroute.observe.cost import savings_pct
 
 # Latency bounds (ms) for the histogram; the Prometheus histograms use the same, in seconds.
 LATENCY_BOUNDS_MS = (25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)
@@ -208,7 +208,7 @@ def summarize_timed(
             m.completion += o
 
     return {
-        "object": "localroute.stats",
+        "object": "localroute.observe.stats",
         "since": since.isoformat(timespec="seconds") if since is not None else None,
         "until": now.isoformat(timespec="seconds"),
         "bucket_s": bucket,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
-log = logging.getLogger("localroute.audit")
+log = logging.getLogger("localroute.privacy.audit")
 
 
 def _canonical(record: dict[str, Any]) -> bytes:

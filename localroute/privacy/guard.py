@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from localroute.config.privacy import PIIKind, PrivacyConfig
 from localroute.errors import APIError
-from localroute.privacy_config import PIIKind, PrivacyConfig
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
 # Digit runs with the separators numbers are written with; classified afterwards.

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from localroute.routing_config import CascadeConfig
+from localroute.config.routing import CascadeConfig
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from localroute.config import Config, Price
+from localroute.config.schema import Config, Price
 from localroute.errors import LocalRouteError
-from localroute.policy import Policy
+from localroute.routing.policy import Policy
 
 EPS = 1e-9  # float slack when comparing a curve with a target
 RANDOM_PERMUTATIONS = 20

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from localroute.config import Config
+from localroute.config.schema import Config
 from localroute.errors import APIError
-from localroute.policy import Policy
-from localroute.protocol import parse_chat_request
+from localroute.protocol.chat import parse_chat_request
+from localroute.routing.policy import Policy
 
 
 def explain_lines(config: Config, inputs: Iterable[bytes], jsonl: bool) -> Iterator[str]:

@@ -11,10 +11,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from localroute.config import LOCAL_ENGINES, Config, ModelConfig
+from localroute.config.schema import LOCAL_ENGINES, Config, ModelConfig
 from localroute.errors import InvalidRequestError
-from localroute.protocol import ChatCompletionRequest
-from localroute.signals import DEFAULT_SIGNALS, SignalMatcher
+from localroute.protocol.chat import ChatCompletionRequest
+from localroute.routing.signals import DEFAULT_SIGNALS, SignalMatcher
 
 # The instruction is usually at the start or the end, and keywords deep inside a long passage are mostly
 # noise: on the MMLU dev set a 800-character head ranked as well as 1200 (APGR 0.6135 vs 0.6117).

@@ -12,10 +12,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from localroute.backends.base import Backend
-from localroute.confidence import logprobs_of, measure, too_unsure
-from localroute.config import LOCAL_ENGINES, Config, ModelConfig
-from localroute.cost import attempt_cost
+from localroute.config.schema import LOCAL_ENGINES, Config, ModelConfig
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
@@ -26,10 +23,13 @@ from localroute.errors import (
     OverloadedError,
     UpstreamError,
 )
-from localroute.lifecycle import OverBudgetError
-from localroute.policy import NO_HINTS, Cold, Decision, Hints, Policy
-from localroute.privacy import Detector, Privacy, PrivacyViolationError, redact
-from localroute.protocol import ChatCompletionRequest
+from localroute.host.lifecycle import OverBudgetError
+from localroute.observe.cost import attempt_cost
+from localroute.privacy.guard import Detector, Privacy, PrivacyViolationError, redact
+from localroute.protocol.backend import Backend
+from localroute.protocol.chat import ChatCompletionRequest
+from localroute.routing.confidence import logprobs_of, measure, too_unsure
+from localroute.routing.policy import NO_HINTS, Cold, Decision, Hints, Policy
 
 Chunks = AsyncGenerator[dict[str, Any], None]
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-from localroute.routing_config import Signal
+from localroute.config.routing import Signal
 
 DEFAULT_SIGNALS: tuple[Signal, ...] = (
     Signal(

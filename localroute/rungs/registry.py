@@ -8,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from localroute.backends.base import Backend
-from localroute.config import Config, ModelConfig
+from localroute.config.schema import Config, ModelConfig
+from localroute.protocol.backend import Backend
 
 # Each entry builds a Backend from (config, model config, runtime dir).
 ENGINES: dict[str, str] = {
-    "llama_cpp": "localroute.engines.llamacpp:from_config",
-    "remote": "localroute.backends.remote:from_config",
-    "vllm": "localroute.engines.vllm:from_config",
+    "llama_cpp": "localroute.rungs.llamacpp.engine:from_config",
+    "remote": "localroute.rungs.remote:from_config",
+    "vllm": "localroute.rungs.vllm:from_config",
 }
 
 

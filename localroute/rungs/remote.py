@@ -18,9 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from localroute.backends import lean_http
-from localroute.backends.base import Brief, EngineState
-from localroute.config import Config, RemoteModel
+from localroute.config.schema import Config, RemoteModel
 from localroute.errors import (
     APIError,
     EngineUnavailableError,
@@ -29,6 +27,8 @@ from localroute.errors import (
     UpstreamError,
     api_error_from_body,
 )
+from localroute.protocol.backend import Brief, EngineState
+from localroute.rungs import lean_http
 
 log = logging.getLogger("localroute.remote")
 T = TypeVar("T")

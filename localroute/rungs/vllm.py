@@ -24,11 +24,7 @@ from typing import Any, Literal, NoReturn
 
 import httpx
 
-from localroute import resources
-from localroute.backends.base import Brief, EngineState
-from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
-from localroute.config import Config, VllmModel
-from localroute.engines.supervise import TimeShare, die_with_parent, exit_reason, poll_health, signal_group
+from localroute.config.schema import Config, VllmModel
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
@@ -38,6 +34,10 @@ from localroute.errors import (
     OverloadedError,
     UpstreamError,
 )
+from localroute.host import resources
+from localroute.protocol.backend import Brief, EngineState
+from localroute.rungs.openai_http import ConnectionLostError, OpenAIHTTP
+from localroute.rungs.supervise import TimeShare, die_with_parent, exit_reason, poll_health, signal_group
 
 log = logging.getLogger("localroute.vllm")
 

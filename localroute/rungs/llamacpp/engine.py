@@ -24,19 +24,19 @@ from typing import Any, NoReturn
 import anyio
 import httpx
 
-from localroute import gguf_check, resources
-from localroute.backends.base import Brief, EngineState
-from localroute.backends.openai_http import ConnectionLostError, OpenAIHTTP
-from localroute.config import Config, LlamaCppModel
-from localroute.engines.supervise import exit_reason, poll_health, signal_group
+from localroute.config.schema import Config, LlamaCppModel
 from localroute.errors import (
     EngineUnavailableError,
     InvalidModelFileError,
     ModelCheckInconclusiveError,
     OverloadedError,
 )
-from localroute.lifecycle import Placement
-from localroute.resources import Footprint, MiB
+from localroute.host import gguf, resources
+from localroute.host.lifecycle import Placement
+from localroute.host.resources import Footprint, MiB
+from localroute.protocol.backend import Brief, EngineState
+from localroute.rungs.openai_http import ConnectionLostError, OpenAIHTTP
+from localroute.rungs.supervise import exit_reason, poll_health, signal_group
 
 log = logging.getLogger("localroute.engine")
 INCONCLUSIVE_RETRY_S = 60.0  # a file check that hung or died is tried again after this long
@@ -127,7 +127,7 @@ class LlamaCppEngine:
         return True
 
     async def _check_file(self) -> None:
-        """The GGUF passes our structural check (`gguf_check`) before llama.cpp parses it; checked once
+        """The GGUF passes our structural check (`host.gguf`) before llama.cpp parses it; checked once
         per version of the file. A failure names the problem in the log and /health, never the path."""
         try:
             st = self.model_path.stat()
@@ -137,7 +137,7 @@ class LlamaCppEngine:
         now = time.monotonic()
         if self._checked is None or self._checked[0] != stamp or now >= self._checked[2]:
             try:
-                await gguf_check.verify(self.model_path)
+                await gguf.verify(self.model_path)
                 self._checked = (stamp, None, math.inf)
             except ModelCheckInconclusiveError as exc:  # a hung or killed checker: try again soon
                 self._checked = (stamp, str(exc), now + INCONCLUSIVE_RETRY_S)
@@ -160,7 +160,7 @@ class LlamaCppEngine:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         cmd = [
-            sys.executable, "-m", "localroute.engines.llamacpp_worker",
+            sys.executable, "-m", "localroute.rungs.llamacpp.worker",
             "--socket", str(self.socket), "--model-path", str(self.model_path),
             "--name", self.name, "--n-ctx", str(self.cfg.n_ctx),
             "--n-batch", str(self.cfg.n_batch), "--parent-pid", str(os.getpid()),

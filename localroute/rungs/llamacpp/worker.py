@@ -1,6 +1,6 @@
 """The llama.cpp worker: one GGUF model in its own process, served as OpenAI HTTP on a Unix socket.
 
-Run by the gateway as `python -m localroute.engines.llamacpp_worker --socket ... --model-path ...`.
+Run by the gateway as `python -m localroute.rungs.llamacpp.worker --socket ... --model-path ...`.
 A segfault or OOM here kills only this process; the gateway sees the socket close and restarts us.
 One request is decoded at a time (llama.cpp contexts are not re-entrant); a client that goes away
 stops generation at the next token through the stopping criteria.
@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from localroute.engines.markers import control_markers, defuse
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,
     InternalError,
     InvalidRequestError,
 )
+from localroute.rungs.llamacpp.markers import control_markers, defuse
 
 _CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 _PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens")

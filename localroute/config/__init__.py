@@ -1,0 +1,1 @@
+"""models.toml: its schema (models, routing, privacy, server sections) and the one loader."""

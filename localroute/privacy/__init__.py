@@ -1,0 +1,1 @@
+"""The privacy guarantee: detection, classification, the egress guard, redaction, and the audit log."""

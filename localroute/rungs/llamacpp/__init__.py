@@ -1,0 +1,1 @@
+"""The llama.cpp rung: a supervisor in the gateway and a worker process per model."""
