@@ -242,7 +242,8 @@ def report(
             "an unparseable answer counts as wrong. Gold letters: the MMLU test answer key "
             f"(bench/mmlu_answers.py); {missing} dev questions not in the key were left out.",
             "Confidence = localroute.routing.confidence.measure over the sampled tokens "
-            "(what the cascade judges); the letter logprob is that of the sampled token carrying the letter. Escalating the least "
+            "(what the cascade judges); the letter logprob is that of the sampled token carrying the letter. "
+            "Escalating the least "
             "confident first traces quality against the share escalated; PGR and APGR as in "
             "shared/eval/README.md, with weak = the local model's own accuracy and strong = gpt-4's on the "
             "same questions. AUROC: how well each router's 'easy' end picks out right local answers "
