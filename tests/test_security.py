@@ -356,12 +356,13 @@ def test_sigterm_grace_period_is_bounded(tmp_path: Path) -> None:
 
 
 def test_max_tokens_beyond_the_context_is_clamped_to_it() -> None:
+    from localroute.privacy.detect import Detector
     from localroute.protocol.chat import parse_chat_request
     from localroute.routing.router import Router
 
     text = '[[models]]\nname = "m"\nengine = "llama_cpp"\nn_ctx = 2048\n'
     cfg = parse_config(text + 'source = { kind = "path", path = "m.gguf" }\n')
-    router = Router(cfg, {})
+    router = Router(cfg, {}, Detector(cfg.privacy.detect))
     m = cfg.models[0]
     for asked, sent in [(10**6, 2048), (2048, 2048), (100, 100)]:
         req = parse_chat_request(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
@@ -409,7 +410,7 @@ def test_a_body_trickled_past_the_deadline_is_a_408(keyed: Server) -> None:
 
 
 def test_token_counts_from_upstream_are_only_believed_when_sane() -> None:
-    from localroute.routing.router import _usage
+    from localroute.routing.trace import usage_of as _usage
 
     usage = {"prompt_tokens": -5, "completion_tokens": 10**400, "total_tokens": 7, "cached": True, "x": 2.0}
     assert _usage({"usage": usage}) == {"total_tokens": 7}

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -24,96 +24,17 @@ from localroute.errors import (
     UpstreamError,
 )
 from localroute.host.lifecycle import OverBudgetError
-from localroute.observe.cost import attempt_cost
-from localroute.privacy.guard import Detector, Privacy, PrivacyViolationError, redact
+from localroute.privacy.detect import Detector
+from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.confidence import logprobs_of, measure, too_unsure
 from localroute.routing.policy import NO_HINTS, Cold, Decision, Hints, Policy
+from localroute.routing.trace import Trace, usage_of
 
 Chunks = AsyncGenerator[dict[str, Any], None]
 T = TypeVar("T")
 KEEP_MARGIN_S = 0.5  # how long before the deadline an escalation is abandoned for the kept answer
-
-
-@dataclass
-class Trace:
-    """What happened to one request: every rung tried, and who answered. Feeds headers and logs."""
-
-    decision: Decision
-    route: str
-    model: str = ""
-    tier: int = 0
-    escalations: int = 0
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    moves: list[str] = field(default_factory=list)  # each escalation or fallback, by route
-    cost_usd: float = 0.0  # every rung tried, escalated ones included
-    compute_s: float = 0.0  # local compute measured by the engines (CPU- or GPU-seconds)
-
-    def attempt(
-        self,
-        m: ModelConfig,
-        outcome: str,
-        reason: str | None,
-        t0: float,
-        result: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record a rung's call; `result` (its answer, or its last stream chunk) carries what it used."""
-        ms = round((time.monotonic() - t0) * 1000, 1)
-        remote = m.engine not in LOCAL_ENGINES
-        self.attempts.append(
-            {"model": m.name, "outcome": outcome, "reason": reason, "ms": ms, "remote": remote,
-             "tokens": {"prompt": 0, "completion": 0}, "compute_s": 0.0, "cost_usd": 0.0}
-        )  # fmt: skip
-        if result is not None:
-            self.settle(m, result)
-
-    def settle(self, m: ModelConfig, result: Mapping[str, Any]) -> None:
-        """Charge the last attempt for the tokens and compute that `result` reports (a stream's
-        usage arrives in its last chunk, after the attempt was recorded)."""
-        usage = _usage(result)
-        compute = _compute_s(result) if m.engine in LOCAL_ENGINES else 0.0  # only our engines measure
-        cost = attempt_cost(m, usage, compute)
-        a = next((a for a in reversed(self.attempts) if a["model"] == m.name), None)
-        if a is None:
-            return
-        self.cost_usd += cost - a["cost_usd"]
-        self.compute_s += compute - a["compute_s"]
-        a.update(
-            tokens={"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)},
-            compute_s=round(compute, 6),
-            cost_usd=round(cost, 10),
-        )
-
-    def moved(self, route: str) -> None:
-        self.route = route
-        self.escalations += 1
-        self.moves.append(route)
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "x-localroute-model": self.model,
-            "x-localroute-tier": str(self.tier),
-            "x-localroute-route": self.route,
-            "x-localroute-escalations": str(self.escalations),
-        }
-
-
-def _usage(result: Mapping[str, Any]) -> dict[str, int]:
-    usage = result.get("usage")
-    if not isinstance(usage, dict):
-        return {}
-    # Counts from an engine or a provider: whole, non-negative and sane, or not counted at all.
-    return {k: v for k, v in usage.items() if type(v) is int and 0 <= v < 2**31}
-
-
-def _compute_s(result: Mapping[str, Any]) -> float:
-    extra = result.get("x_localroute")
-    value = extra.get("compute_s") if isinstance(extra, dict) else None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return 0.0
-    return float(value) if 0 <= value < 86_400 * 365 else 0.0  # finite, plausible seconds, or nothing
 
 
 def _outcome(exc: APIError) -> str:
@@ -169,12 +90,18 @@ class _Held:
 
 
 class Router:
-    def __init__(self, config: Config, backends: Mapping[str, Backend], policy: Policy | None = None):
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        detector: Detector,
+        policy: Policy | None = None,
+    ):
         self.config = config
         self.backends = backends
+        self.detector = detector  # the app's one Detector: it redacts what a public override sends
         self.policy = policy or Policy(config)
         self.cascade = config.routing.cascade
-        self.detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
 
     def _rungs(self) -> tuple[set[str], dict[str, Cold]]:
         """Rungs that cannot run here, and local rungs not loaded now with what their last load took
@@ -237,30 +164,12 @@ class Router:
         # goes remote with typed placeholders in place of the data. Private ones never go remote.
         overridden = privacy is not None and privacy.reason == "override" and not privacy.private
         if overridden and self.config.privacy.redact and m.engine not in LOCAL_ENGINES:
-            self._redact(body)
+            redact_body(body, self.detector)
         if judge:
             body["logprobs"] = True
         if req.stream:  # always ask for usage: the audit log counts tokens; the client gets it if asked
             body["stream_options"] = {"include_usage": True}
         return body
-
-    def _redact(self, body: dict[str, Any]) -> None:
-        """Placeholders for detected data in every client-written string. Text parts are joined
-        first, so a value split across parts is found; the guard re-scans what is left."""
-        seen: dict[str, str] = {}  # one numbering for the whole request: a value keeps its name
-        for msg in body.get("messages") or ():
-            content = msg.get("content")
-            if isinstance(content, list):
-                content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            if isinstance(content, str):
-                msg["content"] = redact(content, self.detector, seen)
-            if isinstance(msg.get("name"), str):
-                msg["name"] = redact(msg["name"], self.detector, seen)
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            body["stop"] = redact(stop, self.detector, seen)
-        elif isinstance(stop, list):
-            body["stop"] = [redact(x, self.detector, seen) for x in stop]
 
     def _verdict(self, logprobs: list[float], finish: str | None, tokens: int, asked: int) -> str | None:
         # Cut off early by the engine's context, not by the client's own max_tokens.
@@ -332,7 +241,7 @@ class Router:
         self, result: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest, trace: Trace
     ) -> tuple[dict[str, Any], Trace]:
         trace.model, trace.tier = m.name, m.tier
-        trace.usage = _usage(result)
+        trace.usage = usage_of(result)
         return self._finish(result, m, req), trace
 
     # -- streaming -------------------------------------------------------------------------------
@@ -457,7 +366,7 @@ class Router:
         """Record a usage chunk; pass it on only if the client asked for one."""
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            trace.usage = _usage(chunk)
+            trace.usage = usage_of(chunk)
             trace.settle(m, chunk)
             if not chunk.get("choices"):
                 return wants_usage

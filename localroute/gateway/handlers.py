@@ -1,0 +1,271 @@
+"""The request handlers: OpenAI chat completions (plain and streamed), route explain, models, health,
+stats and metrics. One `Gateway` per app, built by the lifespan (gateway/app.py) and read from the
+request's state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from localroute.config.schema import Config
+from localroute.errors import (
+    APIError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+)
+from localroute.gateway.record import Recorder
+from localroute.gateway.security import matched_key
+from localroute.host.lifecycle import Placement
+from localroute.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from localroute.observe.metrics import Metrics
+from localroute.observe.stats import parse_since, summarize_timed
+from localroute.privacy.audit import AuditLog
+from localroute.privacy.detect import Detector
+from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts, resolve
+from localroute.protocol.backend import Backend
+from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
+from localroute.routing.policy import Hints
+from localroute.routing.router import Router
+
+log = logging.getLogger("localroute")
+STATS_CACHE_S = 1.0
+
+
+def sse_encode(obj: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_hints(headers: Mapping[str, str]) -> Hints:
+    """Routing hints from `X-LocalRoute-Tier` (a tier number, `local` or `remote`) and
+    `X-LocalRoute-Max-Cost` (USD for this request)."""
+    tier = headers.get("x-localroute-tier")
+    if tier is not None:
+        tier = tier.strip().lower()
+        if not (tier in ("local", "remote") or (tier.isdigit() and len(tier) <= 3)):
+            raise InvalidRequestError(
+                "X-LocalRoute-Tier must be a tier number, 'local' or 'remote'.",
+                param="X-LocalRoute-Tier",
+                code="invalid_header_value",
+            )
+    cost_raw = headers.get("x-localroute-max-cost")
+    max_cost = None
+    if cost_raw is not None:
+        try:
+            max_cost = float(cost_raw)
+        except ValueError:
+            max_cost = -1.0
+        if not math.isfinite(max_cost) or max_cost < 0:
+            raise InvalidRequestError(
+                "X-LocalRoute-Max-Cost must be a non-negative number of US dollars.",
+                param="X-LocalRoute-Max-Cost",
+                code="invalid_header_value",
+            )
+    return Hints(tier=tier, max_cost=max_cost)
+
+
+class Gateway:
+    """Request handlers over a router; built once per app by the lifespan."""
+
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        detector: Detector,
+        audit: AuditLog | None,
+        placement: Placement | None = None,
+    ) -> None:
+        self.config = config
+        self.backends = backends
+        self.placement = placement
+        self.detector = detector
+        self.router = Router(config, backends, detector)
+        self.created = int(time.time())
+        self._stats_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
+        self.recorder = Recorder(config, audit, self.metrics)
+
+    def classify(self, request: Request, req: ChatCompletionRequest) -> Privacy:
+        """The request's privacy class: header, API key policy, detected data, config default."""
+        header = request.headers.get("x-localroute-privacy")
+        if header is not None and header.strip().lower() not in ("private", "public"):
+            raise InvalidRequestError(
+                "X-LocalRoute-Privacy must be 'private' or 'public'.",
+                param="X-LocalRoute-Privacy",
+                code="invalid_header_value",
+            )
+        texts = tuple(body_texts(req.model_dump(include={"messages", "stop"})))
+        kinds = self.detector.kinds_in(texts)
+        if not kinds:
+            SCANNED_CLEAN.set(texts)  # the egress guard need not scan these very strings again
+        return resolve(self.config.privacy, header, self._key_policy(request), kinds)
+
+    def _key_policy(self, request: Request) -> str | None:
+        key = matched_key(request.scope)  # the guard's match: keys are not hashed twice
+        return None if key is None else key.privacy
+
+    async def chat(self, request: Request) -> Response:
+        t0 = time.monotonic()
+        rid = "req-" + os.urandom(10).hex()
+        limit = self.config.server.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + limit
+        try:
+            async with asyncio.timeout_at(deadline):  # a client trickling its body holds nothing forever
+                raw = await read_body(request, self.config.server.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeoutError(f"The request body did not arrive within {limit:g} s.") from None
+        req = parse_chat_request(raw)
+        hints = parse_hints(request.headers)
+        if len(req.messages) > self.config.server.max_messages:
+            raise InvalidRequestError(
+                f"Too many messages: {len(req.messages)}, the limit is {self.config.server.max_messages}.",
+                param="messages",
+                code="too_many_messages",
+            )
+        privacy = self.classify(request, req)
+        CURRENT.set(privacy)  # this request's task: the egress guard reads it
+        attempts: list[dict[str, Any]] = []  # the rungs tried, for the audit record even on failure
+        late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not req.stream:
+                        result, trace = await self.router.complete(req, hints, privacy, attempts, deadline)
+                    else:
+                        chunks, trace = await self.router.stream(req, hints, privacy, attempts, deadline)
+            except TimeoutError:
+                raise late from None
+            if not req.stream:
+                answer = (result.get("choices") or [{}])[0].get("message", {}).get("content")
+                self.recorder.record(rid, privacy, trace, 200, t0, content=(req, answer), stream=False)
+                return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
+        except APIError as exc:
+            self.recorder.record(
+                rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
+                content=(req, None), stream=bool(req.stream),
+            )  # fmt: skip
+            exc.headers = {**exc.headers, "x-request-id": rid}
+            raise
+        except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
+            log.error("unhandled %s serving %s", exc.__class__.__name__, rid)
+            self.recorder.record(rid, privacy, None, 500, t0, error="internal_error", attempts=attempts)
+            raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
+
+        async def events() -> AsyncIterator[bytes]:
+            status, error = 200, None
+            parts: list[str] = []  # the answer, kept only for an operator who opted into content
+            keep = self.config.privacy.audit_content
+            first: float | None = None  # when the first content reached the client: TTFT
+            try:
+                while True:
+                    try:
+                        # The deadline guards the wait for each chunk, never a yield to the client.
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise late from None
+                    if keep or first is None:
+                        for ch in chunk.get("choices") or ():
+                            text = (ch.get("delta") or {}).get("content") or ""
+                            if text and first is None:
+                                first = time.monotonic()
+                            if keep:
+                                parts.append(text)
+                    yield sse_encode(chunk)
+                yield b"data: [DONE]\n\n"
+            except APIError as exc:
+                status, error = exc.status, exc.code or exc.type
+                yield sse_encode(exc.body())  # headers are gone; the SDK raises on an error event
+            except Exception as exc:  # a bug mid-stream: end it with an error event, record a 500
+                log.error("unhandled %s streaming %s", exc.__class__.__name__, rid)
+                status, error = 500, "internal_error"
+                yield sse_encode(InternalError("Internal error in localroute.").body())
+            except BaseException:  # the client left (we are cancelled or closed): not a success
+                status, error = 499, "client_gone"
+                raise
+            finally:
+                # The client may have left (we are being cancelled): close the engine stream anyway,
+                # so its slot is freed now rather than when the garbage collector gets to it.
+                with anyio.CancelScope(shield=True):
+                    await chunks.aclose()
+                self.recorder.record(
+                    rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)), stream=True,
+                    ttft=first,
+                )  # fmt: skip
+
+        headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    async def stats(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        raw = (request.query_params.get("since") or "")[:100]
+        since = None
+        if raw:
+            try:
+                since = parse_since(raw, now)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), param="since") from None
+        # Summing a large window takes a while: off the event loop, and shared by pollers for 1 s.
+        cached = self._stats_cache.get(raw)
+        if cached is None or time.monotonic() - cached[0] > STATS_CACHE_S:
+            window = list(self.recorder.records)
+            cached = (time.monotonic(), await anyio.to_thread.run_sync(summarize_timed, window, since, now))
+            self._stats_cache[raw] = cached
+            while len(self._stats_cache) > 64:  # `since` is the client's: keep the cache bounded
+                self._stats_cache.pop(next(iter(self._stats_cache)))
+        return JSONResponse(cached[1])
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    async def explain(self, request: Request) -> Response:
+        raw = await read_body(request, self.config.server.max_body_bytes)
+        req = parse_chat_request(raw)
+        decision = self.router.decide(req, parse_hints(request.headers))
+        return JSONResponse(decision.as_json())
+
+    async def models(self, request: Request) -> Response:
+        data = [{"id": "auto", "object": "model", "created": self.created, "owned_by": "localroute"}] + [
+            {"id": m.name, "object": "model", "created": self.created, "owned_by": "localroute"}
+            for m in self.config.ladder()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        engines = {name: b.health() for name, b in self.backends.items()}
+        ok = any(e["state"] in ("ready", "stopped") for e in engines.values())
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "engines": engines}
+        body["tasks"] = len(asyncio.all_tasks())  # the gateway's asyncio tasks: a leak shows here
+        if self.placement is not None:
+            body["resources"] = await self.placement.snapshot(self.config.models_dir())
+        return JSONResponse(body)

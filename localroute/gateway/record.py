@@ -1,0 +1,114 @@
+"""One record per request, read four ways: the audit log, the stats window, the Prometheus metrics and
+the request log. No prompt or answer text (unless the operator opted into it, and then only in the
+audit log), no matched data, no keys."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from localroute.config.schema import LOCAL_ENGINES, Config
+from localroute.observe.cost import baseline_cost, baseline_model
+from localroute.observe.logs import REQUEST_LOGGER
+from localroute.observe.metrics import Metrics
+from localroute.privacy.audit import AuditLog
+from localroute.privacy.guard import Privacy
+from localroute.protocol.chat import ChatCompletionRequest
+from localroute.routing.trace import Trace
+
+log = logging.getLogger("localroute")
+request_log = logging.getLogger(REQUEST_LOGGER)
+
+
+class Recorder:
+    """Writes each request's record everywhere it is read; owns the stats window."""
+
+    def __init__(self, config: Config, audit: AuditLog | None, metrics: Metrics) -> None:
+        self.config = config
+        self.audit = audit
+        self.metrics = metrics
+        self.baseline = baseline_model(config)
+        # (time, record) of the latest requests, oldest first: the stats API's window.
+        self.records: collections.deque[tuple[datetime, dict[str, Any]]] = collections.deque(
+            maxlen=config.server.stats_window
+        )
+
+    def record(
+        self,
+        rid: str,
+        privacy: Privacy,
+        trace: Trace | None,
+        status: int,
+        t0: float,
+        error: str | None = None,
+        attempts: list[dict[str, Any]] | None = None,
+        content: tuple[ChatCompletionRequest, str | None] | None = None,
+        stream: bool = False,
+        ttft: float | None = None,
+    ) -> None:
+        """Record one request. Without a trace (the request failed), `attempts` lists the rungs it tried."""
+        seconds = time.monotonic() - t0
+        now = datetime.now(UTC)
+        rec: dict[str, Any] = {
+            "ts": now.isoformat(timespec="milliseconds"),
+            "id": rid,
+            "privacy": privacy.as_json(),
+            "status": status,
+            "error": error,
+            "stream": stream,
+            "latency_ms": round(seconds * 1000, 1),
+            "ttft_ms": None if ttft is None else round((ttft - t0) * 1000, 1),
+        }
+        if trace is None:
+            tried = attempts or []
+            rec.update(
+                attempts=tried,
+                cost_usd=round(sum(a.get("cost_usd", 0.0) for a in tried), 10),
+                baseline_usd=0.0,
+            )
+        else:
+            rec.update(self._outcome(trace))
+        self.records.append((now, rec))
+        self.metrics.observe(rec)
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info("request", extra={"fields": rec})
+        if self.audit is None:
+            return
+        if self.config.privacy.audit_content and content is not None:  # the operator opted in
+            req, answer = content
+            rec = {
+                **rec,
+                "content": {
+                    "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
+                    "answer": answer,
+                },
+            }
+        try:
+            self.audit.append(rec)
+        except OSError as exc:  # the log must not take requests down; say so, once per failure
+            log.error("audit log write failed: %s", exc.__class__.__name__)
+
+    def _outcome(self, trace: Trace) -> dict[str, Any]:
+        d = trace.decision
+        answered = self.config.model(trace.model) if trace.model else None
+        usage = trace.usage
+        return {
+            "decision": {"model": d.model, "tier": d.tier, "score": round(d.score, 4), "route": d.route},
+            "route": trace.route,
+            "model": trace.model or None,
+            "tier": trace.tier if trace.model else None,
+            "local": answered is not None and answered.engine in LOCAL_ENGINES,
+            "escalations": trace.escalations,
+            "moves": trace.moves,
+            "attempts": trace.attempts,
+            "tokens": {
+                "prompt": usage.get("prompt_tokens", 0),
+                "completion": usage.get("completion_tokens", 0),
+            },
+            "compute_s": round(trace.compute_s, 6),
+            "cost_usd": round(trace.cost_usd, 10),
+            "baseline_usd": round(baseline_cost(self.baseline, usage), 10),
+        }

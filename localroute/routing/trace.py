@@ -1,0 +1,93 @@
+"""What happened to one request: every rung tried with its outcome, tokens, compute and cost, and who
+answered. The router fills it in; the gateway turns it into headers and the request record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from localroute.config.schema import LOCAL_ENGINES, ModelConfig
+from localroute.observe.cost import attempt_cost
+from localroute.routing.policy import Decision
+
+
+@dataclass
+class Trace:
+    """What happened to one request: every rung tried, and who answered. Feeds headers and logs."""
+
+    decision: Decision
+    route: str
+    model: str = ""
+    tier: int = 0
+    escalations: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    moves: list[str] = field(default_factory=list)  # each escalation or fallback, by route
+    cost_usd: float = 0.0  # every rung tried, escalated ones included
+    compute_s: float = 0.0  # local compute measured by the engines (CPU- or GPU-seconds)
+
+    def attempt(
+        self,
+        m: ModelConfig,
+        outcome: str,
+        reason: str | None,
+        t0: float,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a rung's call; `result` (its answer, or its last stream chunk) carries what it used."""
+        ms = round((time.monotonic() - t0) * 1000, 1)
+        remote = m.engine not in LOCAL_ENGINES
+        self.attempts.append(
+            {"model": m.name, "outcome": outcome, "reason": reason, "ms": ms, "remote": remote,
+             "tokens": {"prompt": 0, "completion": 0}, "compute_s": 0.0, "cost_usd": 0.0}
+        )  # fmt: skip
+        if result is not None:
+            self.settle(m, result)
+
+    def settle(self, m: ModelConfig, result: Mapping[str, Any]) -> None:
+        """Charge the last attempt for the tokens and compute that `result` reports (a stream's
+        usage arrives in its last chunk, after the attempt was recorded)."""
+        usage = usage_of(result)
+        compute = _compute_s(result) if m.engine in LOCAL_ENGINES else 0.0  # only our engines measure
+        cost = attempt_cost(m, usage, compute)
+        a = next((a for a in reversed(self.attempts) if a["model"] == m.name), None)
+        if a is None:
+            return
+        self.cost_usd += cost - a["cost_usd"]
+        self.compute_s += compute - a["compute_s"]
+        a.update(
+            tokens={"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)},
+            compute_s=round(compute, 6),
+            cost_usd=round(cost, 10),
+        )
+
+    def moved(self, route: str) -> None:
+        self.route = route
+        self.escalations += 1
+        self.moves.append(route)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-localroute-model": self.model,
+            "x-localroute-tier": str(self.tier),
+            "x-localroute-route": self.route,
+            "x-localroute-escalations": str(self.escalations),
+        }
+
+
+def usage_of(result: Mapping[str, Any]) -> dict[str, int]:
+    usage = result.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    # Counts from an engine or a provider: whole, non-negative and sane, or not counted at all.
+    return {k: v for k, v in usage.items() if type(v) is int and 0 <= v < 2**31}
+
+
+def _compute_s(result: Mapping[str, Any]) -> float:
+    extra = result.get("x_localroute")
+    value = extra.get("compute_s") if isinstance(extra, dict) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    return float(value) if 0 <= value < 86_400 * 365 else 0.0  # finite, plausible seconds, or nothing
