@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.mmlu_answers import Question, fetch_key, load_key, load_questions, stratified_sample
-from localroute.config.schema import Config, LlamaCppModel, load_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "eval" / "routellm-mmlu-dev"

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from bench.cascade_metrics import Costs, Row, auroc, auroc_ci, binom_sf, pct, route, wilson
 from bench.common import append_result
-from localroute.config.schema import Config, LlamaCppModel
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import Config
 from localroute.routing.confidence import measure
 from localroute.routing.evaluate import cost_model, evaluate, length_scores, load_dataset, oracle_scores
 from localroute.routing.policy import Policy

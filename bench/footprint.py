@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 from bench.common import append_result
-from localroute.config.schema import Config, LlamaCppModel, load_config, parse_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import Config, load_config, parse_config
 from localroute.host.resources import MiB, estimate_gguf, rss
 from localroute.rungs.llamacpp.engine import LlamaCppEngine
 

@@ -29,7 +29,8 @@ import httpx
 
 from bench.common import append_result, median, pct
 from bench.local_sides import Mode, RawSide, Sample, free_port, http_client, router_run
-from localroute.config.schema import Config, LlamaCppModel, parse_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import Config, parse_config
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
 MODES: tuple[Mode, ...] = ("stream", "complete")

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import httpx
 
-from localroute.config.schema import LlamaCppModel, load_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import load_config
 
 PROMPT = [{"role": "user", "content": "Count from 1 to 300, separated by commas: 1, 2, 3,"}]
 Mode = Literal["stream", "complete"]

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from localroute.config.schema import Config, LlamaCppModel, load_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import Config, load_config
 from localroute.errors import ConfigError
 
 

@@ -145,7 +145,8 @@ def repo_config() -> Path:
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The default model's GGUF, as the repo config resolves it (bootstrap pulls it)."""
-    from localroute.config.schema import LlamaCppModel, load_config
+    from localroute.config.models import LlamaCppModel
+    from localroute.config.schema import load_config
 
     cfg = load_config(ROOT / "models.toml")
     m = cfg.model("smollm2-135m")

@@ -18,7 +18,8 @@ import httpx
 import pytest
 import uvicorn
 
-from localroute.config.schema import LlamaCppModel, load_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import load_config
 from localroute.gateway.app import create_app
 from localroute.protocol.chat import MAX_STOP_CHARS, MAX_TOKENS
 from tests.conftest import ROOT, Server, free_port, start_server

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localroute.config.schema import (
-    HFSource,
-    LlamaCppModel,
-    PathSource,
-    PyPISource,
-    RemoteModel,
-    load_config,
-    parse_config,
-)
+from localroute.config.models import HFSource, LlamaCppModel, PathSource, PyPISource, RemoteModel
+from localroute.config.schema import load_config, parse_config
 from localroute.errors import ConfigError
 
 REPO_TOML = Path(__file__).resolve().parents[1] / "models.toml"

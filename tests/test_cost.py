@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from localroute.config.schema import Price, parse_config
+from localroute.config.models import Price
+from localroute.config.schema import parse_config
 from localroute.errors import ConfigError
 from localroute.observe import cost
 from localroute.rungs import supervise

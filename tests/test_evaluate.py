@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from localroute import cli
-from localroute.config.schema import Config, Price, parse_config
+from localroute.config.models import Price
+from localroute.config.schema import Config, parse_config
 from localroute.routing.evaluate import (
     DEFAULT_STRONG_PRICE,
     METRICS,

@@ -22,7 +22,8 @@ import openai
 import psutil
 import pytest
 
-from localroute.config.schema import LlamaCppModel, load_config
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import load_config
 from localroute.host.lifecycle import OverBudgetError, Placement
 from localroute.host.resources import Footprint, MiB, estimate_gguf
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until

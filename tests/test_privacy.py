@@ -12,8 +12,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from localroute.config.models import RemoteModel
 from localroute.config.privacy import ALL_KINDS, PrivacyConfig
-from localroute.config.schema import RemoteModel
 from localroute.privacy.guard import (
     CURRENT,
     Detector,

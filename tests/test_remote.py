@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from localroute.config.schema import Config, RemoteModel
+from localroute.config.models import RemoteModel
+from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
     EngineUnavailableError,

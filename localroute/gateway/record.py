@@ -10,7 +10,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from localroute.config.schema import LOCAL_ENGINES, Config
+from localroute.config.models import LOCAL_ENGINES
+from localroute.config.schema import Config
 from localroute.observe.cost import baseline_cost, baseline_model
 from localroute.observe.logs import REQUEST_LOGGER
 from localroute.observe.metrics import Metrics

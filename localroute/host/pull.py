@@ -25,16 +25,8 @@ from typing import IO, Literal, TextIO
 
 import psutil
 
-from localroute.config.schema import (
-    Config,
-    HFSource,
-    LlamaCppModel,
-    ModelConfig,
-    PathSource,
-    PyPISource,
-    VllmModel,
-    load_config,
-)
+from localroute.config.models import HFSource, LlamaCppModel, ModelConfig, PathSource, PyPISource, VllmModel
+from localroute.config.schema import Config, load_config
 from localroute.errors import ConfigError, ModelUnavailableError
 
 FreeSpace = Callable[[Path], int]

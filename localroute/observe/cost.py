@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from localroute.config.schema import Config, ModelConfig
+from localroute.config.models import ModelConfig
+from localroute.config.schema import Config
 
 
 def attempt_cost(m: ModelConfig, usage: Mapping[str, int], compute_s: float) -> float:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from localroute.config.schema import Config, Price
+from localroute.config.models import Price
+from localroute.config.schema import Config
 from localroute.errors import LocalRouteError
 from localroute.routing.policy import Policy
 

@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from localroute.config.schema import LOCAL_ENGINES, Config, ModelConfig
+from localroute.config.models import LOCAL_ENGINES, ModelConfig
+from localroute.config.schema import Config
 from localroute.errors import InvalidRequestError
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.signals import DEFAULT_SIGNALS, SignalMatcher

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 import anyio
 
-from localroute.config.schema import LOCAL_ENGINES, Config, ModelConfig
+from localroute.config.models import LOCAL_ENGINES, ModelConfig
+from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,

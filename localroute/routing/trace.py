@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from localroute.config.schema import LOCAL_ENGINES, ModelConfig
+from localroute.config.models import LOCAL_ENGINES, ModelConfig
 from localroute.observe.cost import attempt_cost
 from localroute.routing.policy import Decision
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from localroute.config.schema import Config, ModelConfig
+from localroute.config.models import ModelConfig
+from localroute.config.schema import Config
 from localroute.protocol.backend import Backend
 
 # Each entry builds a Backend from (config, model config, runtime dir).

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from localroute.config.schema import Config, RemoteModel
+from localroute.config.models import RemoteModel
+from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
     EngineUnavailableError,

@@ -24,7 +24,8 @@ from typing import Any, Literal, NoReturn
 
 import httpx
 
-from localroute.config.schema import Config, VllmModel
+from localroute.config.models import VllmModel
+from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
     ContextLengthExceededError,

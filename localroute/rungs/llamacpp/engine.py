@@ -24,7 +24,8 @@ from typing import Any, NoReturn
 import anyio
 import httpx
 
-from localroute.config.schema import Config, LlamaCppModel
+from localroute.config.models import LlamaCppModel
+from localroute.config.schema import Config
 from localroute.errors import (
     EngineUnavailableError,
     InvalidModelFileError,

