@@ -21,8 +21,16 @@ import psutil
 import pytest
 
 from localroute.errors import InvalidModelFileError
-from localroute.host.gguf import CHECK_TIMEOUT_S, MAX_ARRAY, check, verify
-from localroute.host.resources import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, GGUFReader
+from localroute.host.gguf import (
+    CHECK_TIMEOUT_S,
+    GGUF_ARRAY,
+    GGUF_SCALARS,
+    GGUF_STRING,
+    MAX_ARRAY,
+    GGUFReader,
+    check,
+    verify,
+)
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 
 # -- building GGUF files -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from localroute.config.schema import ResourcesConfig
+from localroute.host.gguf import read_gguf_metadata
 from localroute.host.resources import (
     BASE_OVERHEAD,
     DEFAULT_VOCAB,
@@ -26,7 +27,6 @@ from localroute.host.resources import (
     gpus,
     parse_budget,
     ram,
-    read_gguf_metadata,
     rss,
 )
 

@@ -7,16 +7,16 @@ before the model is loaded and can be checked against the worker's RSS after.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import psutil
+
+from localroute.host.gguf import read_gguf_metadata
 
 MiB = 1 << 20
 _UNITS = {
@@ -105,112 +105,6 @@ def gpus(timeout: float = 5.0) -> list[GPU]:
         except ValueError:
             continue  # "[N/A]" and the like: a GPU we cannot place anything on
     return found
-
-
-# -- GGUF header ---------------------------------------------------------------------------------
-
-# GGUF value types: the scalars' struct formats, then the two compound types.
-GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-GGUF_STRING, GGUF_ARRAY = 8, 9
-MetaValue = int | float | bool | str
-
-
-class GGUFReader:
-    """Reads a GGUF file from its current position, never past `limit` bytes nor past its end: a
-    length or count that would go beyond either raises EOFError before anything is read or allocated."""
-
-    def __init__(self, fh: BinaryIO, limit: int) -> None:
-        self.fh, self.left = fh, limit
-        self.offset = fh.tell()
-        self.in_file = os.fstat(fh.fileno()).st_size - self.offset
-
-    def _take(self, n: int) -> None:
-        if n > self.left:
-            raise EOFError("GGUF header larger than the read limit")
-        if n > self.in_file:
-            left = self.in_file
-            raise EOFError(f"truncated GGUF file: {n} bytes needed at offset {self.offset}, {left} left")
-        self.left -= n
-        self.in_file -= n
-        self.offset += n
-
-    def read(self, n: int) -> bytes:
-        self._take(n)
-        data = self.fh.read(n)
-        if len(data) != n:  # the file shrank under us
-            raise EOFError("truncated GGUF file")
-        return data
-
-    def skip(self, n: int) -> None:
-        self._take(n)
-        self.fh.seek(n, 1)
-
-    def unpack(self, fmt: str) -> int | float | bool:
-        value: int | float | bool = struct.unpack("<" + fmt, self.read(struct.calcsize(fmt)))[0]
-        return value
-
-    def string(self) -> str:
-        return self.read(int(self.unpack("Q"))).decode("utf-8", "replace")
-
-    def skip_array(self, kind: int, count: int) -> None:
-        if kind == GGUF_STRING:
-            if count * 8 > self.in_file:  # each element is at least its 8-byte length
-                raise EOFError(f"truncated GGUF file: an array of {count} strings at offset {self.offset}")
-            for _ in range(count):
-                self.skip(int(self.unpack("Q")))
-        elif kind in GGUF_SCALARS:
-            self.skip(count * struct.calcsize(GGUF_SCALARS[kind]))
-        else:  # nested arrays: no model metadata is shaped like that, and llama.cpp refuses them
-            raise ValueError(f"unsupported GGUF array of type {kind}")
-
-
-def read_gguf_metadata(path: Path, limit: int = 4 * MiB) -> dict[str, MetaValue]:
-    """Scalar and string metadata of a GGUF file (arrays are skipped; for an array only its length is
-    kept, as `<key>.length`). Reads at most `limit` bytes, and stops early once the architecture's
-    shape keys and the vocabulary size are known. Raises ValueError on anything that is not GGUF."""
-    meta: dict[str, MetaValue] = {}
-    with open(path, "rb") as fh:
-        r = GGUFReader(fh, limit)
-        try:
-            if r.read(4) != b"GGUF":
-                raise ValueError("not a GGUF file (bad magic)")
-            version = int(r.unpack("I"))
-            if version not in (2, 3):
-                raise ValueError(f"unsupported GGUF version {version}")
-            r.unpack("Q")  # tensor count
-            n_kv = int(r.unpack("Q"))
-            for _ in range(n_kv):
-                key, kind = r.string(), int(r.unpack("I"))
-                if kind == GGUF_STRING:
-                    meta[key] = r.string()
-                elif kind == GGUF_ARRAY:
-                    inner, count = int(r.unpack("I")), int(r.unpack("Q"))
-                    meta[key + ".length"] = count
-                    if _complete(meta):
-                        break
-                    r.skip_array(inner, count)
-                elif kind in GGUF_SCALARS:
-                    meta[key] = r.unpack(GGUF_SCALARS[kind])
-                else:
-                    raise ValueError(f"unknown GGUF value type {kind}")
-                if _complete(meta):
-                    break
-        except (EOFError, struct.error) as exc:
-            if not _has_shape(meta):  # past the limit, but what the estimate needs is already here
-                raise ValueError(f"unreadable GGUF header: {exc}") from None
-    return meta
-
-
-def _has_shape(meta: dict[str, MetaValue]) -> bool:
-    arch = meta.get("general.architecture")
-    keys = ("block_count", "embedding_length", "attention.head_count")
-    return isinstance(arch, str) and all(f"{arch}.{k}" in meta for k in keys)
-
-
-def _complete(meta: dict[str, MetaValue]) -> bool:
-    arch = meta.get("general.architecture")
-    vocab = f"{arch}.vocab_size" in meta or "tokenizer.ggml.tokens.length" in meta
-    return vocab and _has_shape(meta) and f"{arch}.attention.head_count_kv" in meta
 
 
 # -- footprint -----------------------------------------------------------------------------------
