@@ -69,6 +69,23 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class UnsupportedCapabilityError(InvalidRequestError):
+    """The request needs something (tools, images, ...) that no rung it may use can do."""
+
+    default_code = "unsupported_capability"
+
+    def __init__(self, message: str, capability: str) -> None:
+        super().__init__(message, param=_PARAM_OF.get(capability))
+        self.capability = capability
+
+
+# The request field that asked for each capability, named in the error.
+_PARAM_OF = {
+    "tools": "tools", "json_object": "response_format", "json_schema": "response_format",
+    "vision": "messages", "logprobs": "logprobs", "top_logprobs": "top_logprobs", "n": "n",
+}  # fmt: skip
+
+
 class NotFoundError(APIError):
     status = 404
     type = "invalid_request_error"

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from localroute.protocol.chat import CAPABILITIES, Capability
+
 FORBID = ConfigDict(extra="forbid", frozen=True)
 DEFAULT_MODELS_DIR = "~/.cache/localroute/models"
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -105,6 +107,9 @@ class LlamaCppModel(BaseModel):
     price: Price = Price()
     # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
+    capabilities: list[Capability] | None = None
 
     @model_validator(mode="after")
     def _max_tokens_fits(self) -> LlamaCppModel:
@@ -132,8 +137,14 @@ class RemoteModel(BaseModel):
     read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     total_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     max_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    # The name the output limit goes under; None: the one the client used. OpenAI's reasoning models
+    # take only `max_completion_tokens`; some older OpenAI-compatible servers only `max_tokens`.
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
+    capabilities: list[Capability] | None = None
 
 
 class VllmModel(BaseModel):
@@ -160,6 +171,9 @@ class VllmModel(BaseModel):
     idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
+    capabilities: list[Capability] | None = None
 
     @model_validator(mode="after")
     def _launch_or_url(self) -> VllmModel:
@@ -174,3 +188,23 @@ class VllmModel(BaseModel):
 
 ModelConfig = Annotated[LlamaCppModel | RemoteModel | VllmModel, Field(discriminator="engine")]
 LOCAL_ENGINES = frozenset({"llama_cpp", "vllm"})
+
+# What each engine can do unless models.toml says otherwise. llama.cpp: grammar-constrained JSON and
+# tool calls, sampled-token logprobs and alternatives; one choice per request, no images. vLLM: its
+# guided decoding, logprobs and n; tool calls only when `vllm serve` runs a tool parser. A remote
+# provider gets the request as it was sent.
+_ENGINE_CAPABILITIES: dict[str, frozenset[Capability]] = {
+    "llama_cpp": frozenset({"tools", "json_object", "json_schema", "logprobs", "top_logprobs"}),
+    "vllm": frozenset({"json_object", "json_schema", "logprobs", "top_logprobs", "n"}),
+    "remote": frozenset(CAPABILITIES),
+}
+
+
+def capabilities(m: ModelConfig) -> frozenset[Capability]:
+    """What rung `m` can do: its `capabilities`, else its engine's defaults."""
+    if m.capabilities is not None:
+        return frozenset(m.capabilities)
+    caps = _ENGINE_CAPABILITIES[m.engine]
+    if isinstance(m, VllmModel) and "--enable-auto-tool-choice" in m.extra_args:
+        caps |= {"tools"}
+    return caps

@@ -122,7 +122,7 @@ class Gateway:
                 param="X-LocalRoute-Privacy",
                 code="invalid_header_value",
             )
-        texts = tuple(body_texts(req.model_dump(include={"messages", "stop"})))
+        texts = tuple(body_texts(req.model_dump(include={"messages", "stop", "tools"})))
         kinds = self.detector.kinds_in(texts)
         if not kinds:
             SCANNED_CLEAN.set(texts)  # the egress guard need not scan these very strings again

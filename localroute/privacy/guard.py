@@ -108,8 +108,10 @@ Slot = tuple[MutableMapping[str, Any] | MutableSequence[Any], Any, str]
 
 def _slots(body: Mapping[str, Any]) -> Iterator[Slot]:
     """The one walk over every client-written string an OpenAI chat body carries, as (container, key,
-    text): each message's content (its parts joined, so a value split across parts is still seen), its
-    `name`, and the `stop` strings. Scanning reads the texts; redaction writes through the slots."""
+    text): each message's content (its text parts joined, so a value split across parts is still
+    seen), its `name` and `refusal`, the arguments of the tool calls in history (tool results are
+    `tool` messages' content), the tools' descriptions, and the `stop` strings. Scanning reads the
+    texts; redaction writes through the slots."""
     for m in body.get("messages") or ():
         if not isinstance(m, MutableMapping):
             continue
@@ -117,9 +119,25 @@ def _slots(body: Mapping[str, Any]) -> Iterator[Slot]:
         if isinstance(c, str):
             yield m, "content", c
         elif isinstance(c, list):
-            yield m, "content", "".join(str(p.get("text", "")) for p in c if isinstance(p, Mapping))
-        if isinstance(m.get("name"), str):
-            yield m, "name", m["name"]
+            parts = [p for p in c if isinstance(p, Mapping)]
+            text = "".join(str(p.get("text") or p.get("refusal") or "") for p in parts)
+            if all(p.get("type") in ("text", "refusal") for p in parts):
+                yield m, "content", text
+            else:  # images stay where they are: only the text around them is scanned and rewritten
+                for p in parts:
+                    if isinstance(p, MutableMapping) and isinstance(p.get("text"), str):
+                        yield p, "text", p["text"]
+        for key in ("name", "refusal"):
+            if isinstance(m.get(key), str):
+                yield m, key, m[key]
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, MutableMapping) and isinstance(fn.get("arguments"), str):
+                yield fn, "arguments", fn["arguments"]
+    for tool in body.get("tools") or ():
+        fn = tool.get("function") if isinstance(tool, Mapping) else None
+        if isinstance(fn, MutableMapping) and isinstance(fn.get("description"), str):
+            yield fn, "description", fn["description"]
     stop = body.get("stop")
     if isinstance(stop, str) and isinstance(body, MutableMapping):
         yield body, "stop", stop

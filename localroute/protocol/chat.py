@@ -1,61 +1,188 @@
-"""OpenAI chat-completions wire models: what a client may send, validated once at the edge.
+"""OpenAI chat-completions requests: what a client may send, validated once at the edge.
 
-Unknown fields are rejected, not ignored: a client that sets `tools` or `api_base` must learn that
-localroute did not honour it. `parse_chat_request` turns every validation failure into a 400 that
-names the offending parameter.
+The whole request surface is accepted: tools and tool results, structured outputs, images, sampling
+knobs, and the fields an SDK echoes back from an answer (`refusal`, `annotations`, `audio`). Each is
+either honoured by the rung that serves the request, forwarded to it, or (for bookkeeping fields that
+change nothing about the answer, such as `metadata`) accepted and documented as such in the README's
+table. Unknown fields are still refused, with every offending one named: a client that sets one must
+learn that localroute did not honour it. What a request needs of a rung is `needs()`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from localroute.errors import InvalidRequestError
+from localroute.protocol.parse import parse_json_body, validate
+from localroute.protocol.schema_limits import schema_problem
 
-# Backend knobs that some proxies accept in the body. Naming them gives a sharper error than
-# "unsupported parameter": they would let a client steer where or how a model runs.
-BACKEND_KNOBS = frozenset(
-    {"api_base", "base_url", "api_key", "chat_template", "model_path", "n_ctx", "n_gpu_layers"}
-)
-
-_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True, populate_by_name=True)
 # Token counts are C ints in every engine; a larger one is a client mistake, not "unlimited".
 MAX_TOKENS = 2**31 - 1
 # llama-cpp-python re-checks every stop string at every token; real ones are a few characters.
 MAX_STOP_CHARS = 1024
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Capability = Literal["tools", "json_object", "json_schema", "vision", "logprobs", "top_logprobs", "n"]
+CAPABILITIES: tuple[Capability, ...] = (
+    "tools", "json_object", "json_schema", "vision", "logprobs", "top_logprobs", "n",
+)  # fmt: skip
 
 
-class TextPart(BaseModel):
+class ImageURL(BaseModel):
     model_config = _STRICT
-    type: Literal["text"]
-    text: str
+    url: Annotated[str, Field(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content: text, an image (user messages), or a refusal (assistant)."""
+
+    model_config = _STRICT
+    type: Literal["text", "image_url", "refusal"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> ContentPart:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a '{self.type}' part needs its '{self.type}' field")
+        return self
+
+
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: Name
+    arguments: str  # JSON text, as the API carries it
+
+
+class ToolCall(BaseModel):
+    """A tool call an assistant made, as it comes back in history."""
+
+    model_config = _STRICT
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(BaseModel):
+    """One message. Assistant messages carry what an SDK echoes back from an answer (`refusal`,
+    `annotations`, `audio`, `function_call`, null or empty); tool messages answer a tool call."""
+
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
     name: Annotated[str, Field(max_length=256)] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _fits_role(self) -> ChatMessage:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a 'tool' message needs the 'tool_call_id' of the call it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError("only a 'tool' message has a 'tool_call_id'")
+        if self.role != "assistant":
+            extra = [f for f in ("tool_calls", "refusal", "annotations", "audio", "function_call")
+                     if getattr(self, f) not in (None, [])]  # fmt: skip
+            if extra:
+                raise ValueError(f"only an assistant message has '{extra[0]}'")
+            if self.content is None:
+                raise ValueError(f"a '{self.role}' message needs 'content'")
+        if isinstance(self.content, list):
+            kinds = {p.type for p in self.content}
+            if "image_url" in kinds and self.role != "user":
+                raise ValueError("only a user message may hold an image")
+            if "refusal" in kinds and self.role != "assistant":
+                raise ValueError("only an assistant message may hold a refusal")
+        return self
 
     def text(self) -> str:
+        """The message's text: its content's text parts joined (images and refusals are not text)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+def _bounded(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    if schema is not None and (why := schema_problem(schema)) is not None:
+        raise ValueError(why)
+    return schema
+
+
+class FunctionDef(BaseModel):
+    model_config = _STRICT
+    name: Name
+    description: Annotated[str, Field(max_length=16_384)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    _parameters_bounded = field_validator("parameters")(_bounded)
+
+
+class Tool(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: Name
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = _STRICT
+    name: Name
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    _schema_bounded = field_validator("schema_")(_bounded)
+
+
+class ResponseFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is given with, and only with, type 'json_schema'")
+        return self
 
 
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI's padding against length side channels
+
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Bias = Annotated[int, Field(ge=-100, le=100)]
+# Bookkeeping fields: accepted, forwarded to a remote rung, no effect on a local answer.
+BOOKKEEPING = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
+# Sent to a remote rung only: reasoning controls for the provider's reasoning models.
+REMOTE_ONLY = ("reasoning_effort", "verbosity", "parallel_tool_calls")
 
 
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat-completions request that localroute serves faithfully."""
+    """OpenAI's chat-completions request."""
 
     model_config = _STRICT
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -66,13 +193,28 @@ class ChatCompletionRequest(BaseModel):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[dict[str, Annotated[int, Field(ge=-100, le=100)]], Field(max_length=300)] | None = (
+        None
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
-    # The sampled tokens' logprobs, as OpenAI returns them (no alternatives: top_logprobs is refused).
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
     logprobs: bool | None = None
-    # An end-user id for the caller's own bookkeeping: accepted and never forwarded.
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    store: bool | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None
+    safety_identifier: Annotated[str, Field(max_length=256)] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
 
     @field_validator("seed")
     @classmethod
@@ -81,205 +223,84 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("seed must fit in 64 bits")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None and any(not k.isdigit() or len(k) > 10 for k in v):
+            raise ValueError("logit_bias keys are token ids written as strings of digits")
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v and not info.data.get("logprobs"):
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_in_tools(
+        cls, v: Literal["none", "auto", "required"] | NamedToolChoice | None, info: ValidationInfo
+    ) -> Literal["none", "auto", "required"] | NamedToolChoice | None:
+        tools: list[Tool] = info.data.get("tools") or []
+        if isinstance(v, NamedToolChoice) and v.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"it names '{v.function.name}', which is not in 'tools'")
+        if v == "required" and not tools:
+            raise ValueError("'required' needs at least one tool in 'tools'")
+        return v
+
     def output_limit(self) -> int | None:
         """The client's cap on generated tokens; `max_completion_tokens` wins, as in OpenAI."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def calls_tools(self) -> bool:
+        """Whether the model may answer with a tool call."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def needs(self) -> frozenset[Capability]:
+        """What a rung must be able to do to serve this request faithfully."""
+        need: set[Capability] = set()
+        if self.calls_tools() or any(m.role == "tool" or m.tool_calls for m in self.messages):
+            need.add("tools")
+        if self.response_format is not None and self.response_format.type != "text":
+            need.add(self.response_format.type)
+        if any(isinstance(m.content, list) and any(p.type == "image_url" for p in m.content)
+               for m in self.messages):  # fmt: skip
+            need.add("vision")
+        if self.logprobs:
+            need.add("logprobs")
+        if self.top_logprobs:
+            need.add("top_logprobs")
+        if self.n is not None and self.n > 1:
+            need.add("n")
+        return frozenset(need)
+
     def engine_body(self, model: str, max_tokens: int) -> dict[str, Any]:
-        """The body sent to an OpenAI-compatible engine: only fields the client set, plus our limits."""
+        """The body for a local engine (our llama.cpp worker, vLLM): what shapes the answer, plus our
+        limit. Bookkeeping and remote-only fields stay here; see `remote_body`."""
         body = self.model_dump(
             exclude_none=True,
-            exclude={"model", "max_completion_tokens", "user", "n"},
+            by_alias=True,
+            exclude={"model", "max_completion_tokens", *BOOKKEEPING, *REMOTE_ONLY},
         )
         body["model"] = model
         body["max_tokens"] = max_tokens
         return body
 
-
-# pydantic names union branches in error locations; a client sees these words instead.
-_BRANCHES = {
-    "str": "a string",
-    "constrained-str": "a string",
-    "list[str]": "a list of strings",
-    "list[constrained-str]": "a list of strings",
-    "list[TextPart]": "a list of text parts",
-}
-
-
-def _loc_to_param(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _BRANCHES:
-            continue  # union branch names are noise to a client
-        else:
-            out += ("." if out else "") + part
-    return out
+    def remote_body(self, model: str, tokens_param: str | None) -> dict[str, Any]:
+        """The body for a remote provider: every field the client set, as it set it. A limit is sent
+        only if the client gave one, under `tokens_param` when the provider wants a given name."""
+        body = self.model_dump(
+            exclude_none=True, by_alias=True, exclude={"max_tokens", "max_completion_tokens"}
+        )
+        body["model"] = model
+        limit = self.output_limit()
+        if limit is not None:
+            given = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+            body[tokens_param or given] = limit
+        return body
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    """Decode and validate a request body. Raises InvalidRequestError with the parameter named."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequestError(
-            f"Request body is not valid UTF-8 (invalid byte at offset {exc.start}).",
-            code="invalid_encoding",
-        ) from None
-    try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
-    except ValueError as exc:
-        if not isinstance(exc, json.JSONDecodeError):  # e.g. an integer beyond Python's digit limit
-            raise InvalidRequestError(
-                "Request body has a number too large to read.", code="invalid_json"
-            ) from None
-        raise InvalidRequestError(
-            f"Request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
-            code="invalid_json",
-        ) from None
-    except RecursionError:
-        # e.g. b"[" * 100_000: a client mistake, not a server error.
-        raise InvalidRequestError(
-            "Request body is not valid JSON: nested too deeply.", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("Request body must be a JSON object.", code="invalid_json")
-    if "\\u" in text and _has_lone_surrogate(data):
-        raise InvalidRequestError(
-            "Request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text.",
-            code="invalid_encoding",
-        )
-    if "\\u0000" in text and (where := _nul_param(data)) is not None:
-        raise InvalidRequestError(
-            f"Invalid value for '{where or 'body'}': text may not contain the NUL character (\\u0000).",
-            param=where or None,
-            code="invalid_value",
-        )
-    for key in data:
-        if key in BACKEND_KNOBS:
-            raise InvalidRequestError(
-                f"Parameter '{key}' is a backend setting; localroute takes it from models.toml only.",
-                param=key,
-                code="unsupported_parameter",
-            )
-    # type() rather than isinstance(): `"n": false` is a type error, not a request for 0 choices.
-    if data.get("n") not in (None, 1) and type(data.get("n")) is int:
-        raise InvalidRequestError(
-            "Only n=1 is supported: ask for more choices with separate requests.",
-            param="n",
-            code="unsupported_value",
-        )
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        raise _to_invalid_request(exc) from None
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refused if a key repeats: parsers disagree on which one wins (RFC 7493)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise InvalidRequestError(
-                    f"Request body has the key {key[:64]!r} more than once in one object.",
-                    code="invalid_json",
-                )
-            seen.add(key)
-    return out
-
-
-def _nul_param(data: object) -> str | None:
-    """Where a string (or key) holding U+0000 sits, as a parameter path; None if nowhere."""
-    stack: list[tuple[object, tuple[int | str, ...]]] = [(data, ())]
-    while stack:  # a loop, not recursion: the body may be nested as deep as the JSON parser allows
-        node, loc = stack.pop()
-        if isinstance(node, str):
-            if "\x00" in node:
-                return _loc_to_param(loc)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if "\x00" in key:
-                    return _loc_to_param(loc)
-                stack.append((value, (*loc, key)))
-        elif isinstance(node, list):
-            stack.extend((value, (*loc, i)) for i, value in enumerate(node))
-    return None
-
-
-def _has_lone_surrogate(data: object) -> bool:
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _pick_error(errors: list[ErrorDetails]) -> tuple[ErrorDetails, str | None]:
-    """The error to report, and a message to use instead of its own (for a value no branch fits).
-
-    With unions pydantic reports one error per branch, the plain type mismatches first; the branch
-    the value did match in type (`stop` with 5 strings) explains the problem, so prefer it.
-    """
-    first = errors[0]
-    loc = tuple(first["loc"])
-    cut = next((i for i, part in enumerate(loc) if part in _BRANCHES), None)
-    if cut is None:
-        return first, None
-    same = [e for e in errors if len(e["loc"]) > cut and e["loc"][:cut] == loc[:cut]]
-    same = [e for e in same if e["loc"][cut] in _BRANCHES]
-    specific = [e for e in same if len(e["loc"]) > cut + 1 or not e["type"].endswith("_type")]
-    if specific:
-        return specific[0], None
-    kinds = dict.fromkeys(_BRANCHES[str(e["loc"][cut])] for e in same)
-    return first, "input should be " + " or ".join(kinds)
-
-
-def _to_invalid_request(exc: ValidationError) -> InvalidRequestError:
-    first, msg_override = _pick_error(exc.errors(include_url=False))
-    param = _loc_to_param(tuple(first["loc"]))
-    if first["type"] == "extra_forbidden":
-        return InvalidRequestError(
-            f"Unsupported parameter: '{param}' is not supported by localroute.",
-            param=param,
-            code="unsupported_parameter",
-        )
-    ctx = first.get("ctx") or {}
-    if msg_override is not None:
-        msg = msg_override
-    elif first["type"] == "finite_number":
-        msg = "must be a finite number (NaN and Infinity are not allowed)"
-    elif first["type"] == "value_error" and "error" in ctx:
-        msg = str(ctx["error"])  # our validator's own words, without pydantic's "Value error, "
-    else:
-        msg = first["msg"][0].lower() + first["msg"][1:]
-    got = first.get("input")
-    if first["type"] == "literal_error" and isinstance(got, str) and len(got) <= 64:
-        msg += f" (got {got!r})"
-    code = "invalid_type" if msg_override is not None else _code(first["type"], got, ctx)
-    return InvalidRequestError(f"Invalid value for '{param}': {msg}.", param=param or None, code=code)
-
-
-def _code(kind: str, got: object, ctx: dict[str, Any]) -> str:
-    """OpenAI's error code for a pydantic error type (`invalid_type`, `integer_above_max_value`, ...)."""
-    bound = next(iter(ctx.values()), None)  # a range error's limit has the field's numeric type
-    number = "integer" if isinstance(bound, int) else "decimal"
-    if kind == "missing":
-        return "missing_required_parameter"
-    if kind in ("greater_than", "greater_than_equal"):
-        return f"{number}_below_min_value"
-    if kind in ("less_than", "less_than_equal"):
-        return f"{number}_above_max_value"
-    if kind == "too_short":
-        return "empty_array" if isinstance(got, list) and not got else "array_below_min_length"
-    if kind == "too_long":
-        return "array_above_max_length"
-    if kind == "string_too_short":
-        return "empty_string" if got == "" else "string_below_min_length"
-    if kind == "string_too_long":
-        return "string_above_max_length"
-    if kind.endswith("_type"):  # int_type, string_type, list_type, model_type, ...
-        return "invalid_type"
-    return "invalid_value"  # literal_error, finite_number, our validators' value_error
+    """Decode and validate a chat-completions body. Raises InvalidRequestError naming each bad parameter."""
+    return validate(ChatCompletionRequest, parse_json_body(raw))

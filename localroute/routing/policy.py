@@ -11,10 +11,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from localroute.config.models import LOCAL_ENGINES, ModelConfig
+from localroute.config.models import LOCAL_ENGINES, ModelConfig, capabilities
 from localroute.config.schema import Config
-from localroute.errors import InvalidRequestError
-from localroute.protocol.chat import ChatCompletionRequest
+from localroute.errors import InvalidRequestError, UnsupportedCapabilityError
+from localroute.protocol.chat import CAPABILITIES, Capability, ChatCompletionRequest
 from localroute.routing.signals import DEFAULT_SIGNALS, SignalMatcher
 
 # The instruction is usually at the start or the end, and keywords deep inside a long passage are mostly
@@ -65,6 +65,8 @@ class Decision:
     route: str
     escalation: tuple[str, ...] = ()
     features: Features | None = field(default=None, compare=False)
+    needs: tuple[str, ...] = ()  # capabilities the request needs of a rung
+    ruled_out: tuple[tuple[str, str], ...] = ()  # (rung, the capability it lacks)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -76,6 +78,8 @@ class Decision:
             "thresholds": dict(self.thresholds),
             "route": self.route,
             "escalation": list(self.escalation),
+            "needs": list(self.needs),
+            "ruled_out": dict(self.ruled_out),
         }
 
 
@@ -155,20 +159,38 @@ class Policy:
         equally admissible rung is warm."""
         f = self.features(req)
         score, reasons = self.score(f)
+        needs = req.needs()
+        ruled_out = tuple((m.name, lacks) for m in self.ladder if (lacks := _lacking(m, needs)))
+        if needs:
+            reasons = [*reasons, "needs " + ", ".join(sorted(needs))]
 
         def make(m: ModelConfig, route: str, above: Iterable[ModelConfig], why: str) -> Decision:
             esc = tuple(x.name for x in above if x.name != m.name)
             return Decision(m.name, m.tier, score, (*reasons, why), f.estimated_tokens, self._thresholds,
-                            route, esc, f)  # fmt: skip
+                            route, esc, f, tuple(sorted(needs)), ruled_out)  # fmt: skip
 
         if req.model != "auto":
             m = self.config.model(req.model)
             if m is None:
                 raise InvalidRequestError(f"unknown model {req.model[:64]!r}", param="model")
+            if lacks := _lacking(m, needs):
+                raise UnsupportedCapabilityError(
+                    f"The model '{m.name}' cannot serve this request: it needs {lacks}, which "
+                    f"'{m.name}' does not support. Use 'auto' or a model that supports {lacks}.",
+                    capability=lacks,
+                )
             return make(m, "explicit", (), f"model {m.name} named in the request")
 
         down = frozenset(unavailable)
-        rungs = [m for m in self._hinted(hints) if m.name not in down]
+        hinted = [m for m in self._hinted(hints) if m.name not in down]
+        rungs = [m for m in hinted if not _lacking(m, needs)]
+        if hinted and not rungs:
+            missing = sorted({lack for m in hinted if (lack := _lacking(m, needs))})
+            raise UnsupportedCapabilityError(
+                f"No available model can serve this request: it needs {' and '.join(missing)}. "
+                "Declare a rung with that capability in models.toml (`capabilities`).",
+                capability=missing[0],
+            )
         need = f.fit_tokens + min(f.output_tokens, 1)
         fits = [m for m in rungs if need < m.n_ctx]
         if hints.max_cost is not None:
@@ -220,3 +242,9 @@ class Policy:
         # Local compute: assume ~250 prompt and ~50 output tokens/s on a small CPU box.
         seconds = f.estimated_tokens / 250 + f.output_tokens / 50
         return tokens + p.per_hour * seconds / 3600
+
+
+def _lacking(m: ModelConfig, needs: frozenset[Capability]) -> str:
+    """The first capability (in a fixed order) that rung `m` lacks for `needs`, or ''."""
+    missing = needs - capabilities(m)
+    return next((c for c in CAPABILITIES if c in missing), "")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from localroute.config.models import LOCAL_ENGINES, ModelConfig
+from localroute.config.models import LOCAL_ENGINES, ModelConfig, RemoteModel, capabilities
 from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
@@ -22,6 +22,7 @@ from localroute.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
+    UnsupportedCapabilityError,
     UpstreamError,
 )
 from localroute.host.lifecycle import OverBudgetError
@@ -137,6 +138,13 @@ class Router:
         remote = {m.name for m in self.config.models if m.engine not in LOCAL_ENGINES}
         try:
             return self.policy.decide(req, hints, unavailable | remote, cold)
+        except UnsupportedCapabilityError as exc:
+            if not any(exc.capability in capabilities(m) for m in self.config.models if m.name in remote):
+                raise  # no rung anywhere has it: the request itself asks the impossible
+            raise PrivacyViolationError(
+                f"This request is private and needs {exc.capability}, which no local model supports; "
+                "it is not sent off this machine."
+            ) from None
         except InvalidRequestError as exc:
             if exc.code != "no_route":
                 raise
@@ -158,9 +166,12 @@ class Router:
     def _body(
         self, req: ChatCompletionRequest, m: ModelConfig, judge: bool, privacy: Privacy | None = None
     ) -> dict[str, Any]:
-        # A limit past the model's whole context can never be reached: clamp it (the engine stops
-        # when the context is full, `finish_reason: length`) rather than pass a number it may refuse.
-        body = req.engine_body(m.name, min(req.output_limit() or m.default_max_tokens, m.n_ctx))
+        if isinstance(m, RemoteModel):  # as the client sent it: no limit the client did not set
+            body = req.remote_body(m.name, m.max_tokens_param)
+        else:
+            # A limit past the model's whole context can never be reached: clamp it (the engine stops
+            # when the context is full, `finish_reason: length`) rather than pass a number it may refuse.
+            body = req.engine_body(m.name, min(req.output_limit() or m.default_max_tokens, m.n_ctx))
         # `redact`: a request made public over detected data (the only public one that carries any)
         # goes remote with typed placeholders in place of the data. Private ones never go remote.
         overridden = privacy is not None and privacy.reason == "override" and not privacy.private
