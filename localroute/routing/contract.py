@@ -58,3 +58,26 @@ def _json_problem(text: object, schema: Mapping[str, Any] | None, what: str) -> 
     except SchemaError:
         return None  # a schema the validator cannot use: the grammar is what held the model to it
     return None if error is None else f"the {what} fails its JSON schema"
+
+
+class Assembler:
+    """A streamed answer put back together from its chunks: content, and tool calls by index."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def feed(self, chunk: Mapping[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.content.append(delta["content"])
+            for part in delta.get("tool_calls") or ():
+                call = self.calls.setdefault(int(part.get("index", 0)), {"name": "", "arguments": ""})
+                fn = part.get("function") or {}
+                call["name"] += fn.get("name") or ""
+                call["arguments"] += fn.get("arguments") or ""
+
+    def message(self) -> dict[str, Any]:
+        calls = [{"type": "function", "function": self.calls[i]} for i in sorted(self.calls)]
+        return {"role": "assistant", "content": "".join(self.content) or None, "tool_calls": calls}

@@ -3,12 +3,11 @@ what happened. The decision itself is the pure policy's (`policy.py`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -16,69 +15,22 @@ from localroute.config.models import LOCAL_ENGINES, ModelConfig, RemoteModel, ca
 from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
-    ContextLengthExceededError,
-    DeadlineExceededError,
     EngineUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
-    OverloadedError,
     UnsupportedCapabilityError,
-    UpstreamError,
 )
-from localroute.host.lifecycle import OverBudgetError
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.confidence import logprobs_of, measure, too_unsure
+from localroute.routing.contract import Assembler, broken, has_contract
+from localroute.routing.failures import before, fail_closed, failure_route, outcome
 from localroute.routing.policy import NO_HINTS, Cold, Decision, Hints, Policy
 from localroute.routing.trace import Trace, usage_of
 
 Chunks = AsyncGenerator[dict[str, Any], None]
-T = TypeVar("T")
-KEEP_MARGIN_S = 0.5  # how long before the deadline an escalation is abandoned for the kept answer
-
-
-def _outcome(exc: APIError) -> str:
-    return "refused" if isinstance(exc, PrivacyViolationError) else "error"
-
-
-def _fail_closed(exc: APIError) -> APIError:
-    """What a private request gets when no local rung could answer: never a remote attempt."""
-    if isinstance(exc, OverloadedError):
-        return exc  # busy, not unservable: the client should retry after Retry-After
-    if isinstance(exc, ContextLengthExceededError):
-        return ContextLengthExceededError(
-            exc.message + " This request is private, so it is not sent to a remote model.", param=exc.param
-        )
-    return PrivacyViolationError(
-        f"No local model could serve this private request ({exc.code or exc.type}); "
-        "it is not sent off this machine."
-    )
-
-
-def _failure_route(exc: APIError) -> str | None:
-    """How to move on after a rung failed, or None when the client's request itself is at fault, or
-    the memory budget's policy says to answer with the error (`on_over_budget = "fail"`)."""
-    if isinstance(exc, OverBudgetError):
-        return "fallback:over_memory_budget" if exc.reroute else None
-    if isinstance(exc, ContextLengthExceededError):
-        return "escalated:context"
-    if isinstance(exc, EngineUnavailableError | UpstreamError | OverloadedError) or exc.status >= 500:
-        return "fallback:engine_error"
-    return None
-
-
-async def _before(aw: Awaitable[T], deadline: float | None) -> T:
-    """`aw`, given up shortly before the request's deadline: a kept local answer is worth more to the
-    client than a 504 from a rung above that is still thinking (the caller then keeps its answer)."""
-    if deadline is None:
-        return await aw
-    try:
-        async with asyncio.timeout_at(deadline - KEEP_MARGIN_S):
-            return await aw
-    except TimeoutError:
-        raise DeadlineExceededError("The rung above did not answer before the deadline.") from None
 
 
 @dataclass
@@ -215,6 +167,9 @@ class Router:
         d = self.decide(req, hints, private)
         trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
+        contract = has_contract(req)
+        if contract and chain[-1].engine in LOCAL_ENGINES:
+            chain.append(chain[-1])  # one local retry before an answer that breaks the contract stands
         kept: tuple[dict[str, Any], ModelConfig] | None = None
         for i, m in enumerate(chain):
             last = i == len(chain) - 1
@@ -222,19 +177,32 @@ class Router:
             t0 = time.monotonic()
             try:
                 call = self.backends[m.name].complete(self._body(req, m, judge, privacy))
-                result = await (_before(call, deadline) if kept is not None else call)
+                result = await (before(call, deadline) if kept is not None else call)
             except APIError as exc:
-                route = _failure_route(exc)
-                trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
+                route = failure_route(exc)
+                trace.attempt(m, outcome(exc), exc.code or exc.type, t0)
                 if route is None or last:
                     if kept is not None:  # whatever failed above, the local answer stands
                         trace.route = "kept:escalation_failed"
                         return self._answer(kept[0], kept[1], req, trace)
                     if private and route is not None:
-                        raise _fail_closed(exc) from None
+                        raise fail_closed(exc) from None
                     raise
                 trace.moved(route)
                 continue
+            if contract:
+                why = broken(req, (result.get("choices") or [{}])[0].get("message") or {})
+                trace.output_valid = why is None
+                if why is not None and not last:  # never kept: it is not what the client asked for
+                    trace.attempt(m, "escalated", "invalid_output", t0, result)
+                    trace.moved("retried:invalid_output" if chain[i + 1] is m else "escalated:invalid_output")
+                    continue
+                if why is not None and private:
+                    trace.attempt(m, "error", "invalid_output", t0, result)
+                    raise PrivacyViolationError(
+                        f"No local model produced an answer in the requested format ({why}); this "
+                        "request is private, so it is not sent off this machine."
+                    )
             if judge:
                 choice = result["choices"][0]
                 tokens = int((result.get("usage") or {}).get("completion_tokens", 0))
@@ -284,12 +252,12 @@ class Router:
                 try:
                     opening = self._prefetch(chunks, judge)
                     buffered, logprobs, finish, done = await (
-                        _before(opening, deadline) if held is not None else opening
+                        before(opening, deadline) if held is not None else opening
                     )
                 except APIError as exc:
                     await _close(chunks)
-                    route = _failure_route(exc)
-                    trace.attempt(m, _outcome(exc), exc.code or exc.type, t0)
+                    route = failure_route(exc)
+                    trace.attempt(m, outcome(exc), exc.code or exc.type, t0)
                     if route is None and held is None:
                         raise
                     error = exc
@@ -318,7 +286,7 @@ class Router:
                 h, held = held, None
                 return self._relay(h.model, h.chunks, h.buffered, h.done, req, trace), trace
             assert error is not None
-            raise _fail_closed(error) if private else error
+            raise fail_closed(error) if private else error
         finally:
             if held is not None:
                 await _close(held.chunks)
@@ -362,14 +330,21 @@ class Router:
         trace: Trace,
     ) -> Chunks:
         wants_usage = req.stream_options is not None and req.stream_options.include_usage
+        seen = Assembler() if has_contract(req) else None  # the answer, to judge its contract at the end
         try:
             for chunk in buffered:
+                if seen is not None:
+                    seen.feed(chunk)
                 if self._keep(chunk, m, trace, wants_usage):
                     yield self._finish(chunk, m, req)
             if not done:
                 async for chunk in chunks:
+                    if seen is not None:
+                        seen.feed(chunk)
                     if self._keep(chunk, m, trace, wants_usage):
                         yield self._finish(chunk, m, req)
+            if seen is not None:
+                trace.output_valid = broken(req, seen.message()) is None
         finally:
             await _close(chunks)
 

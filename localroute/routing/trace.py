@@ -27,6 +27,7 @@ class Trace:
     moves: list[str] = field(default_factory=list)  # each escalation or fallback, by route
     cost_usd: float = 0.0  # every rung tried, escalated ones included
     compute_s: float = 0.0  # local compute measured by the engines (CPU- or GPU-seconds)
+    output_valid: bool | None = None  # the answer kept the JSON / tool-call contract; None: none asked
 
     def attempt(
         self,
