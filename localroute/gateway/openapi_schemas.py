@@ -1,32 +1,32 @@
 """JSON Schemas of what the gateway takes and answers: the components of `GET /openapi.json`.
 
-The request schema is pydantic's own, generated from `protocol.ChatCompletionRequest`, so the
-document and the validator cannot disagree; the response schemas are written out here from the code
-that builds each response (the router's answers, `Decision.as_json`, `stats.summarize`, health).
+All are generated, so the document and the code cannot disagree: the request schema by pydantic from
+the model that validates requests (`protocol.chat.ChatCompletionRequest`), the response schemas from
+the TypedDicts the code builds its answers as (`protocol.wire`, `protocol.records`), through
+pydantic's `TypeAdapter`.
 """
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from localroute.observe.stats import LATENCY_BOUNDS_MS
-from localroute.protocol.backend import EngineState
+from localroute.protocol import records, wire
 from localroute.protocol.chat import ChatCompletionRequest
 
 Schema = dict[str, Any]
 STR: Schema = {"type": "string"}
-_STR_OR_NULL: Schema = {"type": ["string", "null"]}
-_COUNT: Schema = {"type": "integer", "minimum": 0}
-_INT_OR_NULL: Schema = {"type": ["integer", "null"]}
-_NUM: Schema = {"type": "number"}
-_NUM_OR_NULL: Schema = {"type": ["number", "null"]}
-_USD: Schema = {"type": "number", "minimum": 0}
-_TIME: Schema = {"type": "string", "format": "date-time"}
+_REF = "#/components/schemas/{model}"
+_INTERNAL = "x_localroute"  # an engine's accounting: the router removes it before answering
 
 
 def ref(name: str) -> Schema:
     """A reference to the component schema `name`."""
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": _REF.format(model=name)}
 
 
 def obj(props: Schema, *, optional: tuple[str, ...] = (), closed: bool = False) -> Schema:
@@ -41,30 +41,17 @@ def obj(props: Schema, *, optional: tuple[str, ...] = (), closed: bool = False) 
     return schema
 
 
-def _map(values: Schema) -> Schema:
-    return {"type": "object", "additionalProperties": values}
-
-
-def _money() -> Schema:
-    return {"cost_usd": _USD, "baseline_usd": _USD, "saved_usd": _NUM, "savings_pct": _NUM_OR_NULL}
-
-
-def _tokens() -> Schema:
-    return obj({"prompt": _COUNT, "completion": _COUNT}, closed=True)
-
-
-def _latency() -> Schema:
-    return obj({"p50": _NUM_OR_NULL, "p95": _NUM_OR_NULL}, closed=True)
-
-
 def components() -> dict[str, Schema]:
     """Every named schema the document refers to."""
-    return {**_request_schemas(), **_response_schemas(), "Stats": _stats_schema()}
+    requests, responses = _request_schemas(), _response_schemas()
+    if clash := requests.keys() & responses.keys():  # one name, two schemas: a reference would lie
+        raise RuntimeError(f"request and response schemas share names: {sorted(clash)}")
+    return {**requests, **responses}
 
 
 def _request_schemas() -> dict[str, Schema]:
     """`ChatCompletionRequest` and the models it uses, with pydantic's `$defs` moved under components."""
-    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema = ChatCompletionRequest.model_json_schema(ref_template=_REF)
     defs: dict[str, Schema] = schema.pop("$defs", {})
     props = schema["properties"]
     props["model"]["examples"] = ["auto"]
@@ -74,177 +61,46 @@ def _request_schemas() -> dict[str, Schema]:
     return {**defs, "ChatCompletionRequest": schema}
 
 
-def _response_schemas() -> dict[str, Schema]:
-    logprob = obj(
-        {
-            "token": STR,
-            "logprob": _NUM,
-            "bytes": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0, "maximum": 255}},
-            "top_logprobs": {"type": "array"},
-        }
-    )
-    logprobs = {
-        "type": ["object", "null"],
-        "properties": {"content": {"type": ["array", "null"], "items": logprob}},
-    }
-    usage = obj({"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT})
-    message = obj({"role": {"const": "assistant"}, "content": _STR_OR_NULL})
-    finish = {"type": ["string", "null"], "examples": ["stop", "length"]}
-    choice = obj(
-        {"index": _COUNT, "message": message, "logprobs": logprobs, "finish_reason": finish},
-        optional=("logprobs",),
-    )
-    delta = {"type": "object", "properties": {"role": {"const": "assistant"}, "content": _STR_OR_NULL}}
-    chunk_choice = obj(
-        {"index": _COUNT, "delta": delta, "logprobs": logprobs, "finish_reason": finish},
-        optional=("logprobs",),
-    )
-    head = {"id": STR, "created": _COUNT, "model": STR}
-    error = obj(
-        {
-            "message": STR,
-            "type": {"enum": ["invalid_request_error", "rate_limit_error", "server_error"]},
-            "param": _STR_OR_NULL,
-            "code": _STR_OR_NULL,
-        },
-        closed=True,
-    )
-    engine = obj(
-        {"state": {"enum": list(get_args(EngineState))}, "engine": STR, "tier": {"type": "integer"}},
-    )
+def _answers() -> dict[str, TypeAdapter[Any]]:
+    """Component name -> the type of that answer. The names are the document's, kept from before
+    they were generated: `Error` and `Decision` are spelled `ErrorBody` and `Explanation` in code."""
     return {
-        "Error": obj({"error": error}, closed=True),
-        "Usage": usage,
-        "ChatCompletion": obj(
-            {
-                "object": {"const": "chat.completion"},
-                **head,
-                "choices": {"type": "array", "items": choice},
-                "usage": usage,
-            },
-            optional=("usage",),
-        ),
-        "ChatCompletionChunk": obj(
-            {
-                "object": {"const": "chat.completion.chunk"},
-                **head,
-                "choices": {"type": "array", "items": chunk_choice},
-                "usage": {"anyOf": [ref("Usage"), {"type": "null"}]},
-            },
-            optional=("usage",),
-        ),
-        "ModelList": obj(
-            {
-                "object": {"const": "list"},
-                "data": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": obj(
-                        {"id": STR, "object": {"const": "model"}, "created": _COUNT, "owned_by": STR},
-                        closed=True,
-                    ),
-                },
-            },
-            closed=True,
-        ),
-        "Decision": obj(
-            {
-                "model": STR,
-                "tier": {"type": "integer"},
-                "score": _NUM,
-                "reasons": {"type": "array", "items": STR},
-                "estimated_tokens": _COUNT,
-                "thresholds": _map(_NUM),
-                "route": STR,
-                "escalation": {"type": "array", "items": STR},
-            },
-            closed=True,
-        ),
-        "Health": obj(
-            {
-                "status": {"enum": ["ok", "degraded"]},
-                "engines": _map(engine),
-                "tasks": _COUNT,
-                "resources": {"type": "object"},
-            },
-            optional=("resources",),
-            closed=True,
-        ),
+        "Error": TypeAdapter(wire.ErrorBody),
+        "Usage": TypeAdapter(wire.Usage),
+        "ChatCompletion": TypeAdapter(wire.ChatCompletion),
+        "ChatCompletionChunk": TypeAdapter(wire.ChatCompletionChunk),
+        "ModelList": TypeAdapter(wire.ModelList),
+        "Decision": TypeAdapter(wire.Explanation),
+        "Health": TypeAdapter(wire.Health),
+        "Stats": TypeAdapter(records.Stats),
     }
 
 
-def _stats_schema() -> Schema:
-    """The shape `stats.summarize` returns."""
-    bins = len(LATENCY_BOUNDS_MS) + 1
-    model = obj(
-        {
-            "model": STR,
-            "tier": _INT_OR_NULL,
-            "local": {"type": "boolean"},
-            "requests": _COUNT,
-            "escalated": _COUNT,
-            **_money(),
-            "latency_ms": _latency(),
-            "tokens": _tokens(),
-        },
-        closed=True,
-    )
-    point = obj(
-        {"t": _TIME, "requests": _COUNT, **{k: v for k, v in _money().items() if k != "savings_pct"}},
-        closed=True,
-    )
-    recent = obj(
-        {
-            "ts": _STR_OR_NULL,
-            "id": _STR_OR_NULL,
-            "model": _STR_OR_NULL,
-            "tier": _INT_OR_NULL,
-            "route": _STR_OR_NULL,
-            "privacy": {"enum": ["private", "public", None]},
-            "status": {"type": "integer"},
-            "latency_ms": _NUM,
-            "cost_usd": _USD,
-            "baseline_usd": _USD,
-            "escalations": _COUNT,
-        },
-        closed=True,
-    )
-    totals = obj(
-        {
-            "requests": _COUNT,
-            "ok": _COUNT,
-            "errors": _COUNT,
-            "local": _COUNT,
-            "local_share": {"type": "number", "minimum": 0, "maximum": 1},
-            "escalated": _COUNT,
-            "escalation_rate": {"type": "number", "minimum": 0, "maximum": 1},
-            "tokens": _tokens(),
-            **_money(),
-            "latency_ms": _latency(),
-        },
-        closed=True,
-    )
-    return obj(
-        {
-            "object": {"const": "localroute.observe.stats"},
-            # As the client wrote it, offset included: not always RFC 3339 (`+05:30:15`).
-            "since": _STR_OR_NULL,
-            "until": _TIME,
-            "bucket_s": {"type": "integer", "minimum": 1},
-            "totals": totals,
-            "models": {"type": "array", "items": model},
-            "escalations": _map(_COUNT),
-            "routes": _map(_COUNT),
-            "privacy": obj({"private": _COUNT, "public": _COUNT}, closed=True),
-            "series": {"type": "array", "items": point},
-            "latency_histogram": obj(
-                {
-                    "bounds_ms": {"type": "array", "items": _NUM, "minItems": bins - 1, "maxItems": bins - 1},
-                    "counts": {"type": "array", "items": _COUNT, "minItems": bins, "maxItems": bins},
-                },
-                closed=True,
-            ),
-            "recent": {"type": "array", "items": recent},
-        },
-        closed=True,
-    )
+def _response_schemas() -> dict[str, Schema]:
+    """The answers' types and every type they use, in one set of definitions."""
+    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        (name, "serialization", adapter) for name, adapter in _answers().items()
+    ]
+    tops, definitions = TypeAdapter.json_schemas(inputs, ref_template=_REF)
+    # Each answer is a reference to its type's definition, named as the type is: name it as the answer.
+    names = {top["$ref"].rsplit("/", 1)[-1]: name for (name, _), top in tops.items()}
+    refs = {_REF.format(model=old): _REF.format(model=new) for old, new in names.items()}
+    defs: dict[str, Schema] = _renamed({names.get(k, k): v for k, v in definitions["$defs"].items()}, refs)
+    for name in ("ChatCompletion", "ChatCompletionChunk"):
+        del defs[name]["properties"][_INTERNAL]
+    del defs["EngineAccounting"]
+    # A constant, not a type, holds the histogram's length: say it here.
+    hist = defs["LatencyHistogram"]["properties"]
+    n = len(LATENCY_BOUNDS_MS)
+    hist["bounds_ms"].update(minItems=n, maxItems=n)
+    hist["counts"].update(minItems=n + 1, maxItems=n + 1)
+    return defs
+
+
+def _renamed(node: Any, refs: Mapping[str, str]) -> Any:
+    """`node` with every `$ref` in `refs` pointing to its new name."""
+    if isinstance(node, dict):
+        return {k: refs.get(v, v) if k == "$ref" else _renamed(v, refs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_renamed(v, refs) for v in node]
+    return node

@@ -29,24 +29,28 @@ Count = Annotated[int, Field(ge=0)]
 Byte = Annotated[int, Field(ge=0, le=255)]
 FinishReason = Annotated[str | None, Field(examples=["stop", "length"])]  # providers add their own
 
-closed = with_config(ConfigDict(extra="forbid"))  # the schema of a class so marked allows no other keys
+# The schema of a class marked `closed` allows no other keys; `extensible` says so of one that allows
+# them inside a closed one, which would otherwise pass its config on.
+closed = with_config(ConfigDict(extra="forbid"))
+extensible = with_config(ConfigDict(extra="allow"))
 
 # -- chat completions ---------------------------------------------------------------------------
 
 
-class FunctionCall(TypedDict):
+class CalledFunction(TypedDict):
     """The function a tool call names, and its arguments as a JSON text."""
 
     name: str
     arguments: str
 
 
-class ToolCall(TypedDict):
-    """One tool call in an assistant message."""
+class AssistantToolCall(TypedDict):
+    """One tool call in the assistant's message (sent back in a later request's history, it is
+    `chat.ToolCall`)."""
 
     id: str
     type: Literal["function"]
-    function: FunctionCall
+    function: CalledFunction
 
 
 class ChatCompletionMessage(TypedDict):
@@ -55,7 +59,7 @@ class ChatCompletionMessage(TypedDict):
 
     role: Literal["assistant"]
     content: str | None
-    tool_calls: NotRequired[list[ToolCall]]
+    tool_calls: NotRequired[list[AssistantToolCall]]
     refusal: NotRequired[str | None]
 
 
@@ -230,6 +234,7 @@ class Explanation(TypedDict):
     escalation: list[str]
 
 
+@extensible
 class EngineHealth(TypedDict):
     """One engine's state in `GET /health`; each kind of engine adds keys of its own."""
 
