@@ -90,6 +90,7 @@ class RequestRecord(TypedDict):
     moves: NotRequired[list[str]]
     tokens: NotRequired[Tokens]
     compute_s: NotRequired[float]
+    output_valid: NotRequired[bool | None]  # the answer kept the JSON / tool-call contract; None: none asked
     content: NotRequired[RecordContent]
 
 

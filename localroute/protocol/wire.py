@@ -232,6 +232,8 @@ class Explanation(TypedDict):
     thresholds: dict[str, float]
     route: str
     escalation: list[str]
+    needs: list[str]  # capabilities the request needs of a rung (tools, json_schema, vision, ...)
+    ruled_out: dict[str, str]  # rung -> the capability it lacks
 
 
 @extensible
