@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from localroute.observe.stats import LATENCY_BOUNDS_MS
-from localroute.protocol.backend import EngineState
+from localroute.observe.stats import LATENCY_BOUNDS_MS, Record
+from localroute.protocol.wire import EngineState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
@@ -88,7 +88,7 @@ class Metrics:
         r.register(_Engines(health))
         self._rows: dict[tuple[str, ...], _Row] = {}
 
-    def observe(self, rec: Mapping[str, Any]) -> None:
+    def observe(self, rec: Record) -> None:
         model = rec.get("model") or "none"
         tier = rec.get("tier")
         status = int(rec.get("status", 0))
@@ -98,10 +98,10 @@ class Metrics:
         if row is None:  # a label set's children are looked up once (the set is bounded by the config)
             row = self._rows[key] = _Row(self, key)
         row.requests.inc()
-        tokens = rec.get("tokens") or {}
-        if tokens.get("prompt"):
+        tokens = rec.get("tokens")
+        if tokens and tokens.get("prompt"):
             row.prompt.inc(tokens["prompt"])
-        if tokens.get("completion"):
+        if tokens and tokens.get("completion"):
             row.completion.inc(tokens["completion"])
         row.cost.inc(rec.get("cost_usd") or 0.0)
         row.baseline.inc(rec.get("baseline_usd") or 0.0)
@@ -113,8 +113,9 @@ class Metrics:
             (row.latency_stream if rec.get("stream") else row.latency).observe(
                 rec.get("latency_ms", 0.0) / 1000
             )
-            if rec.get("ttft_ms") is not None:
-                row.ttft.observe(rec["ttft_ms"] / 1000)
+            ttft = rec.get("ttft_ms")
+            if ttft is not None:
+                row.ttft.observe(ttft / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

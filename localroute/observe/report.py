@@ -7,14 +7,16 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from localroute.observe.stats import summarize
+from localroute.protocol.records import RequestRecord, Stats
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
+def read_records(path: Path) -> Iterator[RequestRecord]:
     """Every whole record of an audit log; a torn last line (a crash mid-write) is skipped.
-    `localroute audit verify` is the tool that judges the chain; a report only reads it."""
+    `localroute audit verify` is the tool that judges the chain; a report only reads it. A record is
+    not validated: one from an older log may lack fields, and `summarize` counts those as zero."""
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.endswith(b"\n"):
@@ -24,10 +26,10 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             except ValueError:
                 continue
             if isinstance(rec, dict):
-                yield rec
+                yield cast(RequestRecord, rec)
 
 
-def build(path: Path, since: datetime | None, now: datetime) -> dict[str, Any]:
+def build(path: Path, since: datetime | None, now: datetime) -> Stats:
     return summarize(read_records(path), since, now)
 
 
@@ -48,7 +50,7 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def format_report(s: dict[str, Any]) -> str:
+def format_report(s: Stats) -> str:
     """The summary as text: totals, then one row per model that answered."""
     t = s["totals"]
     span = f"since {s['since']}" if s["since"] else "all records"

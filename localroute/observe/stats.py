@@ -2,9 +2,8 @@
 `localroute report` show. One pure function over records, so the live API (records kept in memory)
 and the report (records read back from an audit log) agree by construction.
 
-A record is the audit record of one request (see `app.Gateway.record`): `ts`, `status`, `model`,
-`tier`, `local`, `route`, `moves`, `escalations`, `tokens`, `cost_usd`, `baseline_usd`,
-`latency_ms`, `privacy`. Records from older logs may lack some fields; they count as zero.
+A record is the audit record of one request (`protocol.records.RequestRecord`); the summary is a
+`protocol.records.Stats`. Records from older logs may lack some fields; they count as zero.
 """
 
 from __future__ import annotations
@@ -14,9 +13,20 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from localroute.observe.cost import savings_pct
+from localroute.protocol.records import (
+    Latency,
+    ModelStats,
+    Money,
+    PrivacyClass,
+    RecentRequest,
+    RequestRecord,
+    SeriesPoint,
+    Spend,
+    Stats,
+)
 
 # Latency bounds (ms) for the histogram; the Prometheus histograms use the same, in seconds.
 LATENCY_BOUNDS_MS = (25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)
@@ -26,7 +36,9 @@ _MAX_POINTS = 120
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-Record = Mapping[str, Any]
+# The gateway still builds its records as `dict[str, Any]`: once they are `RequestRecord`s, this is
+# `RequestRecord` alone.
+Record = RequestRecord | Mapping[str, Any]
 
 
 def parse_since(value: str, now: datetime) -> datetime:
@@ -59,7 +71,7 @@ def record_time(rec: Record) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-def _num(rec: Mapping[str, Any], key: str) -> float:
+def _num(rec: Mapping[str, object], key: str) -> float:
     v = rec.get(key)
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0.0
 
@@ -78,19 +90,27 @@ def _quantile(sorted_xs: list[float], q: float) -> float | None:
     return sorted_xs[min(len(sorted_xs) - 1, max(0, math.ceil(q * len(sorted_xs)) - 1))]
 
 
-def _latency(xs: list[float]) -> dict[str, float | None]:
+def _latency(xs: list[float]) -> Latency:
     s = sorted(xs)
     return {"p50": _quantile(s, 0.5), "p95": _quantile(s, 0.95)}
 
 
-def _money(cost: float, baseline: float) -> dict[str, Any]:
-    pct = savings_pct(cost, baseline)
+def _spend(cost: float, baseline: float) -> Spend:
     return {
         "cost_usd": round(cost, 8),
         "baseline_usd": round(baseline, 8),
         "saved_usd": round(baseline - cost, 8),
-        "savings_pct": None if pct is None else round(pct, 2),
     }
+
+
+def _money(cost: float, baseline: float) -> Money:
+    pct = savings_pct(cost, baseline)
+    return {**_spend(cost, baseline), "savings_pct": None if pct is None else round(pct, 2)}
+
+
+def _privacy_class(rec: Record) -> PrivacyClass | None:
+    cls = (rec.get("privacy") or {}).get("class")
+    return cls if cls == "private" or cls == "public" else None
 
 
 class _Model:
@@ -106,7 +126,7 @@ class _Model:
         self.prompt = 0
         self.completion = 0
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> ModelStats:
         return {
             "model": self.name,
             "tier": self.tier,
@@ -134,17 +154,22 @@ def _is_local(rec: Record) -> bool:
     return bool(answered) and not answered[-1].get("remote", True)
 
 
-def summarize(records: Iterable[Record], since: datetime | None, now: datetime) -> dict[str, Any]:
+def summarize(records: Iterable[Record], since: datetime | None, now: datetime) -> Stats:
     """Totals, per-model breakdowns, a cost series and the latest decisions over the records at or
     after `since` (all when None)."""
     timed = ((record_time(rec), rec) for rec in records)
-    return summarize_timed([(w, r) for w, r in timed if w is not None], since, now)
+    return _summary([(w, r) for w, r in timed if w is not None], since, now)
 
 
 def summarize_timed(
     timed: Iterable[tuple[datetime, Record]], since: datetime | None, now: datetime
 ) -> dict[str, Any]:
     """`summarize` over records whose times are already known (the gateway keeps them parsed)."""
+    # Typed so only while the gateway's stats cache holds `dict[str, Any]`: then `-> Stats`, no cast.
+    return cast(dict[str, Any], _summary(timed, since, now))
+
+
+def _summary(timed: Iterable[tuple[datetime, Record]], since: datetime | None, now: datetime) -> Stats:
     picked = [(when, rec) for when, rec in timed if since is None or when >= since]
     picked.sort(key=lambda p: p[0])
 
@@ -169,8 +194,8 @@ def summarize_timed(
         p, o = _tokens(rec)
         prompt += p
         completion += o
-        cls = (rec.get("privacy") or {}).get("class")
-        if isinstance(cls, str):
+        cls = _privacy_class(rec)
+        if cls is not None:
             privacy[cls] += 1
         for move in rec.get("moves") or ():
             if isinstance(move, str):
@@ -228,20 +253,18 @@ def summarize_timed(
         "escalations": dict(escalations.most_common()),
         "routes": dict(routes.most_common()),
         "privacy": {"private": privacy.get("private", 0), "public": privacy.get("public", 0)},
-        "series": [
-            {
-                "t": datetime.fromtimestamp(k, UTC).isoformat(timespec="seconds"),
-                "requests": int(v[0]),
-                **{k2: v2 for k2, v2 in _money(v[1], v[2]).items() if k2 != "savings_pct"},
-            }
-            for k, v in sorted(series.items())
-        ],
+        "series": [_point(k, v) for k, v in sorted(series.items())],
         "latency_histogram": {"bounds_ms": list(LATENCY_BOUNDS_MS), "counts": hist},
         "recent": [_recent(rec) for _, rec in reversed(picked[-RECENT:])],
     }
 
 
-def _recent(rec: Record) -> dict[str, Any]:
+def _point(start: int, v: list[float]) -> SeriesPoint:
+    t = datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
+    return {"t": t, "requests": int(v[0]), **_spend(v[1], v[2])}
+
+
+def _recent(rec: Record) -> RecentRequest:
     tier = rec.get("tier")
     return {
         "ts": rec.get("ts"),
@@ -249,7 +272,7 @@ def _recent(rec: Record) -> dict[str, Any]:
         "model": rec.get("model") or None,
         "tier": tier if isinstance(tier, int) else None,
         "route": rec.get("route") if isinstance(rec.get("route"), str) else None,
-        "privacy": (rec.get("privacy") or {}).get("class"),
+        "privacy": _privacy_class(rec),
         "status": int(_num(rec, "status")),
         "latency_ms": _num(rec, "latency_ms"),
         "cost_usd": _num(rec, "cost_usd"),
