@@ -107,7 +107,7 @@ class Watch:
         alive = []
         for p in psutil.Process(self.gateway).children(recursive=True):
             try:
-                if p.status() != psutil.STATUS_ZOMBIE and "llamacpp_worker" in " ".join(p.cmdline()):
+                if p.status() != psutil.STATUS_ZOMBIE and "localroute.rungs.llamacpp.worker" in p.cmdline():
                     alive.append(p)
             except psutil.Error:
                 pass

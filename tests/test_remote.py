@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from localroute.config.models import RemoteModel
+from localroute.config.privacy import ALL_KINDS
 from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
@@ -23,6 +24,8 @@ from localroute.errors import (
     OverloadedError,
     UpstreamError,
 )
+from localroute.privacy.detect import Detector
+from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
 from localroute.protocol.backend import Backend
 from localroute.rungs.registry import build_backend
 from localroute.rungs.remote import RemoteBackend, RemoteTimeoutError
@@ -37,6 +40,23 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
     "max_tokens": 64,
 }
+
+
+class RecordingGuard(EgressGuard):
+    """The real egress guard, keeping every body it was shown."""
+
+    def __init__(self) -> None:
+        super().__init__(Detector(ALL_KINDS))
+        self.seen: list[dict[str, Any]] = []
+
+    def __call__(self, body: dict[str, Any]) -> None:
+        self.seen.append(body)
+        super().__call__(body)
+
+
+def remote(base_url: str, env: dict[str, str] = ENV, **overrides: Any) -> RemoteBackend:
+    """A remote rung with the real egress guard (the only way to build one)."""
+    return RemoteBackend(model(base_url, **overrides), env=env, egress_guard=EgressGuard(Detector(ALL_KINDS)))
 
 
 def model(base_url: str, **overrides: Any) -> RemoteModel:
@@ -92,6 +112,14 @@ def closed_port() -> int:
 
 
 @pytest.fixture(autouse=True)
+def public_request() -> Iterator[None]:
+    """The router marked this request public: the guard lets it leave (unless it carries private data)."""
+    token = CURRENT.set(Privacy(False, "public-header"))
+    yield
+    CURRENT.reset(token)
+
+
+@pytest.fixture(autouse=True)
 def key_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.DEBUG)
     yield
@@ -102,7 +130,7 @@ def key_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def test_complete_sends_provider_model_and_key(standin: StandinProvider) -> None:
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     result = complete(backend)
     assert result["choices"][0]["message"]["content"] == ANSWER
     assert result["id"].startswith("chatcmpl-")
@@ -119,7 +147,7 @@ def test_complete_sends_provider_model_and_key(standin: StandinProvider) -> None
 
 def test_stream_joins_to_answer_with_usage_and_logprobs(standin: StandinProvider) -> None:
     body = {**BODY, "stream_options": {"include_usage": True}, "logprobs": True}
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     chunks, error = stream(backend, body)
     assert error is None
     assert text_of(chunks) == ANSWER
@@ -138,16 +166,16 @@ def test_stream_joins_to_answer_with_usage_and_logprobs(standin: StandinProvider
 
 def test_no_authorization_header_without_api_key_env() -> None:
     with StandinProvider() as provider:
-        complete(RemoteBackend(model(provider.base_url, api_key_env=None), env=ENV))
+        complete(remote(provider.base_url, api_key_env=None))
         assert "authorization" not in provider.requests[0].headers
 
 
 def test_registry_builds_a_remote_backend() -> None:
     cfg = model("https://api.example.com/v1/")
-    refused: list[dict[str, object]] = []
-    backend = build_backend(Config(models=[cfg]), cfg, Path("."), refused.append)
+    guard = EgressGuard(Detector(ALL_KINDS))
+    backend = build_backend(Config(models=[cfg]), cfg, Path("."), guard)
     assert isinstance(backend, RemoteBackend) and isinstance(backend, Backend)
-    assert backend._egress_guard == refused.append  # the registry hands the guard to the only egress
+    assert backend._egress_guard is guard  # the registry hands the guard to the only egress
     assert backend.url == "https://api.example.com/v1/chat/completions"
     assert backend.health()["host"] == "api.example.com"
 
@@ -159,7 +187,7 @@ def test_registry_builds_a_remote_backend() -> None:
 def test_missing_key_disables_without_network(
     standin: StandinProvider, env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    backend = RemoteBackend(model(standin.base_url), env=env)
+    backend = remote(standin.base_url, env)
     health = backend.health()
     assert health["state"] == "unavailable"
     assert health["last_error"] == "API key variable STANDIN_API_KEY is not set"
@@ -187,7 +215,7 @@ def test_missing_key_disables_without_network(
 
 def test_retries_503_then_succeeds(standin: StandinProvider) -> None:
     standin.set("fail", status=503, times=2)
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     assert complete(backend)["choices"][0]["message"]["content"] == ANSWER
     assert backend.attempts == 3 and len(standin.requests) == 3
     assert len(backend.retry_delays) == 2
@@ -195,7 +223,7 @@ def test_retries_503_then_succeeds(standin: StandinProvider) -> None:
 
 def test_5xx_after_retries_is_unavailable(standin: StandinProvider) -> None:
     standin.set("fail", status=502)
-    backend = RemoteBackend(model(standin.base_url, max_retries=1), env=ENV)
+    backend = remote(standin.base_url, max_retries=1)
     with pytest.raises(EngineUnavailableError) as info:
         complete(backend)
     assert info.value.code == "remote_unavailable" and "frontier" in info.value.message
@@ -207,7 +235,7 @@ def test_5xx_after_retries_is_unavailable(standin: StandinProvider) -> None:
 
 def test_429_retry_after_is_honoured(standin: StandinProvider) -> None:
     standin.set("fail", status=429, retry_after=0.5, times=1)
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     complete(backend)
     assert list(backend.retry_delays) == [0.5]  # the backoff alone would wait 0.1-0.2 s
     assert backend.attempts == 2
@@ -215,7 +243,7 @@ def test_429_retry_after_is_honoured(standin: StandinProvider) -> None:
 
 def test_429_after_retries_is_overloaded_with_retry_after(standin: StandinProvider) -> None:
     standin.set("fail", status=429, retry_after=3)
-    backend = RemoteBackend(model(standin.base_url, max_retries=0), env=ENV)
+    backend = remote(standin.base_url, max_retries=0)
     with pytest.raises(OverloadedError) as info:
         complete(backend)
     assert info.value.status == 429 and info.value.headers == {"Retry-After": "3"}
@@ -225,7 +253,7 @@ def test_429_after_retries_is_overloaded_with_retry_after(standin: StandinProvid
 def test_a_404_is_the_operators_mistake_and_not_retried(standin: StandinProvider) -> None:
     # A wrong base_url or model in models.toml: not the client's fault, so not a 404 to the client.
     standin.set("fail", status=404, message="no such model", code="model_not_found")
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     with pytest.raises(UpstreamError) as info:
         complete(backend)
     assert info.value.status == 502 and info.value.code == "remote_not_found"
@@ -235,7 +263,7 @@ def test_a_404_is_the_operators_mistake_and_not_retried(standin: StandinProvider
 @pytest.mark.parametrize("status", [400, 422])
 def test_client_errors_are_not_retried(standin: StandinProvider, status: int) -> None:
     standin.set("fail", status=status, message="temperature is out of range", code="invalid_value")
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     with pytest.raises(InvalidRequestError) as info:
         complete(backend)
     assert info.value.code == "invalid_value" and info.value.status == 400
@@ -246,7 +274,7 @@ def test_client_errors_are_not_retried(standin: StandinProvider, status: int) ->
 def test_rejected_credentials_are_502_and_never_echo_the_key(standin: StandinProvider) -> None:
     # The stand-in echoes the key it got in its 401 message, as real providers do.
     wrong = "sk-wrong-key-0123456789"
-    backend = RemoteBackend(model(standin.base_url), env={"STANDIN_API_KEY": wrong})
+    backend = remote(standin.base_url, {"STANDIN_API_KEY": wrong})
     with pytest.raises(UpstreamError) as info:
         complete(backend)
     error = info.value
@@ -255,14 +283,14 @@ def test_rejected_credentials_are_502_and_never_echo_the_key(standin: StandinPro
     assert wrong not in dumped and backend.attempts == 1
     standin.set("fail", status=401, message=f"Incorrect API key provided: {STANDIN_KEY}")
     with pytest.raises(UpstreamError) as info:
-        complete(RemoteBackend(model(standin.base_url), env=ENV))
+        complete(remote(standin.base_url))
     assert STANDIN_KEY not in json.dumps([info.value.body(), str(info.value)])
 
 
 def test_provider_messages_never_carry_the_key(standin: StandinProvider) -> None:
     standin.set("fail", status=400, message=f"key {STANDIN_KEY} may not use this model")
     with pytest.raises(InvalidRequestError) as info:
-        complete(RemoteBackend(model(standin.base_url), env=ENV))
+        complete(remote(standin.base_url))
     assert STANDIN_KEY not in json.dumps(info.value.body()) and "[redacted]" in info.value.message
 
 
@@ -287,21 +315,21 @@ def test_reset_connection_is_a_connection_error(standin: StandinProvider) -> Non
 
 def test_reset_is_retried(standin: StandinProvider) -> None:
     standin.set("reset", times=1)
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     assert complete(backend)["choices"][0]["message"]["content"] == ANSWER
     assert backend.attempts == 2 and len(standin.requests) == 2
 
 
 def test_reset_every_time_is_unavailable(standin: StandinProvider) -> None:
     standin.set("reset")
-    backend = RemoteBackend(model(standin.base_url, max_retries=1), env=ENV)
+    backend = remote(standin.base_url, max_retries=1)
     chunks, error = stream(backend)
     assert chunks == [] and isinstance(error, EngineUnavailableError)
     assert error.code == "remote_unavailable" and backend.attempts == 2
 
 
 def test_connect_refused_is_unavailable() -> None:
-    backend = RemoteBackend(model(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1), env=ENV)
+    backend = remote(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1)
     with pytest.raises(EngineUnavailableError) as info:
         complete(backend)
     assert info.value.code == "remote_unavailable" and "could not be reached" in info.value.message
@@ -313,7 +341,7 @@ def test_connect_refused_is_unavailable() -> None:
 
 def test_stream_break_after_first_chunks_is_not_retried(standin: StandinProvider) -> None:
     standin.set("stream_break", chunks=2)
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     chunks, error = stream(backend)
     assert len(chunks) == 2 and text_of(chunks) == "Remote"
     assert isinstance(error, APIError) and "frontier" in error.message
@@ -323,7 +351,7 @@ def test_stream_break_after_first_chunks_is_not_retried(standin: StandinProvider
 
 def test_stream_break_before_first_chunk_is_retried(standin: StandinProvider) -> None:
     standin.set("stream_break", chunks=0, times=1)
-    backend = RemoteBackend(model(standin.base_url), env=ENV)
+    backend = remote(standin.base_url)
     chunks, error = stream(backend)
     assert error is None and text_of(chunks) == ANSWER
     assert backend.attempts == 2 and len(standin.requests) == 2
@@ -331,7 +359,7 @@ def test_stream_break_before_first_chunk_is_retried(standin: StandinProvider) ->
 
 def test_stream_error_status_before_first_chunk(standin: StandinProvider) -> None:
     standin.set("fail", status=400, message="bad messages")
-    chunks, error = stream(RemoteBackend(model(standin.base_url), env=ENV))
+    chunks, error = stream(remote(standin.base_url))
     assert chunks == [] and isinstance(error, InvalidRequestError)
 
 
@@ -340,7 +368,7 @@ def test_stream_error_status_before_first_chunk(standin: StandinProvider) -> Non
 
 def test_slow_beyond_read_timeout_times_out_after_retries(standin: StandinProvider) -> None:
     standin.set("slow", delay_s=5)
-    backend = RemoteBackend(model(standin.base_url, read_timeout_s=0.2, max_retries=1), env=ENV)
+    backend = remote(standin.base_url, read_timeout_s=0.2, max_retries=1)
     with pytest.raises(RemoteTimeoutError) as info:
         complete(backend)
     assert info.value.status == 504 and info.value.code == "remote_timeout"
@@ -350,7 +378,7 @@ def test_slow_beyond_read_timeout_times_out_after_retries(standin: StandinProvid
 @pytest.mark.parametrize("streaming", [False, True])
 def test_hang_is_cut_by_the_total_deadline(standin: StandinProvider, streaming: bool) -> None:
     standin.set("hang")
-    backend = RemoteBackend(model(standin.base_url, total_timeout_s=1, read_timeout_s=60), env=ENV)
+    backend = remote(standin.base_url, total_timeout_s=1, read_timeout_s=60)
     t0 = time.monotonic()
     if streaming:
         chunks, error = stream(backend)
@@ -366,7 +394,7 @@ def test_hang_is_cut_by_the_total_deadline(standin: StandinProvider, streaming: 
 
 def test_drip_within_read_timeout_is_cut_by_the_total_deadline(standin: StandinProvider) -> None:
     standin.set("drip", delay_s=0.02)
-    backend = RemoteBackend(model(standin.base_url, total_timeout_s=1, read_timeout_s=2), env=ENV)
+    backend = remote(standin.base_url, total_timeout_s=1, read_timeout_s=2)
     t0 = time.monotonic()
     _, error = stream(backend)
     assert isinstance(error, RemoteTimeoutError) and "total_timeout_s" in error.message
@@ -375,42 +403,41 @@ def test_drip_within_read_timeout_is_cut_by_the_total_deadline(standin: StandinP
 
 def test_drip_completes_when_the_deadline_allows(standin: StandinProvider) -> None:
     standin.set("drip", delay_s=0.0005)
-    backend = RemoteBackend(model(standin.base_url, read_timeout_s=2), env=ENV)
+    backend = remote(standin.base_url, read_timeout_s=2)
     assert complete(backend)["choices"][0]["message"]["content"] == ANSWER
 
 
 # -- egress guard ----------------------------------------------------------------------------------------
 
 
-class Refused(Exception):
-    pass
-
-
 @pytest.mark.parametrize("streaming", [False, True])
 def test_egress_guard_refusal_propagates_before_any_send(standin: StandinProvider, streaming: bool) -> None:
-    seen: list[dict[str, Any]] = []
-
-    def guard(body: dict[str, Any]) -> None:
-        seen.append(body)
-        raise Refused("private request")
-
+    guard = RecordingGuard()
+    CURRENT.set(Privacy(True, "header"))  # a private request that reached the remote rung anyway
     backend = RemoteBackend(model(standin.base_url), env=ENV, egress_guard=guard)
     if streaming:
         _, error = stream(backend)
-        assert isinstance(error, Refused)
+        assert isinstance(error, PrivacyViolationError)
     else:
-        with pytest.raises(Refused):
+        with pytest.raises(PrivacyViolationError):
             complete(backend)
     assert standin.requests == [] and backend.attempts == 0
-    assert seen[0]["model"] == "standin-frontier"
+    assert guard.seen[0]["model"] == "standin-frontier"
     assert backend.health()["failures"] == 0
 
 
+def test_egress_guard_refuses_private_data_in_a_public_request(standin: StandinProvider) -> None:
+    body = {**BODY, "messages": [{"role": "user", "content": "Mail jane.doe@example.com the answer."}]}
+    with pytest.raises(PrivacyViolationError, match="email"):
+        complete(remote(standin.base_url), body)
+    assert standin.requests == []
+
+
 def test_egress_guard_sees_every_attempt(standin: StandinProvider) -> None:
-    seen: list[dict[str, Any]] = []
+    guard = RecordingGuard()
     standin.set("fail", status=503, times=1)
-    complete(RemoteBackend(model(standin.base_url), env=ENV, egress_guard=seen.append))
-    assert len(seen) == 2 == len(standin.requests)
+    complete(RemoteBackend(model(standin.base_url), env=ENV, egress_guard=guard))
+    assert len(guard.seen) == 2 == len(standin.requests)
 
 
 # -- malformed provider output (the stand-in speaks valid OpenAI, so a mock transport plays broken) ---------
@@ -424,7 +451,10 @@ def broken(content: bytes, content_type: str) -> httpx.MockTransport:
 
 def test_malformed_json_is_upstream_malformed() -> None:
     backend = RemoteBackend(
-        model("http://provider.test/v1"), env=ENV, transport=broken(b"{not json", "application/json")
+        model("http://provider.test/v1"),
+        env=ENV,
+        egress_guard=EgressGuard(Detector(ALL_KINDS)),
+        transport=broken(b"{not json", "application/json"),
     )
     with pytest.raises(UpstreamError) as info:
         complete(backend)
@@ -441,7 +471,10 @@ def test_malformed_json_is_upstream_malformed() -> None:
 )
 def test_malformed_or_failed_streams(sse: bytes, code: str) -> None:
     backend = RemoteBackend(
-        model("http://provider.test/v1", max_retries=0), env=ENV, transport=broken(sse, "text/event-stream")
+        model("http://provider.test/v1", max_retries=0),
+        env=ENV,
+        egress_guard=EgressGuard(Detector(ALL_KINDS)),
+        transport=broken(sse, "text/event-stream"),
     )
     _, error = stream(backend)
     assert isinstance(error, APIError) and error.code == code

@@ -1,9 +1,11 @@
 """Which local models are loaded: the memory budget, least-recently-used eviction and the idle TTL.
 
-Engines that hold memory on this box (`Managed`) ask the `Placement` before they load (`admit`) and
-tell it when they stop (`release`) or finish a request (`notify`). The placement never stops a model
-with a request in flight or a load under way, and never starts one that its estimate says will not
-fit: the budget, or the RAM the OS has free, whichever is smaller. The OOM killer never decides.
+Engines whose processes run on this box (`Managed`) ask the `Placement` before they load (`admit`) and
+tell it when they stop (`release`) or finish a request (`notify`); it stops those idle past their TTL
+(`sweep`), whatever memory they hold (none, in the budget's sense, for a GPU server). The placement
+never stops a model with a request in flight or a load under way, and never starts one that its
+estimate says will not fit: the budget, or the RAM the OS has free, whichever is smaller. The OOM
+killer never decides.
 """
 
 from __future__ import annotations
@@ -139,7 +141,9 @@ class Placement:
     # -- decisions -------------------------------------------------------------------------------
 
     def _others(self, model: Managed) -> list[Managed]:
-        return [m for n, m in self._models.items() if n != model.name and n in self._reserved]
+        """The other loaded models that hold budgeted memory: stopping one without any (a vLLM server,
+        whose memory is the GPU's) frees nothing here, and waiting for it to finish gains nothing."""
+        return [m for n, m in self._models.items() if n != model.name and self._reserved.get(n, 0) > 0]
 
     def _idle(self, model: Managed) -> list[Managed]:
         return sorted((m for m in self._others(model) if not m.busy()), key=lambda m: m.idle_since)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import httpx
 
 from localroute.errors import APIError, EngineUnavailableError, api_error_from_body
+from localroute.protocol import sse
+from localroute.rungs.transport_errors import TRANSPORT_ERRORS, Peer, transport_error
 
 
 class ConnectionLostError(EngineUnavailableError):
@@ -25,15 +28,16 @@ class OpenAIHTTP:
     def __init__(self, client: httpx.AsyncClient, path: str = "/v1/chat/completions") -> None:
         self.client = client
         self.path = path
+        read = client.timeout.read
+        deadline = "in time" if read is None else f"within request_timeout_s={read:g}s"
+        self.peer = Peer("The engine", deadline, EngineTimeoutError, ConnectionLostError)
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             resp = await self.client.post(self.path, json=body)
             content = resp.content
-        except httpx.TimeoutException:
-            raise EngineTimeoutError("The engine did not answer in time.") from None
-        except (httpx.TransportError, OSError):
-            raise ConnectionLostError("The connection to the engine was lost.") from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self.peer) from None
         if resp.status_code != 200:
             raise _error_from(resp.status_code, content)
         try:
@@ -48,28 +52,20 @@ class OpenAIHTTP:
         req = self.client.build_request("POST", self.path, json=body)
         try:
             resp = await self.client.send(req, stream=True)
-        except httpx.TimeoutException:
-            raise EngineTimeoutError("The engine did not answer in time.") from None
-        except (httpx.TransportError, OSError):
-            raise ConnectionLostError("The connection to the engine was lost.") from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self.peer) from None
         try:
             if resp.status_code != 200:
                 raise _error_from(resp.status_code, await resp.aread())
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    return
-                chunk = json.loads(payload)
-                if isinstance(chunk, dict) and "error" in chunk:
-                    raise api_error_from_body(500, chunk)
-                yield chunk
-            raise ConnectionLostError("The engine closed the stream before it finished.")
-        except httpx.TimeoutException:
-            raise EngineTimeoutError("The engine stopped sending tokens.") from None
-        except (httpx.TransportError, OSError):
-            raise ConnectionLostError("The connection to the engine was lost mid-stream.") from None
+            async with contextlib.aclosing(sse.decode(resp.aiter_lines())) as chunks:
+                async for chunk in chunks:
+                    if "error" in chunk:
+                        raise api_error_from_body(500, chunk)
+                    yield chunk
+        except sse.IncompleteStreamError:
+            raise ConnectionLostError("The engine closed the stream before it finished.") from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self.peer, started=True) from None
         except ValueError:
             raise ConnectionLostError("The engine sent a malformed stream chunk.") from None
         finally:

@@ -4,12 +4,12 @@ the app never imports a concrete engine and optional runtimes (vLLM) cost nothin
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from localroute.config.models import ModelConfig
 from localroute.config.schema import Config
+from localroute.privacy.guard import EgressGuard
 from localroute.protocol.backend import Backend
 
 # Each entry builds a Backend from (config, model config, runtime dir).
@@ -26,7 +26,7 @@ def _load(spec: str) -> Any:
 
 
 def build_backend(
-    config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: Callable[[dict[str, Any]], None]
+    config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
 ) -> Backend:
     factory = _load(ENGINES[model.engine])
     if model.engine == "remote":  # the only rung that leaves the machine gets the guard
@@ -36,8 +36,6 @@ def build_backend(
     return backend
 
 
-def build_backends(
-    config: Config, runtime_dir: Path, egress_guard: Callable[[dict[str, Any]], None]
-) -> dict[str, Backend]:
+def build_backends(config: Config, runtime_dir: Path, egress_guard: EgressGuard) -> dict[str, Backend]:
     """One backend per configured model, keyed by model name, not yet started."""
     return {m.name: build_backend(config, m, runtime_dir, egress_guard) for m in config.models}

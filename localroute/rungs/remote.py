@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,12 +28,15 @@ from localroute.errors import (
     UpstreamError,
     api_error_from_body,
 )
+from localroute.privacy.guard import EgressGuard
+from localroute.protocol import sse
 from localroute.protocol.backend import Brief, EngineState
 from localroute.rungs import lean_http
+from localroute.rungs.transport_errors import Peer, transport_error
 
 log = logging.getLogger("localroute.remote")
 T = TypeVar("T")
-_Opened = tuple[httpx.Response, AsyncIterator[str], dict[str, Any] | None]
+_Opened = tuple[httpx.Response, AsyncGenerator[dict[str, Any], None], dict[str, Any] | None]
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Failures that happen before any response byte arrived: the provider cannot have answered.
@@ -59,19 +62,24 @@ class _Retry(Exception):
 
 
 class RemoteBackend:
-    """One model of one OpenAI-compatible provider, reached at `base_url + /chat/completions`."""
+    """One model of one OpenAI-compatible provider, reached at `base_url + /chat/completions`.
+
+    `egress_guard` is required: it sees every outgoing body right before it is sent, and nothing can
+    build a rung that leaves the machine without one."""
 
     def __init__(
         self,
         model: RemoteModel,
         *,
+        egress_guard: EgressGuard,
         env: Mapping[str, str] | None = None,
-        egress_guard: Callable[[dict[str, Any]], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = model.name
         self.cfg = model
         self.who = f"Remote provider '{model.name}'"  # how every message names the provider
+        self.peer = Peer(self.who, f"within read_timeout_s={model.read_timeout_s:g}s", RemoteTimeoutError,
+                         _unavailable)  # fmt: skip
         self.url = model.base_url.rstrip("/") + "/chat/completions"
         self._url = httpx.URL(self.url)  # parsed once, not per request
         self._host = self._url.host
@@ -155,7 +163,7 @@ class RemoteBackend:
         # The deadline is armed only while this generator runs, never while the caller holds a chunk.
         try:
             async with asyncio.timeout_at(deadline) as scope:
-                resp, lines, chunk = await self._retrying(self._open_stream, out)
+                resp, chunks, chunk = await self._retrying(self._open_stream, out)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -165,7 +173,7 @@ class RemoteBackend:
                 yield chunk
                 try:
                     async with asyncio.timeout_at(deadline) as scope:
-                        chunk = await self._next_chunk(lines)
+                        chunk = await self._next_chunk(chunks)
                 except _Retry as exc:  # after the first chunk nothing is retried
                     raise self._failed(exc.error) from None
                 except TimeoutError:
@@ -174,6 +182,7 @@ class RemoteBackend:
                     raise self._late() from None
             self.served += 1
         finally:
+            await chunks.aclose()
             await resp.aclose()
 
     def _outgoing(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
@@ -212,16 +221,15 @@ class RemoteBackend:
         headers = {"Accept": "text/event-stream" if out["stream"] else "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        if self._egress_guard is not None:
-            self._egress_guard(out)  # the last word before any byte leaves the machine
+        self._egress_guard(out)  # the last word before any byte leaves the machine
         request = client.build_request("POST", self._url, json=out, headers=headers)
         self.attempts += 1
         try:
             resp = await client.send(request, stream=True)
         except RETRY_EXCEPTIONS as exc:
-            raise _Retry(self._transport_error(exc)) from None
+            raise _Retry(transport_error(exc, self.peer)) from None
         except httpx.HTTPError as exc:
-            raise self._failed(self._transport_error(exc)) from None
+            raise self._failed(transport_error(exc, self.peer)) from None
         if resp.status_code == 200:
             return resp
         try:
@@ -241,7 +249,7 @@ class RemoteBackend:
         try:
             content = await resp.aread()
         except httpx.HTTPError as exc:
-            raise self._failed(self._transport_error(exc, started=True)) from None
+            raise self._failed(transport_error(exc, self.peer, started=True)) from None
         finally:
             await resp.aclose()
         data = _json(content)
@@ -252,33 +260,31 @@ class RemoteBackend:
     async def _open_stream(self, out: dict[str, Any]) -> _Opened:
         """Send, and read up to the first chunk: every failure until then may be retried."""
         resp = await self._send(out)
-        lines = resp.aiter_lines()
+        chunks = sse.decode(resp.aiter_lines())
         try:
-            return resp, lines, await self._next_chunk(lines)
+            return resp, chunks, await self._next_chunk(chunks)
         except BaseException:
+            await chunks.aclose()
             await resp.aclose()
             raise
 
-    async def _next_chunk(self, lines: AsyncIterator[str]) -> dict[str, Any] | None:
+    async def _next_chunk(self, chunks: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any] | None:
         """The next SSE chunk, None at `[DONE]`. A dropped connection raises `_Retry`."""
         try:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    return None
-                chunk = _json(payload)
-                if isinstance(chunk, dict) and "error" in chunk:
-                    raise self._failed(api_error_from_body(502, self._scrubbed(chunk)))
-                if not isinstance(chunk, dict):
-                    raise self._failed(self._malformed("stream chunk"))
-                return chunk
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return None
         except httpx.HTTPError as exc:
-            raise _Retry(self._transport_error(exc, started=True)) from None
-        raise _Retry(
-            UpstreamError(f"{self.who} ended the stream before it finished.", code="upstream_incomplete")
-        )
+            raise _Retry(transport_error(exc, self.peer, started=True)) from None
+        except sse.IncompleteStreamError:
+            raise _Retry(
+                UpstreamError(f"{self.who} ended the stream before it finished.", code="upstream_incomplete")
+            ) from None
+        except ValueError:
+            raise self._failed(self._malformed("stream chunk")) from None
+        if "error" in chunk:
+            raise self._failed(api_error_from_body(502, self._scrubbed(chunk)))
+        return chunk
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -288,17 +294,6 @@ class RemoteBackend:
         self.last_error = f"{type(error).__name__}: {error.code or error.type}"
         log.warning("remote %s failed: %s", self.name, self.last_error)
         return error
-
-    def _transport_error(self, exc: httpx.HTTPError, *, started: bool = False) -> APIError:
-        if isinstance(exc, httpx.TimeoutException):
-            verb = "stopped sending" if started else "did not answer"
-            return RemoteTimeoutError(
-                f"{self.who} {verb} within read_timeout_s={self.cfg.read_timeout_s:g}s."
-            )
-        what = "dropped the connection" if started else "closed the connection without answering"
-        if isinstance(exc, httpx.ConnectError):
-            what = "could not be reached"
-        return EngineUnavailableError(f"{self.who} {what} ({type(exc).__name__}).", code="remote_unavailable")
 
     def _malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"{self.who} sent a malformed {what}.", code="upstream_malformed")
@@ -345,6 +340,10 @@ def _json(text: bytes | str) -> Any:
         return None
 
 
+def _unavailable(message: str) -> APIError:
+    return EngineUnavailableError(message, code="remote_unavailable")
+
+
 def _retry_after(headers: httpx.Headers) -> float | None:
     try:
         value = float(headers.get("retry-after", ""))
@@ -358,6 +357,6 @@ def from_config(
     model: RemoteModel,
     runtime_dir: Path,
     *,
-    egress_guard: Callable[[dict[str, Any]], None] | None = None,
+    egress_guard: EgressGuard,
 ) -> RemoteBackend:
     return RemoteBackend(model, egress_guard=egress_guard)

@@ -1,5 +1,6 @@
-"""What every supervised engine process shares: waiting for its health check, naming its exit, and
-measuring a request's share of a batching engine's time."""
+"""The pieces of process supervision: waiting for a health check, naming an exit, keeping paths out of
+what clients read, dying with the gateway, and measuring a request's share of a batching engine's time.
+The supervisor itself (supervisor.py) puts them together."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import sys
 import time
@@ -14,6 +16,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import httpx
+
+from localroute.rungs.transport_errors import TRANSPORT_ERRORS
+
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"/:,;()\[\]{}<>]+/)+([^\s'\"/:,;()\[\]{}<>]*)")
 
 
 async def poll_health(
@@ -28,10 +34,15 @@ async def poll_health(
             r = await client.get("/health", timeout=2.0)
             if r.status_code == 200:
                 return "ready"
-        except (httpx.TransportError, OSError):
+        except TRANSPORT_ERRORS:
             pass
         await asyncio.sleep(every_s)
     return "timeout"
+
+
+def sanitize(text: str) -> str:
+    """`text` without absolute paths (each becomes `…/<last part>`), for what clients can read."""
+    return _ABS_PATH.sub(lambda m: "…/" + m.group(1), text)[:500]
 
 
 def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:

@@ -29,6 +29,7 @@ from localroute.errors import (
     InternalError,
     InvalidRequestError,
 )
+from localroute.protocol import sse
 from localroute.rungs.llamacpp.markers import control_markers, defuse
 
 _CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
@@ -296,7 +297,7 @@ class Runner:
                 if kind == "error":
                     if last is None:
                         raise item  # nothing sent yet: let the caller answer with a status
-                    yield _sse(item.body())
+                    yield sse.encode(item.body())
                     continue
                 item, sampled = item
                 last = item
@@ -304,11 +305,12 @@ class Runner:
                 if gen.want_logprobs and (ch.get("delta", {}).get("content") or ch.get("finish_reason")):
                     entries = self.token_entries(gen, sampled)
                     item["choices"][0]["logprobs"] = {"content": entries} if entries else None
-                yield _sse(item)
+                yield sse.encode(item)
             if include_usage and last is not None:
                 tail = {k: last[k] for k in ("id", "object", "created", "model")}
-                yield _sse({**tail, "choices": [], "usage": gen.usage(), "x_localroute": gen.accounting()})
-            yield b"data: [DONE]\n\n"
+                usage = {"choices": [], "usage": gen.usage(), "x_localroute": gen.accounting()}
+                yield sse.encode({**tail, **usage})
+            yield sse.DONE
             self.served += 1
         finally:
             gen.cancel.set()  # the client left or we finished: stop at the next token
@@ -322,10 +324,6 @@ def _flatten(message: dict[str, Any]) -> dict[str, Any]:
     if out["role"] == "developer":  # chat templates know "system", not OpenAI's newer alias
         out["role"] = "system"
     return out
-
-
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 def build_app(runner: Runner) -> Any:

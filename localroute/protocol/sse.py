@@ -1,0 +1,37 @@
+"""Server-sent events as OpenAI streams them: one `data: <compact JSON>` event per chunk, ended by
+`data: [DONE]`. The one encoder (the gateway and the llama.cpp worker write with it) and the one decoder
+(the engine client and the remote rung read with it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"  # the event that ends an OpenAI stream
+
+
+class IncompleteStreamError(Exception):
+    """The lines ended before `data: [DONE]`: the sender stopped in the middle of its answer."""
+
+
+def encode(obj: Mapping[str, Any]) -> bytes:
+    """One `data:` event carrying `obj` as compact JSON (no spaces: every byte is sent per token)."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def decode(lines: AsyncIterable[str]) -> AsyncGenerator[dict[str, Any], None]:
+    """The JSON object of each `data:` event in `lines`, until `data: [DONE]`. Other lines (comments,
+    `event:` names, blank separators) are skipped. Raises ValueError for a payload that is not a JSON
+    object and IncompleteStreamError when the lines end before `[DONE]`."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        chunk = json.loads(payload)
+        if not isinstance(chunk, dict):
+            raise ValueError("an SSE event that is not a JSON object")
+        yield chunk
+    raise IncompleteStreamError("the stream ended before [DONE]")
