@@ -1,0 +1,320 @@
+"""The llama.cpp side of the worker: one `Llama` object, requests served on it one at a time.
+
+`Runner` turns an OpenAI chat body into llama-cpp-python's arguments, runs the decode on a thread, and
+hooks llama.cpp's sampling loop for what the gateway needs and llama-cpp-python does not give cheaply:
+cancellation at the next token, token counts, and the sampled tokens' logprobs. Streams come out as SSE
+bytes (`protocol.sse`). The HTTP surface around it is worker.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from localroute.errors import (
+    APIError,
+    ContextLengthExceededError,
+    InternalError,
+    InvalidRequestError,
+)
+from localroute.protocol import sse
+from localroute.rungs.llamacpp.markers import control_markers, defuse
+
+_CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+_PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens")
+
+
+@dataclass
+class Generation:
+    """Per-request state shared with llama.cpp's sampling loop (runs in a worker thread)."""
+
+    want_logprobs: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+    prompt_tokens: int = -1
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    last_is_eog: bool = False
+    reported: int = 0  # tokens whose logprobs were already attached to a stream chunk
+    cpu_start: float = 0.0
+    compute_s: float = 0.0  # CPU-seconds of this process (all llama.cpp threads) while decoding
+
+    def start_clock(self) -> None:
+        # Requests are serialised, so the process's CPU time while this one decodes is its own.
+        self.cpu_start = time.process_time()
+
+    def stop_clock(self) -> None:
+        self.compute_s = time.process_time() - self.cpu_start
+
+    def accounting(self) -> dict[str, float]:
+        """The measured compute, for the gateway's cost record (removed before the client sees it)."""
+        return {"compute_s": round(self.compute_s, 6)}
+
+    def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
+        return self.cancel.is_set()
+
+    def completion_tokens(self) -> int:
+        # An end-of-generation token is sampled but is not part of the completion.
+        return len(self.tokens) - (1 if self.last_is_eog else 0)
+
+    def usage(self) -> dict[str, int]:
+        prompt = max(self.prompt_tokens, 0)
+        completion = self.completion_tokens()
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class Runner:
+    """Owns the Llama object; serialises requests onto it."""
+
+    def __init__(self, llm: Any, name: str, n_ctx: int, cache_prompt: bool = True) -> None:
+        self.llm = llm
+        self.cache_prompt = cache_prompt
+        self.name = name
+        self.n_ctx = n_ctx
+        self.lock = asyncio.Lock()
+        self.busy = False
+        self.served = 0
+        self.current: Generation | None = None
+        self._longest_token = 0  # bytes of the vocabulary's longest token; measured when first needed
+        self._markers = control_markers(llm)
+        self._install_hook()
+
+    def _install_hook(self) -> None:
+        """Route our per-token hook into llama.cpp's sampling loop.
+
+        `create_chat_completion` takes no stopping criteria, but its chat handler calls
+        `llm.create_completion(..., stopping_criteria=...)`; wrapping that one bound method on this
+        instance adds ours (cancellation and token accounting) beside the chat format's own.
+        """
+        original = self.llm.create_completion
+
+        def create_completion(*args: Any, **kwargs: Any) -> Any:
+            from llama_cpp import StoppingCriteriaList
+
+            hooks = StoppingCriteriaList()
+            if self.current is not None:
+                hooks.append(self.current.stopping_criteria)
+            if kwargs.get("stopping_criteria"):
+                hooks.extend(kwargs["stopping_criteria"])
+            kwargs["stopping_criteria"] = hooks or None
+            return original(*args, **kwargs)
+
+        self.llm.create_completion = create_completion
+        tokenize = self.llm.tokenize
+
+        def bounded_tokenize(text: bytes, *args: Any, **kwargs: Any) -> Any:
+            self._refuse_beyond_context(len(text))
+            return tokenize(text, *args, **kwargs)
+
+        self.llm.tokenize = bounded_tokenize
+        self._install_sampler_hook()
+
+    def _refuse_beyond_context(self, size: int) -> None:
+        """Refuse a prompt of `size` bytes that cannot fit the context whatever its tokens, before
+        llama.cpp tokenizes it: its tokenizer takes time quadratic in the number of special-token
+        markers (`<|im_end|>`) in the text, and 440 kB of them held the model for 47 s."""
+        if size <= self.n_ctx:  # a token is at least one byte
+            return
+        if not self._longest_token:
+            pieces = (self.llm.detokenize([t], special=True) for t in range(self.llm.n_vocab()))
+            self._longest_token = max(1, *(len(p) for p in pieces))
+        least = -(-size // self._longest_token)
+        if least > self.n_ctx:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.n_ctx} tokens, but the messages "
+                f"resulted in at least {least} tokens. Shorten the messages or use a larger model.",
+                param="messages",
+            )
+
+    def _install_sampler_hook(self) -> None:
+        """Record each sampled token and, when asked, its logprob read from the last logits.
+
+        llama-cpp-python's own logprobs need `logits_all=True` (logits for every position, ~0.3 s a
+        token on a large vocabulary); the sampled token's row is already in the context, so a
+        log-softmax over that one row costs well under a millisecond.
+        """
+        import llama_cpp
+        import numpy as np
+
+        llm = self.llm
+        original = llm.sample
+        n_vocab = llm.n_vocab()
+        vocab = llm._model.vocab
+
+        def sample(*args: Any, **kwargs: Any) -> int:
+            token: int = original(*args, **kwargs)
+            gen = self.current
+            if gen is None:
+                return token
+            if gen.prompt_tokens < 0:
+                gen.prompt_tokens = llm.n_tokens
+            gen.tokens.append(token)
+            gen.last_is_eog = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+            if gen.want_logprobs:
+                idx = kwargs.get("idx")
+                row = idx - llm.n_tokens if idx is not None else -1
+                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, row)
+                logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+                top = float(logits.max())
+                lse = top + math.log(float(np.exp(logits - top).sum()))
+                gen.logprobs.append(float(logits[token]) - lse)
+            return token
+
+        llm.sample = sample
+
+    def token_entries(self, gen: Generation, upto: int) -> list[dict[str, Any]]:
+        """OpenAI `logprobs.content` entries for tokens [gen.reported, upto), end-of-generation excluded."""
+        out = []
+        for i in range(gen.reported, min(upto, len(gen.logprobs))):
+            if i == len(gen.tokens) - 1 and gen.last_is_eog:
+                break
+            raw = self.llm.detokenize([gen.tokens[i]])
+            out.append({"token": raw.decode("utf-8", "replace"), "logprob": round(gen.logprobs[i], 5),
+                        "bytes": list(raw), "top_logprobs": []})  # fmt: skip
+        gen.reported = max(gen.reported, min(upto, len(gen.logprobs)))
+        return out
+
+    def _kwargs(self, body: dict[str, Any], gen: Generation, stream: bool) -> dict[str, Any]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
+        kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
+        flat = [_flatten(m) for m in messages]
+        if self._markers is not None:
+            for m in flat:
+                m["content"] = defuse(self._markers, m["content"])
+        kw.update(messages=flat, stream=stream, model=self.name)
+        self.current = gen
+        if not self.cache_prompt:
+            self.llm.reset()  # evaluate the whole prompt: same batch shapes, same logits, every time
+        return kw
+
+    def _translate(self, exc: Exception) -> APIError:
+        m = _CTX_RE.search(str(exc))
+        if m:
+            return ContextLengthExceededError(
+                f"This model's maximum context length is {m.group(2)} tokens, but the messages "
+                f"resulted in {m.group(1)} tokens. Shorten the messages or use a larger model.",
+                param="messages",
+            )
+        return InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
+
+    async def _acquire(self) -> None:
+        await self.lock.acquire()
+        self.busy = True
+
+    def _release(self) -> None:
+        self.current = None
+        self.busy = False
+        self.lock.release()
+
+    def _launch(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run `fn` on a thread. The lock is released when that thread is done with llama.cpp, not
+        when the request's coroutine ends: a client that leaves must not let the next request into a
+        context that is still decoding (two threads in one llama context abort the process)."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn)
+        fut.add_done_callback(lambda _f: self._release())
+        return fut
+
+    async def complete(self, body: dict[str, Any], gen: Generation) -> dict[str, Any]:
+        await self._acquire()
+        if gen.cancel.is_set():  # the client left while this request was queued
+            self._release()
+            raise InvalidRequestError("The client went away before its turn.", code="client_gone")
+        try:
+            kw = self._kwargs(body, gen, stream=False)
+            gen.start_clock()
+            fut = self._launch(lambda: self.llm.create_chat_completion(**kw))
+        except BaseException:
+            self._release()
+            raise
+        try:
+            result: dict[str, Any] = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            gen.cancel.set()
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise self._translate(exc) from None
+        self.served += 1
+        gen.stop_clock()
+        result["usage"] = gen.usage()
+        result["x_localroute"] = gen.accounting()
+        if gen.want_logprobs:
+            result["choices"][0]["logprobs"] = {"content": self.token_entries(gen, len(gen.tokens))}
+        return result
+
+    async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        await self._acquire()
+        if gen.cancel.is_set():  # the client left while this request was queued
+            self._release()
+            raise InvalidRequestError("The client went away before its turn.", code="client_gone")
+        try:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            kw = self._kwargs(body, gen, stream=True)
+        except BaseException:
+            self._release()
+            raise
+
+        def put(kind: str, item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+
+        def produce() -> None:
+            gen.start_clock()
+            try:
+                chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
+                for chunk in chunks:
+                    put("chunk", (chunk, len(gen.tokens)))  # tokens sampled up to this chunk
+            except APIError as exc:  # ours, raised from a hook
+                put("error", exc)
+            except (ValueError, RuntimeError) as exc:
+                put("error", self._translate(exc))
+            except Exception as exc:  # report, never let the thread die silently
+                put("error", InternalError(f"llama.cpp failed: {exc.__class__.__name__}"))
+            finally:
+                gen.stop_clock()
+                put("end", None)
+
+        self._launch(produce)
+        last: dict[str, Any] | None = None
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    if last is None:
+                        raise item  # nothing sent yet: let the caller answer with a status
+                    yield sse.encode(item.body())
+                    continue
+                item, sampled = item
+                last = item
+                ch = item["choices"][0] if item["choices"] else {}
+                if gen.want_logprobs and (ch.get("delta", {}).get("content") or ch.get("finish_reason")):
+                    entries = self.token_entries(gen, sampled)
+                    item["choices"][0]["logprobs"] = {"content": entries} if entries else None
+                yield sse.encode(item)
+            if include_usage and last is not None:
+                tail = {k: last[k] for k in ("id", "object", "created", "model")}
+                usage = {"choices": [], "usage": gen.usage(), "x_localroute": gen.accounting()}
+                yield sse.encode({**tail, **usage})
+            yield sse.DONE
+            self.served += 1
+        finally:
+            gen.cancel.set()  # the client left or we finished: stop at the next token
+
+
+def _flatten(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    out = {"role": message.get("role"), "content": content or ""}
+    if out["role"] == "developer":  # chat templates know "system", not OpenAI's newer alias
+        out["role"] = "system"
+    return out
