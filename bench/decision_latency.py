@@ -23,7 +23,7 @@ from collections.abc import Callable
 from bench.common import append_result, pct
 from localroute.config.privacy import ALL_KINDS
 from localroute.config.schema import parse_config
-from localroute.privacy.guard import Detector
+from localroute.privacy.detect import Detector
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 from localroute.routing.policy import Policy
 

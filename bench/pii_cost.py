@@ -13,7 +13,7 @@ import time
 
 from bench.common import append_result, pct
 from localroute.config.privacy import ALL_KINDS
-from localroute.privacy.guard import Detector
+from localroute.privacy.detect import Detector
 
 PROSE = (
     "The committee met on Tuesday to review the quarterly plan. Revenue grew 12 percent while costs "

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from localroute.config.schema import Config, parse_config
-from localroute.errors import InvalidRequestError
+from localroute.errors import InvalidRequestError, UnsupportedCapabilityError
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.policy import (
     HEAD_CHARS,
@@ -328,7 +328,7 @@ def test_decision_as_json(policy: Policy) -> None:
     d = policy.decide(req("Prove it.", max_tokens=64))
     out = d.as_json()
     assert set(out) == {"model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route",
-                        "escalation"}  # fmt: skip
+                        "escalation", "needs", "ruled_out"}  # fmt: skip
     assert out["thresholds"] == {"small": 0.3, "mid": 0.6, "frontier": 1.0}
     assert out["score"] == round(d.score, 4) and out["reasons"] == list(d.reasons)
     assert json.loads(json.dumps(out)) == out
@@ -373,3 +373,61 @@ def test_a_warm_rung_that_does_not_admit_the_score_is_not_equivalent() -> None:
     assert [m.name for m in cfg_no_remote] == ["small", "mid"]
     d = policy.decide(req(NEUTRAL), unavailable={"frontier"}, cold={"small": Cold(30.0)})
     assert d.model == "small"  # mid is warm but its max_score 0.0 does not admit the request
+
+
+# -- capabilities --------------------------------------------------------------------------------
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+IMAGE = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+
+
+def needing(model: str = "auto", **fields: object) -> ChatCompletionRequest:
+    msgs = fields.pop("messages", [{"role": "user", "content": "hi"}])
+    return ChatCompletionRequest.model_validate({"model": model, "messages": msgs, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "ruled_out"),
+    [
+        ({}, "small", {}),
+        ({"tools": [TOOL]}, "small", {}),  # llama.cpp serves tools and JSON itself
+        ({"response_format": {"type": "json_object"}}, "small", {}),
+        (
+            {"messages": [{"role": "user", "content": IMAGE}]},
+            "frontier",
+            {"small": "vision", "mid": "vision"},
+        ),
+        ({"n": 2}, "frontier", {"small": "n", "mid": "n"}),
+        ({"logprobs": True, "top_logprobs": 2}, "frontier", {"small": "top_logprobs", "mid": "top_logprobs"}),
+    ],
+)
+def test_only_rungs_with_the_needed_capability_are_considered(
+    fields: dict[str, object], model: str, ruled_out: dict[str, str]
+) -> None:
+    d = Policy(ladder()).decide(needing(**fields))
+    assert d.model == model
+    assert dict(d.ruled_out) == ruled_out
+    assert d.as_json()["ruled_out"] == ruled_out
+    assert set(d.needs) == set(needing(**fields).needs())
+
+
+def test_a_rung_may_declare_its_own_capabilities() -> None:
+    extra = (
+        SMALL.replace('"small"', '"vision-small"').replace("{small}", "0.3") + "capabilities = ['vision']\n"
+    )
+    d = Policy(ladder(extra=extra)).decide(needing(messages=[{"role": "user", "content": IMAGE}]))
+    assert d.model == "vision-small"
+
+
+def test_no_rung_with_the_capability_is_a_400_naming_it() -> None:
+    local_only = parse_config(SMALL.replace("{small}", "0.3"))
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        Policy(local_only).decide(needing(n=3))
+    assert info.value.status == 400 and info.value.capability == "n" and info.value.param == "n"
+    assert "needs n" in info.value.message
+
+
+def test_a_named_model_without_the_capability_is_a_400() -> None:
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        Policy(ladder()).decide(needing(model="small", messages=[{"role": "user", "content": IMAGE}]))
+    assert info.value.code == "unsupported_capability" and "'small'" in info.value.message

@@ -14,15 +14,13 @@ from pydantic import ValidationError
 
 from localroute.config.models import RemoteModel
 from localroute.config.privacy import ALL_KINDS, PrivacyConfig
+from localroute.privacy.detect import Detector, iban_ok, luhn_ok
 from localroute.privacy.guard import (
     CURRENT,
-    Detector,
     EgressGuard,
     Privacy,
     PrivacyViolationError,
     body_texts,
-    iban_ok,
-    luhn_ok,
     redact,
     resolve,
 )

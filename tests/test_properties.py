@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from localroute.config.privacy import ALL_KINDS
 from localroute.errors import APIError, InvalidRequestError
-from localroute.privacy.guard import Detector, iban_ok, luhn_ok, redact
+from localroute.privacy.detect import Detector, iban_ok, luhn_ok
+from localroute.privacy.guard import redact
 from localroute.protocol.chat import MAX_STOP_CHARS, MAX_TOKENS, ChatCompletionRequest, parse_chat_request
 
 BOUNDED = settings(

@@ -227,17 +227,112 @@ REJECTIONS = [
     ),
     ("top_p-0", body(top_p=0), "top_p", "decimal_below_min_value", "greater than 0"),
     ("top_p-above-1", body(top_p=1.5), "top_p", "decimal_above_max_value", "less than or equal to 1"),
-    ("n-2", body(n=2), "n", "unsupported_value", "Only n=1 is supported"),
-    ("n-0", body(n=0), "n", "unsupported_value", "Only n=1 is supported"),
+    ("n-0", body(n=0), "n", "integer_below_min_value", "greater than or equal to 1"),
+    ("n-129", body(n=129), "n", "integer_above_max_value", "less than or equal to 128"),
     ("n-false", body(n=False), "n", "invalid_type", "valid integer"),
     ("n-str", body(n="2"), "n", "invalid_type", "valid integer"),
-    ("tools", body(tools=[]), "tools", "unsupported_parameter", "'tools' is not supported"),
+    (
+        "tool-type",
+        body(tools=[{"type": "code", "function": {"name": "f"}}]),
+        "tools[0].type",
+        "invalid_value",
+        "should be 'function'",
+    ),
+    (
+        "tool-choice-unknown",
+        body(
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
+        ),
+        "tool_choice",
+        "invalid_value",
+        "names 'g', which is not in 'tools'",
+    ),
+    (
+        "tool-choice-required-no-tools",
+        body(tool_choice="required"),
+        "tool_choice",
+        "invalid_value",
+        "needs at least one tool",
+    ),
+    (
+        "tool-message-without-id",
+        body(messages=[{"role": "tool", "content": "42"}]),
+        "messages[0]",
+        "invalid_value",
+        "needs the 'tool_call_id'",
+    ),
+    (
+        "refusal-on-user",
+        body(messages=[{"role": "user", "content": "x", "refusal": "no"}]),
+        "messages[0]",
+        "invalid_value",
+        "only an assistant message has 'refusal'",
+    ),
+    (
+        "top_logprobs-without-logprobs",
+        body(top_logprobs=2),
+        "top_logprobs",
+        "invalid_value",
+        "needs 'logprobs': true",
+    ),
+    (
+        "response_format-schema-missing",
+        body(response_format={"type": "json_schema"}),
+        "response_format",
+        "invalid_value",
+        "'json_schema' is given with",
+    ),
+    (
+        "hostile-pattern",
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^(a+)+$"}},
+            }
+        ),
+        "response_format.json_schema.schema",
+        "invalid_value",
+        "nests quantifiers",
+    ),
+    (
+        "recursive-ref",
+        body(
+            tools=[
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {
+                            "$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}},
+                            "$ref": "#/$defs/n",
+                        },
+                    },
+                }
+            ]
+        ),
+        "tools[0].function.parameters",
+        "invalid_value",
+        "form a cycle",
+    ),
+    (
+        "huge-enum",
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"enum": list(range(5000))}},
+            }
+        ),
+        "response_format.json_schema.schema",
+        "invalid_value",
+        "at most 512",
+    ),
     (
         "logit_bias",
-        body(logit_bias={"1": 5}),
+        body(logit_bias={"a": 5}),
         "logit_bias",
-        "unsupported_parameter",
-        "not supported",
+        "invalid_value",
+        "token ids",
     ),
     (
         "api_base",
@@ -256,17 +351,17 @@ REJECTIONS = [
     ("n_gpu_layers", body(n_gpu_layers=99), "n_gpu_layers", "unsupported_parameter", "backend"),
     (
         "message-extra-key",
-        body(messages=[{"role": "user", "content": "x", "tool_calls": []}]),
-        "messages[0].tool_calls",
+        body(messages=[{"role": "user", "content": "x", "foo": []}]),
+        "messages[0].foo",
         "unsupported_parameter",
         "not supported",
     ),
     (
         "unknown-role",
-        body(messages=[{"role": "tool", "content": "x"}]),
+        body(messages=[{"role": "robot", "content": "x"}]),
         "messages[0].role",
         "invalid_value",
-        "'system', 'developer', 'user' or 'assistant' (got 'tool')",
+        "'system', 'developer', 'user', 'assistant' or 'tool' (got 'robot')",
     ),
     (
         "missing-role",
@@ -285,17 +380,17 @@ REJECTIONS = [
     ("stop-list-of-int", body(stop=["a", 1]), "stop[1]", "invalid_type", "valid string"),
     (
         "content-image_url",
-        body(messages=[{"role": "user", "content": IMAGE}]),
-        "messages[0].content[0].type",
+        body(messages=[{"role": "system", "content": IMAGE}]),
+        "messages[0]",
         "invalid_value",
-        "should be 'text' (got 'image_url')",
+        "only a user message may hold an image",
     ),
     (
         "content-int",
         body(messages=[{"role": "user", "content": 5}]),
         "messages[0].content",
         "invalid_type",
-        "a string or a list of text parts",
+        "a string or a list of content parts",
     ),
     (
         "content-part-extra-key",
@@ -307,9 +402,9 @@ REJECTIONS = [
     (
         "content-part-missing-text",
         body(messages=[{"role": "user", "content": [{"type": "text"}]}]),
-        "messages[0].content[0].text",
-        "missing_required_parameter",
-        "field required",
+        "messages[0].content[0]",
+        "invalid_value",
+        "needs its 'text' field",
     ),
     ("seed-too-big", body(seed=2**64), "seed", "invalid_value", "seed must fit in 64 bits"),
     ("seed-float", body(seed=1.5), "seed", "invalid_type", "valid integer"),

@@ -283,6 +283,8 @@ class ChatCompletionRequest(BaseModel):
             by_alias=True,
             exclude={"model", "max_completion_tokens", *BOOKKEEPING, *REMOTE_ONLY},
         )
+        if body.get("n") == 1:
+            del body["n"]  # the default: one choice
         body["model"] = model
         body["max_tokens"] = max_tokens
         return body
