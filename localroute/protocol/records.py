@@ -65,10 +65,24 @@ class RecordContent(TypedDict):
     answer: str | None
 
 
-class RequestRecord(TypedDict):
+class Served(TypedDict, total=False):
+    """The keys a record has when a rung was chosen and ran (a request refused before has none)."""
+
+    decision: RecordDecision
+    route: str
+    model: str | None
+    tier: int | None
+    local: bool
+    escalations: Count
+    moves: list[str]
+    tokens: Tokens
+    compute_s: float
+    output_valid: bool | None  # the answer kept the JSON / tool-call contract; None: none asked
+
+
+class RequestRecord(Served):
     """One finished request: written to the audit log, kept in the stats window, observed by the
-    metrics, logged. A request that failed before a rung answered has no route, so the keys from
-    `decision` on are there only when it was served; records in older logs may lack more."""
+    metrics, logged. Records in older logs may lack keys."""
 
     ts: Time
     id: str
@@ -81,16 +95,6 @@ class RequestRecord(TypedDict):
     attempts: list[Attempt]
     cost_usd: USD
     baseline_usd: USD
-    decision: NotRequired[RecordDecision]
-    route: NotRequired[str]
-    model: NotRequired[str | None]
-    tier: NotRequired[int | None]
-    local: NotRequired[bool]
-    escalations: NotRequired[Count]
-    moves: NotRequired[list[str]]
-    tokens: NotRequired[Tokens]
-    compute_s: NotRequired[float]
-    output_valid: NotRequired[bool | None]  # the answer kept the JSON / tool-call contract; None: none asked
     content: NotRequired[RecordContent]
 
 
