@@ -190,8 +190,9 @@ class Router:
                     raise
                 trace.moved(route)
                 continue
-            if contract:
-                why = broken(req, (result.get("choices") or [{}])[0].get("message") or {})
+            choice0 = (result.get("choices") or [{}])[0]
+            if contract and choice0.get("finish_reason") != "length":  # cut short by the client's limit
+                why = broken(req, choice0.get("message") or {})
                 trace.output_valid = why is None
                 if why is not None and not last:  # never kept: it is not what the client asked for
                     trace.attempt(m, "escalated", "invalid_output", t0, result)
