@@ -3,7 +3,9 @@ vLLM server at `url`; called over vLLM's OpenAI API, logprobs included. vLLM is 
 runs the `vllm` executable (`pip install 'localroute[gpu]'`); without it, or without an NVIDIA GPU, the
 rung is `unavailable` from startup, said in one log line, and the router routes around it. A launched
 server starts on first use (or at startup when `preload`), restarts on the next request after it dies,
-stops after `idle_ttl_s` idle, and is stopped with its process group when the gateway shuts down.
+is stopped by the placement's sweep after `idle_ttl_s` idle, and is stopped with its process group when
+the gateway shuts down. The supervision is rungs/supervisor.py's; this module says how vLLM is launched,
+reached, and what its answers carry (GPU-seconds per request, vLLM's errors as the client's).
 """
 
 from __future__ import annotations
