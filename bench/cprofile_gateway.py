@@ -74,7 +74,7 @@ ENTRIES: tuple[tuple[str, str, str], ...] = (
         "localroute/rungs/remote.py",
         "stream",
     ),
-    ("stream relay: _sse (json.dumps per chunk)", "localroute/gateway/app.py", "_sse"),
+    ("stream relay: sse.encode (json.dumps per chunk)", "localroute/protocol/sse.py", "encode"),
     ("JSONResponse.render (json.dumps)", "starlette/responses.py", "render"),
     ("uvicorn: HttpToolsProtocol.data_received", "uvicorn/protocols/http/httptools_impl.py", "data_received"),
     ("uvicorn: RequestResponseCycle.send", "uvicorn/protocols/http/httptools_impl.py", "send"),

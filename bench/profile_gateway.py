@@ -126,7 +126,7 @@ LOCAL_STAGES: tuple[tuple[str, str], ...] = (
     ("Gateway._record", "request record (cost, stats window, record dict)"),
     ("AuditLog.append", "audit append (canonical JSON, sha256, write + flush)"),
     ("Metrics.", "metrics (prometheus_client)"),
-    ("_sse", "SSE encode (json.dumps per chunk)"),
+    ("encode", "SSE encode (json.dumps per chunk)"),
 )
 LIB_OVERRIDE = {
     "logging": "request log line (logging, JSON formatter)",

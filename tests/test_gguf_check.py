@@ -305,7 +305,7 @@ def serve_one_model(tmp: Path, gguf_path: Path, name: str = "crafted") -> Server
 
 def workers_of(srv: Server) -> list[psutil.Process]:
     kids = psutil.Process(srv.proc.pid).children(recursive=True)
-    return [p for p in kids if "llamacpp_worker" in " ".join(p.cmdline())]
+    return [p for p in kids if "localroute.rungs.llamacpp.worker" in p.cmdline()]
 
 
 def test_a_gateway_refuses_a_bad_model_file_without_naming_it(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ request's state."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from localroute.observe.stats import parse_since, summarize_timed
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts, resolve
+from localroute.protocol import sse
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 from localroute.routing.policy import Hints
@@ -43,10 +43,6 @@ from localroute.routing.router import Router
 
 log = logging.getLogger("localroute")
 STATS_CACHE_S = 1.0
-
-
-def sse_encode(obj: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -201,15 +197,15 @@ class Gateway:
                                 first = time.monotonic()
                             if keep:
                                 parts.append(text)
-                    yield sse_encode(chunk)
-                yield b"data: [DONE]\n\n"
+                    yield sse.encode(chunk)
+                yield sse.DONE
             except APIError as exc:
                 status, error = exc.status, exc.code or exc.type
-                yield sse_encode(exc.body())  # headers are gone; the SDK raises on an error event
+                yield sse.encode(exc.body())  # headers are gone; the SDK raises on an error event
             except Exception as exc:  # a bug mid-stream: end it with an error event, record a 500
                 log.error("unhandled %s streaming %s", exc.__class__.__name__, rid)
                 status, error = 500, "internal_error"
-                yield sse_encode(InternalError("Internal error in localroute.").body())
+                yield sse.encode(InternalError("Internal error in localroute.").body())
             except BaseException:  # the client left (we are cancelled or closed): not a success
                 status, error = 499, "client_gone"
                 raise

@@ -168,11 +168,12 @@ class Router:
         trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
         contract = has_contract(req)
+        end = len(chain) - 1  # the last rung proper; a retry for a broken contract may follow it
         if contract and chain[-1].engine in LOCAL_ENGINES:
             chain.append(chain[-1])  # one local retry before an answer that breaks the contract stands
         kept: tuple[dict[str, Any], ModelConfig] | None = None
         for i, m in enumerate(chain):
-            last = i == len(chain) - 1
+            last = i >= end
             judge = self._judges(m, not last)
             t0 = time.monotonic()
             try:
@@ -194,7 +195,7 @@ class Router:
             if contract and choice0.get("finish_reason") != "length":  # cut short by the client's limit
                 why = broken(req, choice0.get("message") or {})
                 trace.output_valid = why is None
-                if why is not None and not last:  # never kept: it is not what the client asked for
+                if why is not None and i < len(chain) - 1:  # never kept: not what the client asked for
                     trace.attempt(m, "escalated", "invalid_output", t0, result)
                     trace.moved("retried:invalid_output" if chain[i + 1] is m else "escalated:invalid_output")
                     continue

@@ -25,9 +25,11 @@ from localroute.errors import (
 )
 from localroute.protocol import sse
 from localroute.rungs.llamacpp.markers import control_markers, defuse
+from localroute.rungs.llamacpp.structured import Structured, flatten
 
 _CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
-_PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens")
+_PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens", "presence_penalty", "frequency_penalty")
+_GRAMMARS_KEPT = 32  # converted grammars, by schema: an agent sends the same few schemas over and over
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     last_is_eog: bool = False
     reported: int = 0  # tokens whose logprobs were already attached to a stream chunk
+    structured: Structured | None = None  # what the answer's shape must be (tools, JSON), if anything
     cpu_start: float = 0.0
     compute_s: float = 0.0  # CPU-seconds of this process (all llama.cpp threads) while decoding
 
@@ -79,6 +82,7 @@ class Runner:
         self.lock = asyncio.Lock()
         self.busy = False
         self.served = 0
+        self._grammars: dict[str, Any] = {}  # schema text -> LlamaGrammar, least recently used first
         self.current: Generation | None = None
         self._longest_token = 0  # bytes of the vocabulary's longest token; measured when first needed
         self._markers = control_markers(llm)
@@ -183,16 +187,52 @@ class Runner:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("'messages' must be a non-empty list.", param="messages")
+        if any(_has_image(m) for m in messages):
+            raise InvalidRequestError(
+                "This llama.cpp model cannot read images.", param="messages", code="unsupported_capability"
+            )
         kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
-        flat = [_flatten(m) for m in messages]
+        if isinstance(body.get("logit_bias"), dict):  # token ids arrive as JSON object keys
+            kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
+        flat = [flatten(m) for m in messages if isinstance(m, dict)]
         if self._markers is not None:
             for m in flat:
                 m["content"] = defuse(self._markers, m["content"])
+        gen.structured = Structured.of(body)
+        if gen.structured is not None:
+            flat = gen.structured.messages(flat)
+            kw["grammar"] = self._grammar(gen.structured)
         kw.update(messages=flat, stream=stream, model=self.name)
         self.current = gen
         if not self.cache_prompt:
             self.llm.reset()  # evaluate the whole prompt: same batch shapes, same logits, every time
         return kw
+
+    def _grammar(self, plan: Structured) -> Any:
+        """llama.cpp's grammar for `plan` (None in auto tool mode), converted once per schema."""
+        key = plan.grammar_key()
+        if key is None:
+            return None
+        grammar = self._grammars.pop(key, None)
+        if grammar is None:
+            from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+            try:
+                if plan.schema is None:
+                    grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                else:
+                    grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as exc:  # the converter raises several kinds on schema features it lacks
+                raise InvalidRequestError(
+                    "This JSON schema cannot be turned into a grammar for llama.cpp "
+                    f"({exc.__class__.__name__}).",
+                    param="response_format" if plan.mode == "json" else "tools",
+                    code="invalid_schema",
+                ) from None
+        self._grammars[key] = grammar  # most recent last
+        while len(self._grammars) > _GRAMMARS_KEPT:
+            self._grammars.pop(next(iter(self._grammars)))
+        return grammar
 
     def _translate(self, exc: Exception) -> APIError:
         m = _CTX_RE.search(str(exc))
@@ -246,6 +286,12 @@ class Runner:
         result["x_localroute"] = gen.accounting()
         if gen.want_logprobs:
             result["choices"][0]["logprobs"] = {"content": self.token_entries(gen, len(gen.tokens))}
+        if gen.structured is not None:
+            choice = result["choices"][0]
+            text = choice["message"].get("content") or ""
+            choice["message"], choice["finish_reason"] = gen.structured.answer(
+                text, choice.get("finish_reason")
+            )
         return result
 
     async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
@@ -282,6 +328,7 @@ class Runner:
                 put("end", None)
 
         self._launch(produce)
+        shape = gen.structured.shaper() if gen.structured is not None else None
         last: dict[str, Any] | None = None
         try:
             while True:
@@ -296,7 +343,16 @@ class Runner:
                 item, sampled = item
                 last = item
                 ch = item["choices"][0] if item["choices"] else {}
-                if gen.want_logprobs and (ch.get("delta", {}).get("content") or ch.get("finish_reason")):
+                text, finish = (ch.get("delta") or {}).get("content") or "", ch.get("finish_reason")
+                if shape is not None and (text or finish):
+                    for delta in shape(text, finish):  # tool-call deltas, or text once it is clearly text
+                        fin = delta.pop("finish_reason", None)
+                        choice = {"index": 0, "delta": delta, "finish_reason": fin, "logprobs": None}
+                        if gen.want_logprobs and (entries := self.token_entries(gen, sampled)):
+                            choice["logprobs"] = {"content": entries}
+                        yield sse.encode({**item, "choices": [choice]})
+                    continue
+                if gen.want_logprobs and (text or finish):
                     entries = self.token_entries(gen, sampled)
                     item["choices"][0]["logprobs"] = {"content": entries} if entries else None
                 yield sse.encode(item)
@@ -310,11 +366,8 @@ class Runner:
             gen.cancel.set()  # the client left or we finished: stop at the next token
 
 
-def _flatten(message: dict[str, Any]) -> dict[str, Any]:
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    out = {"role": message.get("role"), "content": content or ""}
-    if out["role"] == "developer":  # chat templates know "system", not OpenAI's newer alias
-        out["role"] = "system"
-    return out
+def _has_image(message: object) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in content
+    )
