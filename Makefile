@@ -5,9 +5,14 @@ serve:
 	scripts/bootstrap.sh
 	.venv/bin/localroute serve
 
+# The suite runs under coverage (settings in pyproject.toml); the combined figure, gateway and worker
+# processes included, is printed at the end.
 test:
 	scripts/bootstrap.sh
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest
+	.venv/bin/python -m coverage erase
+	HF_HUB_OFFLINE=1 .venv/bin/python -m coverage run -m pytest
+	.venv/bin/python -m coverage combine -q
+	.venv/bin/python -m coverage report
 
 lint:
 	.venv/bin/ruff check localroute tests bench
