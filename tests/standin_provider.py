@@ -1,6 +1,12 @@
 """A stand-in for a remote OpenAI-compatible provider: a real uvicorn server on a loopback port, run in a
 background thread, whose failures (errors, slowness, dropped and reset connections) are set per test.
 
+Its answers have OpenAI's shapes (`refusal: null` and `annotations: []` on every message, `refusal: null`
+in a stream's first delta), and it serves tools and structured outputs the way OpenAI does (see
+`_reply`): a tool call when `tool_choice` names a tool or is "required", or when the tools are offered
+and the last user message names one; JSON of the requested schema for `response_format`. Tool-call
+arguments and JSON answers are built from the schema the request carries, so they validate against it.
+
     with StandinProvider(api_key="sk-test") as provider:
         provider.set("fail", status=503, times=2)
         ... call provider.base_url ...
@@ -17,8 +23,9 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -159,13 +166,16 @@ class StandinProvider:
             await self._sleep(float(p.get("delay_s", 1.0)))
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "'messages' is required", "invalid_request")
-        pieces, finish = _answer(body)
+        reply = _reply(body)
         if not body.get("stream"):
-            data = json.dumps(self._completion(body, pieces, finish)).encode()
+            data = json.dumps(self._completion(body, reply.pieces, reply.finish, reply.call)).encode()
             if mode == "drip":
                 return StreamingResponse(self._drip(data, p), media_type="application/json")
             return Response(data, media_type="application/json")
-        events = self._events(body, pieces, finish)
+        if reply.call is not None:
+            events = self._call_events(body, reply.call)
+        else:
+            events = self._events(body, reply.pieces, reply.finish)
         if mode == "drip":
             return StreamingResponse(self._drip(b"".join(events), p), media_type="text/event-stream")
         if mode == "stream_break":
@@ -176,8 +186,13 @@ class StandinProvider:
 
     # -- bodies --------------------------------------------------------------------------------------
 
-    def _completion(self, body: dict[str, Any], pieces: list[str], finish: str) -> dict[str, Any]:
-        message = {"role": "assistant", "content": "".join(pieces)}
+    def _completion(
+        self, body: dict[str, Any], pieces: list[str], finish: str, call: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces) if call is None else None}
+        if call is not None:
+            message["tool_calls"] = [call]
+        message.update(refusal=None, annotations=[])
         choice = {
             "index": 0,
             "message": message,
@@ -191,15 +206,22 @@ class StandinProvider:
             "model": body.get("model", self.model),
             "choices": [choice],
             "usage": _usage(body, pieces),
+            "service_tier": "default",
+            "system_fingerprint": None,
         }
 
-    def _events(self, body: dict[str, Any], pieces: list[str], finish: str) -> list[bytes]:
-        base = {
+    def _chunk_base(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
             "id": f"chatcmpl-standin{next(self._ids)}",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": body.get("model", self.model),
+            "service_tier": "default",
+            "system_fingerprint": None,
         }
+
+    def _events(self, body: dict[str, Any], pieces: list[str], finish: str) -> list[bytes]:
+        base = self._chunk_base(body)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if include_usage:
             base["usage"] = None
@@ -208,11 +230,33 @@ class StandinProvider:
             choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return _sse({**base, "choices": [choice]})
 
-        events = [chunk({"role": "assistant", "content": ""})]
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
         events += [chunk({"content": piece}, _logprobs(body, [piece])) for piece in pieces]
         events.append(chunk({}, None, finish))
         if include_usage:
             events.append(_sse({**base, "choices": [], "usage": _usage(body, pieces)}))
+        return [*events, b"data: [DONE]\n\n"]
+
+    def _call_events(self, body: dict[str, Any], call: dict[str, Any]) -> list[bytes]:
+        """A streamed tool call as OpenAI sends it: id, type and name with empty arguments first, then
+        the arguments in a few pieces, then an empty delta with `finish_reason: "tool_calls"`."""
+        base = self._chunk_base(body)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if include_usage:
+            base["usage"] = None
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return _sse({**base, "choices": [choice]})
+
+        head = {**call, "index": 0, "function": {"name": call["function"]["name"], "arguments": ""}}
+        events = [chunk({"role": "assistant", "content": None, "tool_calls": [head], "refusal": None})]
+        args = call["function"]["arguments"]
+        for i in range(0, len(args), 8):
+            events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 8]}}]}))
+        events.append(chunk({}, "tool_calls"))
+        if include_usage:
+            events.append(_sse({**base, "choices": [], "usage": _usage(body, [args])}))
         return [*events, b"data: [DONE]\n\n"]
 
     # -- misbehaviour --------------------------------------------------------------------------------
@@ -258,6 +302,114 @@ def _last_user_text(body: dict[str, Any]) -> str:
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             return str(content or "")
     return ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the stand-in answers: a tool call, or text pieces and a finish reason."""
+
+    call: dict[str, Any] | None = None
+    pieces: list[str] = field(default_factory=list)
+    finish: str = "stop"
+
+
+def _reply(body: dict[str, Any]) -> Reply:
+    """OpenAI's behaviour, made deterministic: `tool_choice` "none" never calls; a named tool is called;
+    "required" calls a tool not yet called in this conversation (the one the last user message names,
+    else the first); "auto" (or unset) calls a named-in-the-prompt tool unless the last message is a tool
+    result, which gets a text answer. Otherwise `response_format` shapes the text: JSON of the schema,
+    or a JSON object for `json_object`."""
+    call = _tool_to_call(body)
+    if call is not None:
+        args = json.dumps(example(call.get("parameters") or {"type": "object"}))
+        function = {"name": call["name"], "arguments": args}
+        tool_call = {"id": "call_standin" + uuid.uuid4().hex[:16], "type": "function", "function": function}
+        return Reply(call=tool_call, finish="tool_calls")
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        text = json.dumps(example((fmt.get("json_schema") or {}).get("schema") or {"type": "object"}))
+        return Reply(pieces=re.findall(r"\s*\S+", text))
+    if fmt.get("type") == "json_object":
+        text = json.dumps({"answer": "Remote answer to: " + _last_user_text(body)[:40]})
+        return Reply(pieces=re.findall(r"\s*\S+", text))
+    pieces, finish = _answer(body)
+    return Reply(pieces=pieces, finish=finish)
+
+
+def _tool_to_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function (its `tools[].function` entry) to call, or None for a text answer."""
+    tools = [t["function"] for t in body.get("tools") or () if isinstance(t, dict) and "function" in t]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t.get("name") == name), None)
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+    called = {
+        (c.get("function") or {}).get("name")
+        for m in messages
+        if m.get("role") == "assistant"
+        for c in m.get("tool_calls") or ()
+        if isinstance(c, dict)
+    }
+    fresh = [t for t in tools if t.get("name") not in called] or tools
+    prompt = _last_user_text(body).lower()
+    named = next((t for t in fresh if str(t.get("name", "")).lower() in prompt), None)
+    if choice == "required":
+        return named or fresh[0]
+    if messages and messages[-1].get("role") == "tool":
+        return None
+    return named
+
+
+def example(schema: Any, defs: dict[str, Any] | None = None) -> Any:
+    """A value valid against JSON `schema` (the subset tool parameters and structured outputs use:
+    objects, arrays, scalars, enum/const, anyOf/oneOf/allOf, local $refs into $defs/definitions)."""
+    if not isinstance(schema, dict):
+        return {}
+    if defs is None:
+        defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+    if "$ref" in schema:
+        return example(defs.get(str(schema["$ref"]).rsplit("/", 1)[-1], {}), defs)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            options = [s for s in schema[key] if isinstance(s, dict) and s.get("type") != "null"]
+            return example((options or schema[key])[0], defs)
+    if schema.get("allOf"):
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            ref = part.get("$ref") if isinstance(part, dict) else None
+            merged.update(defs.get(ref.rsplit("/", 1)[-1], {}) if isinstance(ref, str) else part)
+        return example(merged, defs)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: example(sub, defs) for name, sub in props.items()}
+    if kind == "array":
+        return [example(schema.get("items") or {}, defs) for _ in range(max(1, schema.get("minItems", 1)))]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = max(low, 1) if "exclusiveMinimum" not in schema else low + 1
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    fmt = schema.get("format")
+    if fmt == "date":
+        return "2024-01-01"
+    if fmt == "date-time":
+        return "2024-01-01T00:00:00Z"
+    return "standin".ljust(int(schema.get("minLength", 0)), "x")
 
 
 def _answer(body: dict[str, Any]) -> tuple[list[str], str]:
