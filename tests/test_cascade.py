@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,17 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.conftest import ROOT, Server, free_port, wait_until
+from tests import conftest
+from tests.conftest import ROOT, Server, remote_rung, repo_routing, repo_rung, start_gateway, wait_until
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
-from tests.toml_text import toml_value
 
 MODEL = "smollm2-135m"
 REMOTE = "frontier"
 PROVIDER_MODEL = "standin-frontier"  # what the provider is asked for: the rung's `model`, not its name
 KEY_ENV = "LR_TEST_KEY"
-EXPLAIN_KEYS = {"model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route", "escalation"}
+EXPLAIN_KEYS = {"model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route", "escalation",
+                "needs", "ruled_out"}  # fmt: skip
 
 GREETING = "Hi there!"
 QUESTION = "What is the capital of France?"
@@ -70,20 +70,13 @@ def remote_answer(text: str) -> str:
 
 def config_text(base_url: str, *, local: Mapping[str, object], cascade: Mapping[str, object]) -> str:
     """The repo's smollm2 rung (deterministic, max_score 0.45) under a remote rung at `base_url`."""
-    repo = tomllib.loads((ROOT / "models.toml").read_text())
-    smol = next(m for m in repo["models"] if m["name"] == MODEL)
     models = [
-        {**smol, "cache_prompt": False, "max_score": 0.45, **local},
-        {"name": REMOTE, "engine": "remote", "tier": 10, "base_url": base_url, "model": PROVIDER_MODEL,
-         "api_key_env": KEY_ENV, "read_timeout_s": 30, "total_timeout_s": 60, "max_retries": 1},
-    ]  # fmt: skip
-    lines: list[str] = []
-    for m in models:
-        lines += ["[[models]]", *(f"{k} = {toml_value(v)}" for k, v in m.items()), ""]
-    routing = {k: v for k, v in repo["routing"].items() if k != "cascade"}
-    lines += ["[routing]", *(f"{k} = {toml_value(v)}" for k, v in routing.items()), ""]
-    lines += ["[routing.cascade]", *(f"{k} = {toml_value(v)}" for k, v in cascade.items())]
-    return "\n".join(lines) + "\n"
+        repo_rung(MODEL, cache_prompt=False, max_score=0.45, **local),
+        remote_rung(
+            base_url, KEY_ENV, model=PROVIDER_MODEL, read_timeout_s=30, total_timeout_s=60, max_retries=1
+        ),
+    ]
+    return conftest.config_text(models=models, routing=repo_routing(), cascade=cascade)
 
 
 # min_length_tokens = 0: a short answer cut by max_tokens must not escalate as "length" here.
@@ -92,12 +85,6 @@ STRICT = {"min_mean_logprob": -0.01, "min_length_tokens": 0}
 
 
 EnvServer = Server  # a gateway with variables set (or, for None, removed) in its environment
-
-
-def serve(tmp: Path, text: str, env: Mapping[str, str | None]) -> EnvServer:
-    cfg = tmp / "models.toml"
-    cfg.write_text(text)
-    return Server(cfg, free_port(), env).started()
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +102,7 @@ def fresh_provider(provider: StandinProvider) -> None:
 def _server(
     factory: pytest.TempPathFactory, provider: StandinProvider, name: str, key: str | None, **kw: Any
 ) -> Iterator[EnvServer]:
-    srv = serve(factory.mktemp(name), config_text(provider.base_url, **kw), {KEY_ENV: key})
+    srv = start_gateway(factory.mktemp(name), config_text(provider.base_url, **kw), {KEY_ENV: key})
     yield srv
     srv.stop()
     assert STANDIN_KEY not in srv.log.read_text()  # not in a warning, not in a relayed error

@@ -100,7 +100,7 @@ def test_what_real_clients_send_is_accepted(fields: dict[str, Any]) -> None:
         ({"logprobs": True, "top_logprobs": 2}, {"logprobs", "top_logprobs"}),
         ({"n": 1}, set()),
         ({"n": 3}, {"n"}),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        ({"messages": [{"role": "user", "content": [IMAGE]}]},
          {"vision"}),
     ],
 )  # fmt: skip

@@ -85,7 +85,7 @@ def test_unknown_model_is_the_sdks_not_found(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "param", "code"),
     [
-        ({"n": 2}, "n", "unsupported_value"),
+        ({"n": 2}, "n", "unsupported_capability"),  # no rung of this ladder makes several choices
         ({"temperature": 5}, "temperature", None),
         ({"max_tokens": -1}, "max_tokens", None),
         (
@@ -94,7 +94,8 @@ def test_unknown_model_is_the_sdks_not_found(client: openai.OpenAI) -> None:
             "unsupported_parameter",
         ),
         ({"extra_body": {"chat_template": "{{ 7*7 }}"}}, "chat_template", "unsupported_parameter"),
-        ({"logit_bias": {"1": 5}}, "logit_bias", "unsupported_parameter"),
+        ({"logit_bias": {"one": 5}}, "logit_bias", "invalid_value"),
+        ({"extra_body": {"frobnicate": 1, "colour": "red"}}, "frobnicate", "unsupported_parameter"),
     ],
 )
 def test_bad_parameters_are_the_sdks_bad_request(

@@ -32,7 +32,8 @@ CAPABILITIES: tuple[Capability, ...] = (
 
 class ImageURL(BaseModel):
     model_config = _STRICT
-    url: Annotated[str, Field(min_length=1)]
+    # A web address or inline data, as OpenAI takes them: never a file:// path an engine might open.
+    url: Annotated[str, Field(min_length=1, pattern=r"^(?:https?://|data:image/)")]
     detail: Literal["auto", "low", "high"] | None = None
 
 

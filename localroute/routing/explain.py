@@ -33,7 +33,8 @@ def explain_lines(config: Config, inputs: Iterable[bytes], jsonl: bool) -> Itera
             yield json.dumps(exc.body())
             continue
         out = d.as_json()
-        keep = ("model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route", "escalation")
+        keep = ("model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route", "escalation",
+                "needs", "ruled_out")  # fmt: skip
         yield json.dumps({k: out[k] for k in keep})
 
 
