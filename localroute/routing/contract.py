@@ -46,18 +46,18 @@ def broken(req: ChatCompletionRequest, message: Mapping[str, Any]) -> str | None
 
 def _json_problem(text: object, schema: Mapping[str, Any] | None, what: str) -> str | None:
     if not isinstance(text, str):
-        return f"the {what} is not JSON text"
+        return f"{what}: not JSON text"
     try:
         value = json.loads(text)
     except ValueError:
-        return f"the {what} is not valid JSON"
+        return f"{what}: not valid JSON"
     if schema is None:
-        return None if isinstance(value, dict) or what != "answer" else "the answer is not a JSON object"
+        return None if isinstance(value, dict) or what != "answer" else "answer: not a JSON object"
     try:
         error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
     except SchemaError:
         return None  # a schema the validator cannot use: the grammar is what held the model to it
-    return None if error is None else f"the {what} fails its JSON schema"
+    return None if error is None else f"{what}: does not match the JSON schema"
 
 
 class Assembler:
