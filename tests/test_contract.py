@@ -42,7 +42,7 @@ REQUIRED = {"tools": [TOOL], "tool_choice": "required"}
         ({"response_format": JSON_OBJECT}, {"content": "not json"}, "answer: not valid JSON"),
         ({"response_format": JSON_OBJECT}, {"content": "[1, 2]"}, "answer: not a JSON object"),
         ({"response_format": JSON_SCHEMA}, {"content": '{"n": 3}'}, None),
-        ({"response_format": JSON_SCHEMA}, {"content": '{"n": "3"}'}, "answer: does not match the JSON schema"),
+        ({"response_format": JSON_SCHEMA}, {"content": "{}"}, "answer: does not match the JSON schema"),
         ({"tools": [TOOL]}, {"content": "It is sunny."}, None),  # auto: a text answer is allowed
         (REQUIRED, {"content": "sunny"}, "no tool call, though one was required"),
         ({"tools": [TOOL]}, {"tool_calls": [call("get_weather", '{"city": "Paris"}')]}, None),
