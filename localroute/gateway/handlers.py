@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,8 @@ from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts
 from localroute.protocol import sse
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
+from localroute.protocol.records import Attempt, Stats
+from localroute.protocol.wire import Health, Model, ModelList
 from localroute.routing.policy import Hints
 from localroute.routing.router import Router
 
@@ -105,7 +107,7 @@ class Gateway:
         self.detector = detector
         self.router = Router(config, backends, detector)
         self.created = int(time.time())
-        self._stats_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._stats_cache: dict[str, tuple[float, Stats]] = {}
         self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
         self.recorder = Recorder(config, audit, self.metrics)
 
@@ -148,7 +150,7 @@ class Gateway:
             )
         privacy = self.classify(request, req)
         CURRENT.set(privacy)  # this request's task: the egress guard reads it
-        attempts: list[dict[str, Any]] = []  # the rungs tried, for the audit record even on failure
+        attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
             try:
@@ -160,7 +162,8 @@ class Gateway:
             except TimeoutError:
                 raise late from None
             if not req.stream:
-                answer = (result.get("choices") or [{}])[0].get("message", {}).get("content")
+                choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
+                answer = choices[0].get("message", {}).get("content")
                 self.recorder.record(rid, privacy, trace, 200, t0, content=(req, answer), stream=False)
                 return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
@@ -251,17 +254,22 @@ class Gateway:
         return JSONResponse(decision.as_json())
 
     async def models(self, request: Request) -> Response:
-        data = [{"id": "auto", "object": "model", "created": self.created, "owned_by": "localroute"}] + [
-            {"id": m.name, "object": "model", "created": self.created, "owned_by": "localroute"}
-            for m in self.config.ladder()
+        names = ["auto", *(m.name for m in self.config.ladder())]
+        data: list[Model] = [
+            {"id": name, "object": "model", "created": self.created, "owned_by": "localroute"}
+            for name in names
         ]
-        return JSONResponse({"object": "list", "data": data})
+        models: ModelList = {"object": "list", "data": data}
+        return JSONResponse(models)
 
     async def health(self, request: Request) -> Response:
         engines = {name: b.health() for name, b in self.backends.items()}
         ok = any(e["state"] in ("ready", "stopped") for e in engines.values())
-        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "engines": engines}
-        body["tasks"] = len(asyncio.all_tasks())  # the gateway's asyncio tasks: a leak shows here
+        body: Health = {
+            "status": "ok" if ok else "degraded",
+            "engines": engines,
+            "tasks": len(asyncio.all_tasks()),  # the gateway's asyncio tasks: a leak shows here
+        }
         if self.placement is not None:
             body["resources"] = await self.placement.snapshot(self.config.models_dir())
         return JSONResponse(body)

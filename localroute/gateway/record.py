@@ -8,7 +8,6 @@ import collections
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from localroute.config.models import LOCAL_ENGINES
 from localroute.config.schema import Config
@@ -18,6 +17,7 @@ from localroute.observe.metrics import Metrics
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.guard import Privacy
 from localroute.protocol.chat import ChatCompletionRequest
+from localroute.protocol.records import Attempt, RecordHead, RecordTail, RequestRecord
 from localroute.routing.trace import Trace
 
 log = logging.getLogger("localroute")
@@ -33,7 +33,7 @@ class Recorder:
         self.metrics = metrics
         self.baseline = baseline_model(config)
         # (time, record) of the latest requests, oldest first: the stats API's window.
-        self.records: collections.deque[tuple[datetime, dict[str, Any]]] = collections.deque(
+        self.records: collections.deque[tuple[datetime, RequestRecord]] = collections.deque(
             maxlen=config.server.stats_window
         )
 
@@ -45,7 +45,7 @@ class Recorder:
         status: int,
         t0: float,
         error: str | None = None,
-        attempts: list[dict[str, Any]] | None = None,
+        attempts: list[Attempt] | None = None,
         content: tuple[ChatCompletionRequest, str | None] | None = None,
         stream: bool = False,
         ttft: float | None = None,
@@ -53,7 +53,7 @@ class Recorder:
         """Record one request. Without a trace (the request failed), `attempts` lists the rungs it tried."""
         seconds = time.monotonic() - t0
         now = datetime.now(UTC)
-        rec: dict[str, Any] = {
+        head: RecordHead = {
             "ts": now.isoformat(timespec="milliseconds"),
             "id": rid,
             "privacy": privacy.as_json(),
@@ -63,15 +63,17 @@ class Recorder:
             "latency_ms": round(seconds * 1000, 1),
             "ttft_ms": None if ttft is None else round((ttft - t0) * 1000, 1),
         }
+        tail: RecordTail
         if trace is None:
             tried = attempts or []
-            rec.update(
-                attempts=tried,
-                cost_usd=round(sum(a.get("cost_usd", 0.0) for a in tried), 10),
-                baseline_usd=0.0,
-            )
+            tail = {
+                "attempts": tried,
+                "cost_usd": round(sum(a.get("cost_usd", 0.0) for a in tried), 10),
+                "baseline_usd": 0.0,
+            }
         else:
-            rec.update(self._outcome(trace))
+            tail = self._outcome(trace)
+        rec: RequestRecord = {**head, **tail}
         self.records.append((now, rec))
         self.metrics.observe(rec)
         if request_log.isEnabledFor(logging.INFO):
@@ -92,7 +94,7 @@ class Recorder:
         except OSError as exc:  # the log must not take requests down; say so, once per failure
             log.error("audit log write failed: %s", exc.__class__.__name__)
 
-    def _outcome(self, trace: Trace) -> dict[str, Any]:
+    def _outcome(self, trace: Trace) -> RecordTail:
         d = trace.decision
         answered = self.config.model(trace.model) if trace.model else None
         usage = trace.usage

@@ -8,14 +8,15 @@ strings, so cardinality is bounded by the config.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, get_args
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from localroute.observe.stats import LATENCY_BOUNDS_MS, Record
-from localroute.protocol.wire import EngineState
+from localroute.observe.stats import LATENCY_BOUNDS_MS
+from localroute.protocol.records import RequestRecord
+from localroute.protocol.wire import EngineHealth, EngineState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
@@ -26,7 +27,7 @@ ENGINE_STATES: tuple[str, ...] = get_args(EngineState)
 class _Engines(Collector):
     """Engine state, queue depth and RSS, read from the engines' health at scrape time."""
 
-    def __init__(self, health: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+    def __init__(self, health: Callable[[], Mapping[str, EngineHealth]]) -> None:
         self._health = health
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -48,15 +49,15 @@ class _Engines(Collector):
                 state.add_metric([name, s], 1.0 if s == current else 0.0)
             queue.add_metric([name], float(h.get("queued") or 0))
             in_flight.add_metric([name], float(h.get("in_flight") or 0))
-            if h.get("rss_mib") is not None:
-                rss.add_metric([name], float(h["rss_mib"]) * 1024 * 1024)
+            if (rss_mib := h.get("rss_mib")) is not None:
+                rss.add_metric([name], float(rss_mib) * 1024 * 1024)
         yield from (state, queue, in_flight, rss)
 
 
 class Metrics:
     """The gateway's counters and histograms; `observe` takes one finished request's record."""
 
-    def __init__(self, health: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+    def __init__(self, health: Callable[[], Mapping[str, EngineHealth]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -88,7 +89,7 @@ class Metrics:
         r.register(_Engines(health))
         self._rows: dict[tuple[str, ...], _Row] = {}
 
-    def observe(self, rec: Record) -> None:
+    def observe(self, rec: RequestRecord) -> None:
         model = rec.get("model") or "none"
         tier = rec.get("tier")
         status = int(rec.get("status", 0))

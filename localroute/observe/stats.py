@@ -13,7 +13,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
 
 from localroute.observe.cost import savings_pct
 from localroute.protocol.records import (
@@ -36,10 +35,6 @@ _MAX_POINTS = 120
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# The gateway still builds its records as `dict[str, Any]`: once they are `RequestRecord`s, this is
-# `RequestRecord` alone.
-Record = RequestRecord | Mapping[str, Any]
-
 
 def parse_since(value: str, now: datetime) -> datetime:
     """`since` as an ISO-8601 time (UTC if it has no zone) or a span back from now: `90s`, `15m`,
@@ -60,7 +55,7 @@ def parse_since(value: str, now: datetime) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-def record_time(rec: Record) -> datetime | None:
+def record_time(rec: RequestRecord) -> datetime | None:
     ts = rec.get("ts")
     if not isinstance(ts, str):
         return None
@@ -76,7 +71,7 @@ def _num(rec: Mapping[str, object], key: str) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0.0
 
 
-def _tokens(rec: Record) -> tuple[int, int]:
+def _tokens(rec: RequestRecord) -> tuple[int, int]:
     t = rec.get("tokens")
     if not isinstance(t, dict):
         return 0, 0
@@ -108,7 +103,7 @@ def _money(cost: float, baseline: float) -> Money:
     return {**_spend(cost, baseline), "savings_pct": None if pct is None else round(pct, 2)}
 
 
-def _privacy_class(rec: Record) -> PrivacyClass | None:
+def _privacy_class(rec: RequestRecord) -> PrivacyClass | None:
     cls = (rec.get("privacy") or {}).get("class")
     return cls if cls == "private" or cls == "public" else None
 
@@ -146,7 +141,7 @@ def _bucket_s(span_s: float) -> int:
     return _BUCKETS_S[-1]
 
 
-def _is_local(rec: Record) -> bool:
+def _is_local(rec: RequestRecord) -> bool:
     if isinstance(rec.get("local"), bool):
         return bool(rec["local"])
     attempts = rec.get("attempts") or ()  # records from before `local` was written
@@ -154,7 +149,7 @@ def _is_local(rec: Record) -> bool:
     return bool(answered) and not answered[-1].get("remote", True)
 
 
-def summarize(records: Iterable[Record], since: datetime | None, now: datetime) -> Stats:
+def summarize(records: Iterable[RequestRecord], since: datetime | None, now: datetime) -> Stats:
     """Totals, per-model breakdowns, a cost series and the latest decisions over the records at or
     after `since` (all when None)."""
     timed = ((record_time(rec), rec) for rec in records)
@@ -162,14 +157,13 @@ def summarize(records: Iterable[Record], since: datetime | None, now: datetime) 
 
 
 def summarize_timed(
-    timed: Iterable[tuple[datetime, Record]], since: datetime | None, now: datetime
-) -> dict[str, Any]:
+    timed: Iterable[tuple[datetime, RequestRecord]], since: datetime | None, now: datetime
+) -> Stats:
     """`summarize` over records whose times are already known (the gateway keeps them parsed)."""
-    # Typed so only while the gateway's stats cache holds `dict[str, Any]`: then `-> Stats`, no cast.
-    return cast(dict[str, Any], _summary(timed, since, now))
+    return _summary(timed, since, now)
 
 
-def _summary(timed: Iterable[tuple[datetime, Record]], since: datetime | None, now: datetime) -> Stats:
+def _summary(timed: Iterable[tuple[datetime, RequestRecord]], since: datetime | None, now: datetime) -> Stats:
     picked = [(when, rec) for when, rec in timed if since is None or when >= since]
     picked.sort(key=lambda p: p[0])
 
@@ -264,7 +258,7 @@ def _point(start: int, v: list[float]) -> SeriesPoint:
     return {"t": t, "requests": int(v[0]), **_spend(v[1], v[2])}
 
 
-def _recent(rec: Record) -> RecentRequest:
+def _recent(rec: RequestRecord) -> RecentRequest:
     tier = rec.get("tier")
     return {
         "ts": rec.get("ts"),

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ GENESIS = "0" * 64
 log = logging.getLogger("localroute.privacy.audit")
 
 
-def _canonical(record: dict[str, Any]) -> bytes:
+def _canonical(record: Mapping[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def record_hash(record: dict[str, Any]) -> str:
+def record_hash(record: Mapping[str, Any]) -> str:
     """SHA-256 of the record without its own `hash` field (its `prev` is included)."""
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(_canonical(body)).hexdigest()
@@ -79,7 +79,7 @@ class AuditLog:
                 return str(rec["hash"])
         return GENESIS
 
-    def append(self, record: dict[str, Any]) -> str:
+    def append(self, record: Mapping[str, Any]) -> str:
         body = _canonical({**record, "prev": self._prev})  # what `record_hash` hashes, made once
         digest = hashlib.sha256(body).hexdigest()
         # The hash goes last rather than in sorted place: `verify` re-canonicalises every record, so

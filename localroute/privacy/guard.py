@@ -16,6 +16,7 @@ from typing import Any
 from localroute.config.privacy import PrivacyConfig
 from localroute.errors import APIError
 from localroute.privacy.detect import Detector
+from localroute.protocol.records import PrivacyClass, PrivacyLabel
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,10 @@ class Privacy:
     kinds: tuple[str, ...] = ()
 
     @property
-    def label(self) -> str:
+    def label(self) -> PrivacyClass:
         return "private" if self.private else "public"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> PrivacyLabel:
         return {"class": self.label, "reason": self.reason, "kinds": list(self.kinds)}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-EngineState = Literal["stopped", "starting", "ready", "crashed", "failed", "unavailable"]
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +33,13 @@ class Backend(Protocol):
     async def start(self) -> None:
         """Make the backend ready (start a process, open a client). Idempotent."""
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any]) -> ChatCompletion:
         """Return one `chat.completion` object."""
 
-    def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         """Yield `chat.completion.chunk` objects until the engine sends `[DONE]`."""
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> EngineHealth:
         """A JSON-able snapshot: at least `state`. Never blocks."""
 
     def brief(self) -> Brief:

@@ -65,6 +65,19 @@ class RecordContent(TypedDict):
     answer: str | None
 
 
+class RecordHead(TypedDict):
+    """The keys a record starts with: when, which request, its privacy class, and how it ended."""
+
+    ts: Time
+    id: str
+    privacy: PrivacyLabel
+    status: int
+    error: str | None
+    stream: bool
+    latency_ms: float
+    ttft_ms: float | None
+
+
 class Served(TypedDict, total=False):
     """The keys a record has when a rung was chosen and ran (a request refused before has none)."""
 
@@ -80,22 +93,19 @@ class Served(TypedDict, total=False):
     output_valid: bool | None  # the answer kept the JSON / tool-call contract; None: none asked
 
 
-class RequestRecord(Served):
-    """One finished request: written to the audit log, kept in the stats window, observed by the
-    metrics, logged. Records in older logs may lack keys."""
+class RecordTail(Served):
+    """The rest of a record: every rung tried and what it cost (what the baseline model would have
+    cost), `Served`'s keys when a rung ran, and the conversation when the operator opted in."""
 
-    ts: Time
-    id: str
-    privacy: PrivacyLabel
-    status: int
-    error: str | None
-    stream: bool
-    latency_ms: float
-    ttft_ms: float | None
     attempts: list[Attempt]
     cost_usd: USD
     baseline_usd: USD
     content: NotRequired[RecordContent]
+
+
+class RequestRecord(RecordHead, RecordTail):
+    """One finished request: written to the audit log, kept in the stats window, observed by the
+    metrics, logged. Records in older logs may lack keys."""
 
 
 class Spend(TypedDict):

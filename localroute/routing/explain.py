@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TextIO
 
 from localroute.config.schema import Config
@@ -32,7 +32,7 @@ def explain_lines(config: Config, inputs: Iterable[bytes], jsonl: bool) -> Itera
         except APIError as exc:
             yield json.dumps(exc.body())
             continue
-        out = d.as_json()
+        out: Mapping[str, object] = d.as_json()  # read by key name
         keep = ("model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route", "escalation",
                 "needs", "ruled_out")  # fmt: skip
         yield json.dumps({k: out[k] for k in keep})

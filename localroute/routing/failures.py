@@ -17,12 +17,13 @@ from localroute.errors import (
 )
 from localroute.host.lifecycle import OverBudgetError
 from localroute.privacy.guard import PrivacyViolationError
+from localroute.protocol.records import Outcome
 
 T = TypeVar("T")
 KEEP_MARGIN_S = 0.5  # how long before the deadline an escalation is abandoned for the kept answer
 
 
-def outcome(exc: APIError) -> str:
+def outcome(exc: APIError) -> Outcome:
     return "refused" if isinstance(exc, PrivacyViolationError) else "error"
 
 

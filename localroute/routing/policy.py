@@ -15,6 +15,7 @@ from localroute.config.models import LOCAL_ENGINES, ModelConfig, capabilities
 from localroute.config.schema import Config
 from localroute.errors import InvalidRequestError, UnsupportedCapabilityError
 from localroute.protocol.chat import CAPABILITIES, Capability, ChatCompletionRequest
+from localroute.protocol.wire import Explanation
 from localroute.routing.signals import DEFAULT_SIGNALS, SignalMatcher
 
 # The instruction is usually at the start or the end, and keywords deep inside a long passage are mostly
@@ -68,7 +69,7 @@ class Decision:
     needs: tuple[str, ...] = ()  # capabilities the request needs of a rung
     ruled_out: tuple[tuple[str, str], ...] = ()  # (rung, the capability it lacks)
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self) -> Explanation:
         return {
             "model": self.model,
             "tier": self.tier,

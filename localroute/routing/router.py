@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -24,13 +24,16 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
+from localroute.protocol.records import Attempt
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
 from localroute.routing.confidence import logprobs_of, measure, too_unsure
 from localroute.routing.contract import Assembler, broken, has_contract
 from localroute.routing.failures import before, fail_closed, failure_route, outcome
 from localroute.routing.policy import NO_HINTS, Cold, Decision, Hints, Policy
 from localroute.routing.trace import Trace, usage_of
 
-Chunks = AsyncGenerator[dict[str, Any], None]
+Chunks = AsyncGenerator[ChatCompletionChunk, None]
+Answer = TypeVar("Answer", ChatCompletion, ChatCompletionChunk)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class _Held:
 
     model: ModelConfig
     chunks: Chunks
-    buffered: list[dict[str, Any]]
+    buffered: list[ChatCompletionChunk]
     done: bool
 
 
@@ -143,7 +146,7 @@ class Router:
             return "low_confidence"
         return None
 
-    def _finish(self, item: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest) -> dict[str, Any]:
+    def _finish(self, item: Answer, m: ModelConfig, req: ChatCompletionRequest) -> Answer:
         item["model"] = m.name
         item.pop("x_localroute", None)  # engine accounting, not for the client
         if not req.logprobs:
@@ -158,9 +161,9 @@ class Router:
         req: ChatCompletionRequest,
         hints: Hints = NO_HINTS,
         privacy: Privacy | None = None,
-        attempts: list[dict[str, Any]] | None = None,
+        attempts: list[Attempt] | None = None,
         deadline: float | None = None,
-    ) -> tuple[dict[str, Any], Trace]:
+    ) -> tuple[ChatCompletion, Trace]:
         """Serve `req`. Every rung tried is appended to `attempts` too: the caller's record of them
         when this raises (the audit log lists the rungs a failed request tried)."""
         private = privacy is not None and privacy.private
@@ -171,7 +174,7 @@ class Router:
         end = len(chain) - 1  # the last rung proper; a retry for a broken contract may follow it
         if contract and chain[-1].engine in LOCAL_ENGINES:
             chain.append(chain[-1])  # one local retry before an answer that breaks the contract stands
-        kept: tuple[dict[str, Any], ModelConfig] | None = None
+        kept: tuple[ChatCompletion, ModelConfig] | None = None
         for i, m in enumerate(chain):
             last = i >= end
             judge = self._judges(m, not last)
@@ -191,7 +194,8 @@ class Router:
                     raise
                 trace.moved(route)
                 continue
-            choice0 = (result.get("choices") or [{}])[0]
+            choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]  # an engine may send none
+            choice0 = choices[0]
             if contract and choice0.get("finish_reason") != "length":  # cut short by the client's limit
                 why = broken(req, choice0.get("message") or {})
                 trace.output_valid = why is None
@@ -207,7 +211,8 @@ class Router:
                     )
             if judge:
                 choice = result["choices"][0]
-                tokens = int((result.get("usage") or {}).get("completion_tokens", 0))
+                usage: Mapping[str, Any] = result.get("usage") or {}  # ... or `"usage": null`
+                tokens = int(usage.get("completion_tokens", 0))
                 asked = req.output_limit() or m.default_max_tokens
                 why = self._verdict(logprobs_of(choice), choice.get("finish_reason"), tokens, asked)
                 if why is not None:
@@ -220,8 +225,8 @@ class Router:
         raise EngineUnavailableError("No model could serve this request.")  # unreachable: chain ≥ 1
 
     def _answer(
-        self, result: dict[str, Any], m: ModelConfig, req: ChatCompletionRequest, trace: Trace
-    ) -> tuple[dict[str, Any], Trace]:
+        self, result: ChatCompletion, m: ModelConfig, req: ChatCompletionRequest, trace: Trace
+    ) -> tuple[ChatCompletion, Trace]:
         trace.model, trace.tier = m.name, m.tier
         trace.usage = usage_of(result)
         return self._finish(result, m, req), trace
@@ -233,7 +238,7 @@ class Router:
         req: ChatCompletionRequest,
         hints: Hints = NO_HINTS,
         privacy: Privacy | None = None,
-        attempts: list[dict[str, Any]] | None = None,
+        attempts: list[Attempt] | None = None,
         deadline: float | None = None,
     ) -> tuple[Chunks, Trace]:
         """Open a stream on the first rung that commits. Judgement and fallback happen before the
@@ -295,9 +300,9 @@ class Router:
 
     async def _prefetch(
         self, chunks: Chunks, judge: bool
-    ) -> tuple[list[dict[str, Any]], list[float], str | None, bool]:
+    ) -> tuple[list[ChatCompletionChunk], list[float], str | None, bool]:
         """Read the first chunk, or the first `buffer_tokens` tokens when judging."""
-        buffered: list[dict[str, Any]] = []
+        buffered: list[ChatCompletionChunk] = []
         logprobs: list[float] = []
         finish: str | None = None
         async for chunk in chunks:
@@ -313,7 +318,7 @@ class Router:
         self,
         m: ModelConfig,
         chunks: Chunks,
-        buffered: list[dict[str, Any]],
+        buffered: list[ChatCompletionChunk],
         done: bool,
         req: ChatCompletionRequest,
         trace: Trace,
@@ -326,7 +331,7 @@ class Router:
         self,
         m: ModelConfig,
         chunks: Chunks,
-        buffered: list[dict[str, Any]],
+        buffered: list[ChatCompletionChunk],
         done: bool,
         req: ChatCompletionRequest,
         trace: Trace,
@@ -351,7 +356,7 @@ class Router:
             await _close(chunks)
 
     @staticmethod
-    def _keep(chunk: dict[str, Any], m: ModelConfig, trace: Trace, wants_usage: bool) -> bool:
+    def _keep(chunk: ChatCompletionChunk, m: ModelConfig, trace: Trace, wants_usage: bool) -> bool:
         """Record a usage chunk; pass it on only if the client asked for one."""
         usage = chunk.get("usage")
         if isinstance(usage, dict):

@@ -4,12 +4,12 @@ answered. The router fills it in; the gateway turns it into headers and the requ
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig
 from localroute.observe.cost import attempt_cost
+from localroute.protocol.records import Attempt, Outcome
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
 from localroute.routing.policy import Decision
 
 
@@ -22,7 +22,7 @@ class Trace:
     model: str = ""
     tier: int = 0
     escalations: int = 0
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
     moves: list[str] = field(default_factory=list)  # each escalation or fallback, by route
     cost_usd: float = 0.0  # every rung tried, escalated ones included
@@ -32,10 +32,10 @@ class Trace:
     def attempt(
         self,
         m: ModelConfig,
-        outcome: str,
+        outcome: Outcome,
         reason: str | None,
         t0: float,
-        result: Mapping[str, Any] | None = None,
+        result: ChatCompletion | ChatCompletionChunk | None = None,
     ) -> None:
         """Record a rung's call; `result` (its answer, or its last stream chunk) carries what it used."""
         ms = round((time.monotonic() - t0) * 1000, 1)
@@ -47,7 +47,7 @@ class Trace:
         if result is not None:
             self.settle(m, result)
 
-    def settle(self, m: ModelConfig, result: Mapping[str, Any]) -> None:
+    def settle(self, m: ModelConfig, result: ChatCompletion | ChatCompletionChunk) -> None:
         """Charge the last attempt for the tokens and compute that `result` reports (a stream's
         usage arrives in its last chunk, after the attempt was recorded)."""
         usage = usage_of(result)
@@ -59,9 +59,14 @@ class Trace:
         self.cost_usd += cost - a["cost_usd"]
         self.compute_s += compute - a["compute_s"]
         a.update(
-            tokens={"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)},
-            compute_s=round(compute, 6),
-            cost_usd=round(cost, 10),
+            {
+                "tokens": {
+                    "prompt": usage.get("prompt_tokens", 0),
+                    "completion": usage.get("completion_tokens", 0),
+                },
+                "compute_s": round(compute, 6),
+                "cost_usd": round(cost, 10),
+            }
         )
 
     def moved(self, route: str) -> None:
@@ -78,7 +83,7 @@ class Trace:
         }
 
 
-def usage_of(result: Mapping[str, Any]) -> dict[str, int]:
+def usage_of(result: ChatCompletion | ChatCompletionChunk) -> dict[str, int]:
     usage = result.get("usage")
     if not isinstance(usage, dict):
         return {}
@@ -86,7 +91,7 @@ def usage_of(result: Mapping[str, Any]) -> dict[str, int]:
     return {k: v for k, v in usage.items() if type(v) is int and 0 <= v < 2**31}
 
 
-def _compute_s(result: Mapping[str, Any]) -> float:
+def _compute_s(result: ChatCompletion | ChatCompletionChunk) -> float:
     extra = result.get("x_localroute")
     value = extra.get("compute_s") if isinstance(extra, dict) else None
     if not isinstance(value, int | float) or isinstance(value, bool):

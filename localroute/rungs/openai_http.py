@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from localroute.errors import APIError, EngineUnavailableError, api_error_from_body
 from localroute.protocol import sse
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
 from localroute.rungs.transport_errors import TRANSPORT_ERRORS, Peer, transport_error
 
 
@@ -32,7 +33,7 @@ class OpenAIHTTP:
         deadline = "in time" if read is None else f"within request_timeout_s={read:g}s"
         self.peer = Peer("The engine", deadline, EngineTimeoutError, ConnectionLostError)
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any]) -> ChatCompletion:
         try:
             resp = await self.client.post(self.path, json=body)
             content = resp.content
@@ -46,9 +47,9 @@ class OpenAIHTTP:
             raise ConnectionLostError("The engine sent a malformed response.") from None
         if not isinstance(data, dict):
             raise ConnectionLostError("The engine sent a malformed response.")
-        return data
+        return cast(ChatCompletion, data)  # the engine's JSON, trusted as its wire shape: not validated
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         req = self.client.build_request("POST", self.path, json=body)
         try:
             resp = await self.client.send(req, stream=True)
@@ -61,7 +62,7 @@ class OpenAIHTTP:
                 async for chunk in chunks:
                     if "error" in chunk:
                         raise api_error_from_body(500, chunk)
-                    yield chunk
+                    yield cast(ChatCompletionChunk, chunk)  # as for `complete`: not validated
         except sse.IncompleteStreamError:
             raise ConnectionLostError("The engine closed the stream before it finished.") from None
         except TRANSPORT_ERRORS as exc:

@@ -14,7 +14,7 @@ import os
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -30,13 +30,14 @@ from localroute.errors import (
 )
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
-from localroute.protocol.backend import Brief, EngineState
+from localroute.protocol.backend import Brief
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 from localroute.rungs import lean_http
 from localroute.rungs.transport_errors import Peer, transport_error
 
 log = logging.getLogger("localroute.remote")
 T = TypeVar("T")
-_Opened = tuple[httpx.Response, AsyncGenerator[dict[str, Any], None], dict[str, Any] | None]
+_Opened = tuple[httpx.Response, AsyncGenerator[dict[str, Any], None], ChatCompletionChunk | None]
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Failures that happen before any response byte arrived: the provider cannot have answered.
@@ -124,18 +125,22 @@ class RemoteBackend:
     def brief(self) -> Brief:
         return Brief("unavailable" if self._disabled is not None else "ready", local=False)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> EngineHealth:
         state: EngineState = "unavailable" if self._disabled is not None else "ready"
-        return {
-            "state": state,
-            "engine": "remote",
-            "tier": self.cfg.tier,
-            "model": self.cfg.model,
-            "host": self._host,
-            "served": self.served,
-            "failures": self.failures,
-            "last_error": self.last_error,
-        }
+        # Cast: `EngineHealth` is open (each engine adds keys), which mypy cannot express yet.
+        return cast(
+            EngineHealth,
+            {
+                "state": state,
+                "engine": "remote",
+                "tier": self.cfg.tier,
+                "model": self.cfg.model,
+                "host": self._host,
+                "served": self.served,
+                "failures": self.failures,
+                "last_error": self.last_error,
+            },
+        )
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -145,7 +150,7 @@ class RemoteBackend:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any]) -> ChatCompletion:
         out = self._outgoing(body, stream=False)
         try:
             async with asyncio.timeout_at(self._deadline_at()) as scope:
@@ -157,7 +162,7 @@ class RemoteBackend:
         self.served += 1
         return result
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         out = self._outgoing(body, stream=True)
         deadline = self._deadline_at()
         # The deadline is armed only while this generator runs, never while the caller holds a chunk.
@@ -244,7 +249,7 @@ class RemoteBackend:
             raise _Retry(error, retry_after)
         raise self._failed(error)
 
-    async def _complete_once(self, out: dict[str, Any]) -> dict[str, Any]:
+    async def _complete_once(self, out: dict[str, Any]) -> ChatCompletion:
         resp = await self._send(out)
         try:
             content = await resp.aread()
@@ -255,7 +260,7 @@ class RemoteBackend:
         data = _json(content)
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise self._failed(self._malformed("response"))
-        return data
+        return cast(ChatCompletion, data)  # the provider's JSON, trusted as its wire shape: not validated
 
     async def _open_stream(self, out: dict[str, Any]) -> _Opened:
         """Send, and read up to the first chunk: every failure until then may be retried."""
@@ -268,7 +273,7 @@ class RemoteBackend:
             await resp.aclose()
             raise
 
-    async def _next_chunk(self, chunks: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any] | None:
+    async def _next_chunk(self, chunks: AsyncGenerator[dict[str, Any], None]) -> ChatCompletionChunk | None:
         """The next SSE chunk, None at `[DONE]`. A dropped connection raises `_Retry`."""
         try:
             chunk = await anext(chunks)
@@ -284,7 +289,7 @@ class RemoteBackend:
             raise self._failed(self._malformed("stream chunk")) from None
         if "error" in chunk:
             raise self._failed(api_error_from_body(502, self._scrubbed(chunk)))
-        return chunk
+        return cast(ChatCompletionChunk, chunk)  # as for `_complete_once`: not validated
 
     # -- errors ----------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, ClassVar, Generic, NoReturn, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar, cast
 
 import anyio
 import httpx
@@ -28,7 +28,14 @@ from localroute.config.models import LlamaCppModel, VllmModel
 from localroute.errors import APIError, EngineUnavailableError, OverloadedError
 from localroute.host.lifecycle import Placement
 from localroute.host.resources import Footprint
-from localroute.protocol.backend import Brief, EngineState
+from localroute.protocol.backend import Brief
+from localroute.protocol.wire import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    EngineAccounting,
+    EngineHealth,
+    EngineState,
+)
 from localroute.rungs.openai_http import ConnectionLostError, OpenAIHTTP
 from localroute.rungs.supervise import TimeShare, exit_reason, poll_health, sanitize, signal_group
 
@@ -92,7 +99,7 @@ class SupervisedEngine(Generic[C]):
     def _mapped(self, exc: APIError) -> APIError:  # an engine's error as the client should see it
         return exc
 
-    def _accounting(self, share_s: float) -> dict[str, float] | None:
+    def _accounting(self, share_s: float) -> EngineAccounting | None:
         """What `x_localroute` should carry for a request that had `share_s` seconds of the engine."""
         return None
 
@@ -323,7 +330,7 @@ class SupervisedEngine(Generic[C]):
             self.log.warning("%s %s: connection to its %s lost", self.label, self.name, self.noun)
         return EngineUnavailableError(f"The connection to model '{self.name}' was lost.")
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any]) -> ChatCompletion:
         async with self._admit() as http:
             mark = self._share.enter()
             try:
@@ -339,7 +346,7 @@ class SupervisedEngine(Generic[C]):
                 result["x_localroute"] = accounting
             return result
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         async with self._admit() as http, contextlib.aclosing(http.stream(self._body(body))) as chunks:
             mark: float | None = self._share.enter()
             try:
@@ -367,20 +374,24 @@ class SupervisedEngine(Generic[C]):
     def brief(self) -> Brief:
         return Brief(self._state(), local=True, load_seconds=self.load_seconds)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> EngineHealth:
         pid = self._proc.pid if self._proc is not None and self._alive() else None
-        return {
-            "state": self._state(),
-            "engine": self.kind,
-            "tier": self.cfg.tier,
-            "n_ctx": self.cfg.n_ctx,
-            "pid": pid,
-            "in_flight": self._admitted,
-            "queued": max(self._admitted - self.max_in_flight, 0),
-            "max_queue": self.max_queue,
-            "served": self.served,
-            "restarts": self.restarts,
-            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
-            "last_error": self.last_error,
-            **self._health_extra(pid),
-        }
+        # Cast: `EngineHealth` is open (each engine adds keys), which mypy cannot express yet.
+        return cast(
+            EngineHealth,
+            {
+                "state": self._state(),
+                "engine": self.kind,
+                "tier": self.cfg.tier,
+                "n_ctx": self.cfg.n_ctx,
+                "pid": pid,
+                "in_flight": self._admitted,
+                "queued": max(self._admitted - self.max_in_flight, 0),
+                "max_queue": self.max_queue,
+                "served": self.served,
+                "restarts": self.restarts,
+                "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+                "last_error": self.last_error,
+                **self._health_extra(pid),
+            },
+        )

@@ -35,6 +35,7 @@ from localroute.errors import (
     UpstreamError,
 )
 from localroute.host import resources
+from localroute.protocol.wire import EngineAccounting
 from localroute.rungs.openai_http import OpenAIHTTP
 from localroute.rungs.supervise import die_with_parent, sanitize
 from localroute.rungs.supervisor import SupervisedEngine
@@ -242,7 +243,7 @@ class VllmEngine(SupervisedEngine[VllmModel]):
             return ContextLengthExceededError(exc.message, param="messages")
         return exc
 
-    def _accounting(self, share_s: float) -> dict[str, float]:
+    def _accounting(self, share_s: float) -> EngineAccounting:
         return {"compute_s": round(share_s * self.cfg.tensor_parallel_size, 6)}  # GPU-seconds
 
     def _health_extra(self, pid: int | None) -> dict[str, Any]:
