@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,10 +31,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, wait_until
+from tests import conftest
+from tests.conftest import ROOT, Server, remote_rung, repo_routing, repo_rung, start_gateway, wait_until
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
-from tests.toml_text import toml_value
 
 MODEL = "smollm2-135m"
 REMOTE = "frontier"
@@ -70,10 +69,6 @@ LENIENT = {"min_mean_logprob": -50.0, "min_tail_logprob": -50.0, "min_length_tok
 # -- configs and servers ---------------------------------------------------------------------------------
 
 
-def _table(header: str, values: Mapping[str, object]) -> list[str]:
-    return [header, *(f"{k} = {toml_value(v)}" for k, v in values.items()), ""]
-
-
 def config_text(
     base_url: str,
     *,
@@ -84,23 +79,15 @@ def config_text(
 ) -> str:
     """The repo's smollm2 rung (deterministic, max_score 0.45; None: no local rung) under a remote
     rung at `base_url` whose key is read from KEY_ENV."""
-    repo = tomllib.loads((ROOT / "models.toml").read_text())
-    smol = next(m for m in repo["models"] if m["name"] == MODEL)
-    remote = {"name": REMOTE, "engine": "remote", "tier": 10, "base_url": base_url,
-              "model": PROVIDER_MODEL, "api_key_env": KEY_ENV, "read_timeout_s": 30, "total_timeout_s": 60,
-              "max_retries": 1}  # fmt: skip
-    models = (
-        [remote] if local is None else [{**smol, "cache_prompt": False, "max_score": 0.45, **local}, remote]
+    remote = remote_rung(
+        base_url, KEY_ENV, model=PROVIDER_MODEL, read_timeout_s=30, total_timeout_s=60, max_retries=1
     )
-    lines: list[str] = []
-    for m in models:
-        lines += _table("[[models]]", m)
-    lines += _table("[routing]", {k: v for k, v in repo["routing"].items() if k != "cascade"})
-    lines += _table("[routing.cascade]", cascade)
-    lines += _table("[privacy]", privacy or {})
-    for k in keys or ():
-        lines += _table("[[keys]]", k)
-    return "\n".join(lines)
+    models = (
+        [remote] if local is None else [repo_rung(MODEL, cache_prompt=False, max_score=0.45, **local), remote]
+    )
+    return conftest.config_text(
+        models=models, routing=repo_routing(), cascade=cascade, privacy=privacy or {}, keys=keys or ()
+    )
 
 
 def sha256(text: str) -> str:
@@ -113,11 +100,8 @@ EnvServer = Server  # a gateway with KEY_ENV set in its environment
 def serve(
     factory: pytest.TempPathFactory, name: str, text: str, key: str = STANDIN_KEY
 ) -> Iterator[EnvServer]:
-    cfg = factory.mktemp(name) / "models.toml"
-    cfg.write_text(text)
-    srv = Server(cfg, free_port(), {KEY_ENV: key})
+    srv = start_gateway(factory.mktemp(name), text, {KEY_ENV: key})
     try:
-        srv.wait_ready()
         yield srv
     finally:
         srv.stop()
@@ -634,3 +618,119 @@ def test_audit_log_verifies_and_holds_no_data(request: pytest.FixtureRequest, na
     assert "Draft a short" not in log and "capital of France" not in log  # no prompt text either
     assert not any(leak in srv.log.read_text() for leak in LEAKS)
     assert not any(leak in json.dumps(srv.health()) for leak in LEAKS)
+
+
+# -- (g) tools and structured output ----------------------------------------------------------------------
+# Tool and JSON requests marked private, or carrying personal data in tool arguments, tool results or tool
+# descriptions, never reach the stand-in, under low confidence and an engine killed mid-request. Invalid
+# output is covered at the router (tests/test_contract.py), where it can be forced.
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+FORCED = {"tools": [WEATHER], "tool_choice": "required"}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def turn_with(*, args: str = '{"city": "Paris"}', result: str = '{"temp_c": 18}') -> list[dict[str, Any]]:
+    """A tool round trip in history: the assistant's call and the tool's result."""
+    call_ = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": args}}
+    return [*ASK, {"role": "assistant", "content": None, "tool_calls": [call_]},
+            {"role": "tool", "tool_call_id": "call_1", "content": result}]  # fmt: skip
+
+
+def a_local_tool_call(reply: Any) -> dict[str, Any]:
+    assert reply.status == 200, reply.raw
+    assert reply.model == MODEL
+    if reply.events:
+        calls = [tc for e in reply.events for c in e["choices"] for tc in c["delta"].get("tool_calls") or ()]
+        assert calls and calls[0]["function"]["name"] == "get_weather"
+        return calls[0]
+    (tc,) = reply.body["choices"][0]["message"]["tool_calls"]
+    assert tc["function"]["name"] == "get_weather" and isinstance(
+        json.loads(tc["function"]["arguments"]), dict
+    )
+    return tc  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_private_tool_request_stays_local_though_its_public_twin_escalates(
+    strict: EnvServer, provider: StandinProvider, stream: bool
+) -> None:
+    twin = call(strict, messages=ASK, max_tokens=48, **FORCED)
+    assert twin.status == 200 and len(provider.requests) == 1  # the strict cascade sends it up...
+    sent = provider.requests[0].body
+    assert sent["tools"] == [WEATHER] and sent["tool_choice"] == "required"  # ...with its tools intact
+    provider.requests.clear()
+
+    r = call(strict, messages=ASK, privacy="private", stream=stream, max_tokens=48, **FORCED)
+    a_local_tool_call(r)  # ...and keeps the private one, however unsure
+    assert provider.requests == []
+    assert_private(strict, r, "header", tried=[(MODEL, "ok")])
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        pytest.param(turn_with(result=json.dumps({"owner": EMAIL})), id="pii-in-tool-result"),
+        pytest.param(turn_with(args=json.dumps({"city": "Paris", "cc": EMAIL})), id="pii-in-tool-arguments"),
+    ],
+)  # fmt: skip
+def test_personal_data_in_a_tool_round_trip_keeps_it_local(
+    strict: EnvServer, provider: StandinProvider, messages: list[dict[str, Any]]
+) -> None:
+    r = call(strict, messages=messages, tools=[WEATHER], max_tokens=24)
+    assert r.status == 200 and r.model == MODEL, r.raw
+    assert provider.requests == []
+    assert_private(strict, r, "pii", kinds=("email",))
+
+
+def test_personal_data_in_a_tool_description_keeps_it_local(
+    strict: EnvServer, provider: StandinProvider
+) -> None:
+    tool = {
+        "type": "function",
+        "function": {**WEATHER["function"], "description": f"Mail results to {EMAIL}."},
+    }
+    r = call(strict, messages=ASK, tools=[tool], tool_choice="required", max_tokens=48)
+    a_local_tool_call(r)
+    assert provider.requests == []
+    assert_private(strict, r, "pii", kinds=("email",))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_private_json_request_stays_local(
+    strict: EnvServer, provider: StandinProvider, stream: bool
+) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
+    r = call(strict, messages=ASK, privacy="private", stream=stream, max_tokens=48, response_format=fmt)
+    assert r.status == 200 and r.model == MODEL, r.raw
+    assert provider.requests == []
+    rec = assert_private(strict, r, "header", tried=[(MODEL, "ok")])
+    assert rec["output_valid"] in (True, False)  # judged and recorded, whatever the verdict
+
+
+def test_a_private_tool_request_whose_engine_is_killed_fails_closed(
+    default_private: EnvServer, provider: StandinProvider
+) -> None:
+    srv = default_private
+    if engine(srv)["pid"] is None:  # restart it after an earlier kill
+        call(srv, "Hi", max_tokens=2)
+    pid = engine(srv)["pid"]
+    t, out = in_background(lambda: call(srv, messages=ASK, max_tokens=400, **FORCED))  # private by default
+    assert wait_until(lambda: engine(srv)["in_flight"] == 1, timeout=30, every=0.005)
+    os.kill(pid, signal.SIGKILL)
+    t.join(60)
+    assert "reply" in out, out
+    r = out["reply"]
+    if r.status == 200:  # the call finished before the signal landed: still local, still nothing sent
+        a_local_tool_call(r)
+    else:
+        unservable(r)
+    assert provider.requests == []
