@@ -116,9 +116,19 @@ def _timed(n: int) -> float:
     return (time.perf_counter_ns() - t0) / 1e3
 
 
-def body_of(prompt: str) -> bytes:
+# What an agent sends with its prompt: a tool and a response schema, so the policy also filters the
+# ladder by capability (tools, json_schema) before it scores.
+QUERY = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+SEARCH = {"name": "search", "description": "Search the docs.", "parameters": QUERY}
+TOOLS = [{"type": "function", "function": SEARCH}]
+FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}  # fmt: skip
+
+
+def body_of(prompt: str, agent: bool = False) -> bytes:
     msg = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}]
-    return json.dumps({"model": "auto", "messages": msg, "max_tokens": 256}).encode()
+    extra = {"tools": TOOLS, "response_format": FORMAT} if agent else {}
+    return json.dumps({"model": "auto", "messages": msg, "max_tokens": 256, **extra}).encode()
 
 
 def main() -> None:
@@ -132,6 +142,9 @@ def main() -> None:
     rng = random.Random(0)
     bodies = {n: [body_of(make_prompt(n, rng)) for _ in range(args.variants)] for n in SIZES}
     reqs = {n: [parse_chat_request(b) for b in bodies[n]] for n in SIZES}
+    agents = {
+        n: [parse_chat_request(body_of(r.messages[-1].text(), agent=True)) for r in reqs[n]] for n in SIZES
+    }
 
     def decide(req: ChatCompletionRequest) -> None:
         policy.decide(req)
@@ -153,6 +166,7 @@ def main() -> None:
         cells.append((n, "policy", lambda i, n=n: decide(reqs[n][i % args.variants])))
         cells.append((n, "parse+policy", lambda i, n=n: parse_decide(bodies[n][i % args.variants])))
         cells.append((n, "policy+pii", lambda i, n=n: decide_pii(reqs[n][i % args.variants])))
+        cells.append((n, "policy+caps", lambda i, n=n: decide(agents[n][i % args.variants])))
     for _, _, fn in cells:  # warm up
         for i in range(50):
             fn(i)
@@ -171,20 +185,23 @@ def main() -> None:
 
     head = (
         "| prompt | chars | policy p50 µs | policy p99 µs | parse+policy p50 µs | parse+policy p99 µs "
-        "| policy+PII p50 µs | policy+PII p99 µs |\n|---|---|---|---|---|---|---|---|"
+        "| policy+PII p50 µs | policy+PII p99 µs | policy, tools+JSON p50 µs | policy, tools+JSON p99 µs |"
+        "\n|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = []
     for n in SIZES:
         chars = sum(len(r.messages[-1].text()) for r in reqs[n]) // args.variants
         p, q, r = times[n, "policy"], times[n, "parse+policy"], times[n, "policy+pii"]
+        c = times[n, "policy+caps"]
         rows.append(
             f"| ~{n:,} tokens | {chars:,} | {pct(p, 0.5):.1f} | {pct(p, 0.99):.1f} | "
-            f"{pct(q, 0.5):.1f} | {pct(q, 0.99):.1f} | {pct(r, 0.5):.1f} | {pct(r, 0.99):.1f} |"
+            f"{pct(q, 0.5):.1f} | {pct(q, 0.99):.1f} | {pct(r, 0.5):.1f} | {pct(r, 0.99):.1f} | "
+            f"{pct(c, 0.5):.1f} | {pct(c, 0.99):.1f} |"
         )
     fixed = times[0, "fixed"]
     rows.append(
         f"| fixed work (jitter reference) | - | {pct(fixed, 0.5):.1f} | {pct(fixed, 0.99):.1f} "
-        "| - | - | - | - |"
+        "| - | - | - | - | - | - |"
     )
     p99 = pct(times[TARGET_TOKENS, "policy"], 0.99)
     verdict = "met" if p99 <= TARGET_US else "NOT met"
@@ -196,7 +213,8 @@ def main() -> None:
         "with the body. Fixed work: a constant loop timed in the same rounds; its p99/p50 "
         f"({pct(fixed, 0.99) / pct(fixed, 0.5):.2f}) is the machine's jitter (1-minute load average "
         f"{os.getloadavg()[0]:.2f} at the end). policy+PII: the PII detector scans every message whole "
-        "(privacy cannot use a window), then the policy decides."
+        "(privacy cannot use a window), then the policy decides. tools+JSON: the same prompts with a tool "
+        "and a json_schema response format, so the policy first keeps only the rungs that can serve them."
     )
     if args.no_append:
         print(f"{head}\n" + "\n".join(rows) + f"\n\n{notes}")
