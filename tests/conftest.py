@@ -1,4 +1,5 @@
-"""Shared fixtures: a real `localroute serve` process on a free loopback port, over the real model."""
+"""Shared fixtures: a real `localroute serve` process on a free loopback port, over the real model, and
+the one way tests write a models.toml for it (`config_text` from rungs and tables, `start_gateway`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.toml_text import toml_value
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,15 +161,75 @@ def smollm2() -> Path:
     return path
 
 
+# -- writing a models.toml and serving it -----------------------------------------------------------------
+
+DEFAULT_MODEL = "smollm2-135m"
+REMOTE_RUNG = "frontier"
+
+
+def repo_rung(name: str = DEFAULT_MODEL, **over: object) -> dict[str, object]:
+    """The repo's models.toml entry for `name`, with `over` applied (`cache_prompt=False`: deterministic)."""
+    repo = tomllib.loads((ROOT / "models.toml").read_text())
+    return {**next(m for m in repo["models"] if m["name"] == name), **over}
+
+
+def repo_routing() -> dict[str, object]:
+    """The repo's `[routing]` table without its cascade (each test states the cascade it needs)."""
+    routing = tomllib.loads((ROOT / "models.toml").read_text())["routing"]
+    return {k: v for k, v in routing.items() if k != "cascade"}
+
+
+def remote_rung(base_url: str, key_env: str, **over: object) -> dict[str, object]:
+    """The remote rung, pointed at a stand-in provider, its key read from `key_env`."""
+    return {"name": REMOTE_RUNG, "engine": "remote", "tier": 10, "base_url": base_url,
+            "model": "standin-frontier", "api_key_env": key_env, **over}  # fmt: skip
+
+
+def _table(header: str, values: Mapping[str, object]) -> list[str]:
+    return [header, *(f"{k} = {toml_value(v)}" for k, v in values.items()), ""]
+
+
+def config_text(
+    *,
+    server: Mapping[str, object] | None = None,
+    models: Sequence[Mapping[str, object]] = (),
+    routing: Mapping[str, object] | None = None,
+    cascade: Mapping[str, object] | None = None,
+    privacy: Mapping[str, object] | None = None,
+    keys: Sequence[Mapping[str, object]] = (),
+    cost: Mapping[str, object] | None = None,
+) -> str:
+    """A models.toml with these tables; a table left None is not written (its defaults apply)."""
+    lines: list[str] = []
+    tables = [("[server]", server), *(("[[models]]", m) for m in models), ("[routing]", routing),
+              ("[routing.cascade]", cascade), ("[privacy]", privacy), *(("[[keys]]", k) for k in keys),
+              ("[cost]", cost)]  # fmt: skip
+    for header, values in tables:
+        if values is not None:
+            lines += _table(header, values)
+    return "\n".join(lines)
+
+
+def start_gateway(
+    tmp: Path,
+    text: str,
+    env: Mapping[str, str | None] | None = None,
+    *,
+    until: Callable[[dict[str, Any]], bool] = _local_engines_ready,
+) -> Server:
+    """Write `text` as `tmp`/models.toml and serve it; returns once `until` holds (see `Server`)."""
+    cfg = tmp / "models.toml"
+    cfg.write_text(text)
+    return Server(cfg, free_port(), env).started(until=until)
+
+
 def start_server(config: Path, tmp: Path, *, deterministic: bool = False) -> Server:
     """Serve a copy of `config`; `deterministic` turns off prompt caching on the default model."""
     text = config.read_text()
     if deterministic:
         assert "\npreload = true" in text
         text = text.replace("\npreload = true", "\npreload = true\ncache_prompt = false", 1)
-    cfg = tmp / "models.toml"
-    cfg.write_text(text)
-    return Server(cfg, free_port()).started()
+    return start_gateway(tmp, text)
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Server, free_port
+from tests.conftest import Server, start_gateway
 
 PROMPT = "Name a colour of the sky, please."
 
 
 def _serve(repo_config: Path, tmp: Path, extra: str) -> Server:
-    cfg = tmp / "models.toml"
-    cfg.write_text(repo_config.read_text() + "\n" + extra)
-    srv = Server(cfg, free_port())
-    srv.wait_ready()
-    return srv
+    return start_gateway(tmp, repo_config.read_text() + "\n" + extra)
 
 
 def _ask(srv: Server, stream: bool) -> str:

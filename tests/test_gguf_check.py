@@ -31,7 +31,15 @@ from localroute.host.gguf import (
     check,
     verify,
 )
-from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
+from tests.conftest import (
+    ROOT,
+    Server,
+    answering,
+    config_text,
+    pid_alive,
+    start_gateway,
+    wait_until,
+)
 
 # -- building GGUF files -------------------------------------------------------------------------
 
@@ -294,13 +302,9 @@ def test_the_checker_command_line(smollm2: Path, tmp_path: Path) -> None:
 
 
 def serve_one_model(tmp: Path, gguf_path: Path, name: str = "crafted") -> Server:
-    cfg = tmp / "models.toml"
-    cfg.write_text(
-        "[server]\nport = 8000\n\n[[models]]\n"
-        f'name = "{name}"\nengine = "llama_cpp"\nn_ctx = 512\ndefault_max_tokens = 16\nthreads = 1\n'
-        f'source = {{ kind = "path", path = {json.dumps(str(gguf_path))} }}\n'
-    )
-    return Server(cfg, free_port()).started(until=answering)
+    model = {"name": name, "engine": "llama_cpp", "n_ctx": 512, "default_max_tokens": 16, "threads": 1,
+             "source": {"kind": "path", "path": str(gguf_path)}}  # fmt: skip
+    return start_gateway(tmp, config_text(server={"port": 8000}, models=[model]), until=answering)
 
 
 def workers_of(srv: Server) -> list[psutil.Process]:

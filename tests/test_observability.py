@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Server, free_port
+from tests import conftest
+from tests.conftest import ROOT, Server, remote_rung, repo_rung, start_gateway
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
-from tests.toml_text import toml_value
 
 LOCAL = "smollm2-135m"
 REMOTE = "frontier"
@@ -35,21 +34,15 @@ HARD = (
 
 
 def config_text(base_url: str) -> str:
-    repo = tomllib.loads((ROOT / "models.toml").read_text())
-    smol = next(m for m in repo["models"] if m["name"] == LOCAL)
     models = [
-        {**smol, "cache_prompt": False, "price": {"per_hour": CPU_PER_HOUR}},
-        {"name": REMOTE, "engine": "remote", "tier": 10, "base_url": base_url, "model": "standin-frontier",
-         "api_key_env": KEY_ENV, "max_retries": 0,
-         "price": {"input_per_mtok": IN_PRICE, "output_per_mtok": OUT_PRICE}},
-    ]  # fmt: skip
-    lines: list[str] = []
-    for m in models:
-        lines += ["[[models]]", *(f"{k} = {toml_value(v)}" for k, v in m.items()), ""]
+        repo_rung(LOCAL, cache_prompt=False, price={"per_hour": CPU_PER_HOUR}),
+        remote_rung(
+            base_url, KEY_ENV, max_retries=0, price={"input_per_mtok": IN_PRICE, "output_per_mtok": OUT_PRICE}
+        ),
+    ]
     # Every `auto` answer from the small model is judged unsure: one escalation we can count.
-    lines += ["[routing.cascade]", "min_mean_logprob = -0.01", "min_length_tokens = 0", ""]
-    lines += ["[cost]", f'baseline = "{REMOTE}"', ""]
-    return "\n".join(lines)
+    cascade = {"min_mean_logprob": -0.01, "min_length_tokens": 0}
+    return conftest.config_text(models=models, cascade=cascade, cost={"baseline": REMOTE})
 
 
 class Traffic:
@@ -64,9 +57,8 @@ class Traffic:
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
     with StandinProvider(api_key=STANDIN_KEY) as provider:
-        tmp = tmp_path_factory.mktemp("obs")
-        (tmp / "models.toml").write_text(config_text(provider.base_url))
-        srv = Server(tmp / "models.toml", free_port(), {KEY_ENV: STANDIN_KEY}).started()
+        text = config_text(provider.base_url)
+        srv = start_gateway(tmp_path_factory.mktemp("obs"), text, {KEY_ENV: STANDIN_KEY})
         try:
             t = Traffic(srv)
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -237,9 +229,7 @@ def test_one_json_log_line_per_request_with_the_audit_fields(traffic: Traffic) -
 
 def test_log_level_from_the_environment(tmp_path: Path) -> None:
     """LOCALROUTE_LOG_LEVEL=warning silences the per-request info lines."""
-    cfg = tmp_path / "models.toml"
-    cfg.write_text((ROOT / "models.toml").read_text())
-    srv = Server(cfg, free_port(), {"LOCALROUTE_LOG_LEVEL": "warning"}).started()
+    srv = start_gateway(tmp_path, (ROOT / "models.toml").read_text(), {"LOCALROUTE_LOG_LEVEL": "warning"})
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         client.chat.completions.create(

@@ -6,16 +6,13 @@ where they were."""
 from __future__ import annotations
 
 import asyncio
-import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, wait_until
-from tests.toml_text import toml_value
+from tests.conftest import Server, config_text, repo_rung, start_gateway, wait_until
 
 pytestmark = pytest.mark.load
 
@@ -28,14 +25,10 @@ ROUNDS = 2
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    repo = tomllib.loads((ROOT / "models.toml").read_text())
-    smol = next(m for m in repo["models"] if m["name"] == MODEL)
-    smol = {**smol, "max_queue": MAX_QUEUE}
-    lines = ["[server]", f"request_timeout_s = {DEADLINE_S}", "", "[[models]]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in smol.items()]
-    tmp: Path = tmp_path_factory.mktemp("load")
-    (tmp / "models.toml").write_text("\n".join(lines) + "\n")
-    server = Server(tmp / "models.toml", free_port()).started()
+    text = config_text(
+        server={"request_timeout_s": DEADLINE_S}, models=[repo_rung(MODEL, max_queue=MAX_QUEUE)]
+    )
+    server = start_gateway(tmp_path_factory.mktemp("load"), text)
     yield server
     server.stop()
 

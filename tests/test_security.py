@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,17 @@ from localroute.config.privacy import APIKey
 from localroute.config.schema import parse_config
 from localroute.errors import APIError
 from localroute.gateway.security import Guard, KeyRing, RateLimiter, exposure_problem, is_loopback
-from tests.conftest import ROOT, Server, free_port, pid_alive, wait_until
+from tests import conftest
+from tests.conftest import (
+    ROOT,
+    Server,
+    free_port,
+    pid_alive,
+    remote_rung,
+    repo_rung,
+    start_gateway,
+    wait_until,
+)
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
 from tests.toml_text import toml_value
@@ -131,25 +140,17 @@ def test_guard_refuses_oversized_headers_before_anything_else() -> None:
 
 
 def config_text(base_url: str, **server: Any) -> str:
-    repo = tomllib.loads((ROOT / "models.toml").read_text())
-    smol = next(m for m in repo["models"] if m["name"] == MODEL)
     models = [
-        {**smol, "cache_prompt": False, "max_queue": 2},
-        {"name": REMOTE, "engine": "remote", "tier": 10, "base_url": base_url, "model": "standin-frontier",
-         "api_key_env": KEY_ENV, "max_retries": 0, "read_timeout_s": 60, "total_timeout_s": 120},
-    ]  # fmt: skip
-    lines: list[str] = ["[server]", *(f"{k} = {toml_value(v)}" for k, v in server.items()), ""]
-    for m in models:
-        lines += ["[[models]]", *(f"{k} = {toml_value(v)}" for k, v in m.items()), ""]
+        repo_rung(MODEL, cache_prompt=False, max_queue=2),
+        remote_rung(base_url, KEY_ENV, max_retries=0, read_timeout_s=60, total_timeout_s=120),
+    ]
     keys = [
         {"name": "client", "sha256": sha(CLIENT)},
         {"name": "limited", "sha256": sha(LIMITED), "requests_per_minute": 3},
     ]
-    for k in keys:
-        lines += ["[[keys]]", *(f"{kk} = {toml_value(v)}" for kk, v in k.items()), ""]
     # `auto` answers from the small model are always judged unsure: they escalate to the remote rung.
-    lines += ["[routing.cascade]", "min_mean_logprob = -0.01", "min_length_tokens = 0", ""]
-    return "\n".join(lines)
+    cascade = {"min_mean_logprob": -0.01, "min_length_tokens": 0}
+    return conftest.config_text(server=server, models=models, keys=keys, cascade=cascade)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +166,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider) -
         provider.base_url, max_messages=4, max_header_bytes=8192, request_timeout_s=3,
         cors_origins=["http://app.example"],
     )  # fmt: skip
-    (tmp / "models.toml").write_text(text)
-    srv = Server(tmp / "models.toml", free_port(), {KEY_ENV: STANDIN_KEY}).started()
+    srv = start_gateway(tmp, text, {KEY_ENV: STANDIN_KEY})
     yield srv
     srv.stop()
     log = srv.log.read_text()
@@ -300,8 +300,7 @@ def serve_repo(tmp: Path, **server: Any) -> Server:
     text = text.replace(
         "[server]\n", "[server]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in server.items())
     )
-    (tmp / "models.toml").write_text(text)
-    return Server(tmp / "models.toml", free_port()).started()
+    return start_gateway(tmp, text)
 
 
 COUNT_TO = "Count from 1 to 1000, separated by commas: 1, 2, 3,"
