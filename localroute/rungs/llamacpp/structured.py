@@ -105,14 +105,18 @@ class Structured:
             return None
         if self.schema is None:
             return _JSON_GBNF_KEY
-        return json.dumps(self.schema, sort_keys=True)
+        # Key order kept: the grammar emits properties in the schema's order (a call's name before its
+        # arguments, so a stream can name the call early), and so the cache key must not sort them.
+        return json.dumps(self.schema)
 
     def answer(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
         """The assistant message for generated `text`, and the finish reason to report."""
         call = self._call(text)
         if call is None:
             return {"role": "assistant", "content": text}, finish
-        return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+        # A call cut off by max_tokens says so, as OpenAI's does: its arguments are not whole.
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return message, "length" if finish == "length" else "tool_calls"
 
     def _call(self, text: str) -> dict[str, Any] | None:
         if self.mode == "json":
@@ -176,7 +180,7 @@ class _StreamShaper:
             out = [{"tool_calls": [{**calls[0], "index": 0}]}]
         elif args[self.sent :]:
             out.append(_args_delta(args[self.sent :]))
-        return out + self._end("tool_calls")
+        return out + self._end("length" if finish == "length" else "tool_calls")
 
     def _open_call(self) -> list[dict[str, Any]]:
         """The call's first delta (id, name) as soon as the name is known; argument text held back
