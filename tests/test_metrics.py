@@ -136,3 +136,12 @@ def test_a_bare_record_gets_placeholder_labels() -> None:
 def test_nothing_observed_renders_no_request_samples() -> None:
     s = scrape(metrics({}))
     assert not any(name == "localroute_requests_total" for name, _ in s)
+
+
+def test_structured_answers_are_counted_by_whether_they_kept_the_contract() -> None:
+    valid = {**LOCAL_OK, "output_valid": True}
+    invalid = {**ESCALATED_STREAM, "output_valid": False}
+    s = scrape(metrics(HEALTH, valid, valid, invalid, LOCAL_OK))  # plain text answers are not counted
+    assert value(s, "localroute_structured_outputs_total", model="small", valid="true") == 2.0
+    assert value(s, "localroute_structured_outputs_total", model="top", valid="false") == 1.0
+    assert value(s, "localroute_structured_outputs_total", model="small", valid="false") is None

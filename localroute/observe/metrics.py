@@ -78,6 +78,10 @@ class Metrics:
         self.escalations = Counter(
             "localroute_escalations", "Requests moved up the ladder, by reason", ["reason"], registry=r
         )
+        self.outputs = Counter(
+            "localroute_structured_outputs", "JSON and tool-call answers, by whether they kept the "
+            "request's contract (schema, declared tool, valid arguments)", ["model", "valid"], registry=r,
+        )  # fmt: skip
         self.latency = Histogram(
             "localroute_request_duration_seconds", "Time to the last byte",
             ["model", "stream"], buckets=_SECONDS, registry=r,
@@ -108,6 +112,8 @@ class Metrics:
         row.baseline.inc(rec.get("baseline_usd") or 0.0)
         if rec.get("compute_s"):
             row.compute.inc(rec["compute_s"])
+        if (valid := rec.get("output_valid")) is not None:
+            self.outputs.labels(model, "true" if valid else "false").inc()
         for move in rec.get("moves") or ():
             self.escalations.labels(move.split(":", 1)[-1]).inc()
         if 200 <= status < 300:
