@@ -135,7 +135,9 @@ class Router:
         if judge:
             body["logprobs"] = True
         if req.stream:  # always ask for usage: the audit log counts tokens; the client gets it if asked
-            body["stream_options"] = {"include_usage": True}
+            # A provider gets the client's other stream options too; a local engine has no use for them.
+            kept = body.get("stream_options", {}) if isinstance(m, RemoteModel) else {}
+            body["stream_options"] = {**kept, "include_usage": True}
         return body
 
     def _verdict(self, logprobs: list[float], finish: str | None, tokens: int, asked: int) -> str | None:
