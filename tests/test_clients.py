@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import httpx
@@ -277,6 +278,22 @@ def test_openai_multi_turn_append_after_remote_answer(base: str, provider: Stand
     assert raw.parse().choices[0].message.content
     assert sent[2]["messages"][3]["refusal"] is None and sent[2]["messages"][3]["annotations"] == []
     assert len(provider.requests) == 2
+
+
+def test_openai_streamed_tool_call_from_the_remote_rung(base: str, provider: StandinProvider) -> None:
+    # "auto" with the tool named in the prompt: the model's free choice, so the stand-in answers it.
+    stream = client(base).chat.completions.create(
+        model="auto", messages=ASK_WEATHER, tools=[WEATHER_TOOL], stream=True, extra_headers=PIN_REMOTE
+    )
+    chunks = [c for c in stream if c.choices]
+    parts = [tc for c in chunks for tc in c.choices[0].delta.tool_calls or ()]
+    assert parts[0].id and parts[0].function and parts[0].function.name == "get_weather"
+    arguments = "".join(p.function.arguments or "" for p in parts if p.function)
+    validated_call(SimpleNamespace(id=parts[0].id, type="function", function=SimpleNamespace(
+        name="get_weather", arguments=arguments)))  # fmt: skip
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" and {c.model for c in chunks} == {REMOTE}
+    sent = one_remote_body(provider)
+    assert sent["tools"] == [WEATHER_TOOL] and "tool_choice" not in sent
 
 
 def test_openai_async(base: str, provider: StandinProvider) -> None:
