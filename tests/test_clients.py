@@ -357,11 +357,6 @@ def test_default_valued_knobs_are_accepted(base: str, provider: StandinProvider)
     assert sent[0]["stream_options"]["include_usage"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing/router.py replaces a stream's stream_options with {'include_usage': True}, "
-    "dropping include_obfuscation, which the README says is forwarded to a remote rung",
-)
 def test_include_obfuscation_is_forwarded(base: str, provider: StandinProvider) -> None:
     options = {"include_usage": False, "include_obfuscation": False}
     body = {"model": "auto", "messages": [{"role": "user", "content": "Say hi"}], "stream": True}
