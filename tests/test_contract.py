@@ -116,3 +116,21 @@ def test_a_streamed_answer_records_its_verdict() -> None:
         assert trace.output_valid is False  # streams are judged, recorded, not re-asked
 
     run(go)
+
+
+def test_a_private_request_needing_what_only_a_remote_rung_has_fails_closed_saying_so() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    vision = req(messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}])
+    r = rig(Reply(), Reply())
+    assert r.router.decide(vision).model == "top"  # public: the remote rung can see images
+    with pytest.raises(PrivacyViolationError) as info:
+        r.router.decide(vision, private=True)
+    assert info.value.status == 503 and "needs vision" in info.value.message
+    assert "not sent off this machine" in info.value.message
+
+    async def go() -> None:
+        with pytest.raises(PrivacyViolationError):
+            await r.router.complete(vision, privacy=PRIVATE, attempts=r.attempts)
+        assert r.small.bodies == [] and r.top.bodies == []
+
+    run(go)
