@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from localroute.errors import InvalidRequestError
 from localroute.privacy.guard import PrivacyViolationError
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.contract import Assembler, broken
@@ -123,13 +124,13 @@ def test_a_private_request_needing_what_only_a_remote_rung_has_fails_closed_sayi
     vision = req(messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}])
     r = rig(Reply(), Reply())
     assert r.router.decide(vision).model == "top"  # public: the remote rung can see images
-    with pytest.raises(PrivacyViolationError) as info:
+    with pytest.raises(InvalidRequestError) as info:
         r.router.decide(vision, private=True)
-    assert info.value.status == 503 and "needs vision" in info.value.message
-    assert "not sent off this machine" in info.value.message
+    assert (info.value.status, info.value.code) == (400, "private_request_unservable")
+    assert "needs vision" in info.value.message and "not sent off this machine" in info.value.message
 
     async def go() -> None:
-        with pytest.raises(PrivacyViolationError):
+        with pytest.raises(InvalidRequestError):
             await r.router.complete(vision, privacy=PRIVATE, attempts=r.attempts)
         assert r.small.bodies == [] and r.top.bodies == []
 

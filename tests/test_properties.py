@@ -90,9 +90,15 @@ def _finite(lo: float, hi: float, *, exclude_min: bool = False) -> st.SearchStra
 CONTENT = (
     TEXT | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=3) | st.none()
 )
+# As in OpenAI's API, only an assistant message may leave `content` out (or null).
 MESSAGE = st.fixed_dictionaries(
-    {"role": st.sampled_from(["system", "developer", "user", "assistant"])},
-    optional={"content": CONTENT, "name": st.text(CHARS, max_size=20)},
+    {"role": st.just("assistant")}, optional={"content": CONTENT, "name": st.text(CHARS, max_size=20)}
+) | st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["system", "developer", "user"]),
+        "content": CONTENT.filter(lambda c: c is not None),
+    },
+    optional={"name": st.text(CHARS, max_size=20)},
 )
 STOP_TEXT = TEXT | st.just("x" * MAX_STOP_CHARS)
 VALID = st.fixed_dictionaries(

@@ -186,7 +186,8 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequestError:
     found = [_describe(errors) for errors in groups.values()]
     message = " ".join(text for _, text, _ in found[:_MAX_REPORTED])
     if len(found) > _MAX_REPORTED:
-        message += f" ({len(found) - _MAX_REPORTED} more problems not shown.)"
+        more = len(found) - _MAX_REPORTED
+        message += f" And {more} more {'problem' if more == 1 else 'problems'}."
     unsupported = [param for param, _, code in found if code == "unsupported_parameter"]
     if len(unsupported) > 1 and len(unsupported) == len(found):
         names = ", ".join(f"'{p}'" for p in unsupported[:_MAX_REPORTED])

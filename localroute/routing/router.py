@@ -96,9 +96,11 @@ class Router:
         except UnsupportedCapabilityError as exc:
             if not any(exc.capability in capabilities(m) for m in self.config.models if m.name in remote):
                 raise  # no rung anywhere has it: the request itself asks the impossible
-            raise PrivacyViolationError(
+            raise InvalidRequestError(  # asks what only leaving could give: the client has to change it
                 f"This request is private and needs {exc.capability}, which no local model supports; "
-                "it is not sent off this machine."
+                "it is not sent off this machine.",
+                param=exc.param,
+                code="private_request_unservable",
             ) from None
         except InvalidRequestError as exc:
             if exc.code != "no_route":
