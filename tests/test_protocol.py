@@ -23,6 +23,10 @@ from localroute.errors import (
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+DEEP: dict[str, Any] = {"type": "string"}
+for _ in range(40):
+    DEEP = {"type": "object", "properties": {"x": DEEP}}
+WIDE = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5000)}}
 DROP = object()
 
 
@@ -314,6 +318,20 @@ REJECTIONS = [
         "tools[0].function.parameters",
         "invalid_value",
         "form a cycle",
+    ),
+    (
+        "deep-schema",
+        body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": DEEP}}),
+        "response_format.json_schema.schema",
+        "invalid_value",
+        "nests deeper than 24 levels",
+    ),
+    (
+        "schema-with-many-nodes",
+        body(tools=[{"type": "function", "function": {"name": "f", "parameters": WIDE}}]),
+        "tools[0].function.parameters",
+        "invalid_value",
+        "more than 4000 nodes",
     ),
     (
         "huge-enum",
