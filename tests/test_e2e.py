@@ -75,6 +75,15 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert MODEL in ids
 
 
+def test_models_retrieve_answers_for_every_model_and_auto(client: openai.OpenAI) -> None:
+    for name in ("auto", MODEL):
+        m = client.models.retrieve(name)
+        assert (m.id, m.object, m.owned_by) == (name, "model", "localroute")
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.models.retrieve("gpt-17")
+    assert ei.value.code == "model_not_found" and "gpt-17" in ei.value.message
+
+
 def test_unknown_model_is_the_sdks_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as ei:
         client.chat.completions.create(model="gpt-17", messages=HELLO)

@@ -134,6 +134,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         routes=[
             Route("/v1/chat/completions", _on(Gateway.chat), methods=["POST"]),
             Route("/v1/models", _on(Gateway.models), methods=["GET"]),
+            Route("/v1/models/{model:str}", _on(Gateway.model), methods=["GET"]),
             Route("/v1/route/explain", _on(Gateway.explain), methods=["POST"]),
             Route("/health", _on(Gateway.health), methods=["GET"]),
             Route("/metrics", _on(Gateway.metrics_page), methods=["GET"]),

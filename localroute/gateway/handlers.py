@@ -23,6 +23,7 @@ from localroute.errors import (
     DeadlineExceededError,
     InternalError,
     InvalidRequestError,
+    ModelNotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
 )
@@ -261,6 +262,14 @@ class Gateway:
         ]
         models: ModelList = {"object": "list", "data": data}
         return JSONResponse(models)
+
+    async def model(self, request: Request) -> Response:
+        """`GET /v1/models/{id}`: one model in OpenAI's shape, `auto` included; unknown ids are a 404."""
+        name = str(request.path_params["model"])
+        if name != "auto" and self.config.model(name) is None:
+            raise ModelNotFoundError(f"The model '{name[:64]}' does not exist.", param="model")
+        found: Model = {"id": name, "object": "model", "created": self.created, "owned_by": "localroute"}
+        return JSONResponse(found)
 
     async def health(self, request: Request) -> Response:
         engines = {name: b.health() for name, b in self.backends.items()}

@@ -177,6 +177,15 @@ def _paths() -> Schema:
                 operationId="listModels",
             )
         },
+        "/v1/models/{model}": {
+            "get": _op(
+                "One model, `auto` included (what `client.models.retrieve` asks for)",
+                {"description": "The model.", "content": _json(ref("Model"))},
+                (404, *_GUARDED),
+                operationId="retrieveModel",
+                parameters=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            )
+        },
         "/v1/localroute/stats": {
             "get": _op(
                 "Totals, per-model breakdowns, a cost series and the latest requests",
