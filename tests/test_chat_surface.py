@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest
 
+from localroute.config.privacy import ALL_KINDS
 from localroute.errors import InvalidRequestError
+from localroute.privacy.detect import Detector
+from localroute.privacy.guard import body_texts
 from localroute.protocol.chat import parse_chat_request
+from localroute.routing.contract import broken
 
 USER = {"role": "user", "content": "What is the weather in Paris?"}
 WEATHER = {
@@ -164,3 +168,78 @@ def test_local_body_drops_bookkeeping_and_keeps_what_shapes_the_answer() -> None
         assert dropped not in body
     assert body["presence_penalty"] == 0.5
     assert body["response_format"]["json_schema"]["schema"] == CITY_SCHEMA  # by its wire name
+
+
+# -- what the privacy scan sees: every client-written string a provider would receive ----------------
+
+EMAIL = "alice.smith@example.com"
+DESCRIBED = {"name": "x", "description": f"for {EMAIL}", "schema": {"type": "object"}}
+ENUM_TOOL = {"name": "f", "parameters": {"type": "object", "properties": {"to": {"enum": [EMAIL]}}}}
+CITED = {
+    "role": "assistant",
+    "content": "ok",
+    "annotations": [{"type": "url_citation", "url_citation": {"title": EMAIL}}],
+}
+ESCAPED = {
+    "id": "c1",
+    "type": "function",
+    "function": {"name": "f", "arguments": '{"to": "alice\\u0040example.com"}'},
+}
+PICTURE = {"type": "image_url", "image_url": {"url": f"https://example.com/img?owner={EMAIL}"}}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"user": EMAIL}, id="user"),
+        pytest.param({"metadata": {"owner": EMAIL}}, id="metadata-value"),
+        pytest.param({"metadata": {EMAIL: "x"}}, id="metadata-key"),
+        pytest.param({"prompt_cache_key": EMAIL, "safety_identifier": "s"}, id="prompt_cache_key"),
+        pytest.param({"response_format": {"type": "json_schema", "json_schema": DESCRIBED}}, id="schema"),
+        pytest.param({"tools": [{"type": "function", "function": ENUM_TOOL}]}, id="tool-parameters"),
+        pytest.param({"messages": [USER, CITED]}, id="echoed-annotations"),
+        pytest.param({"messages": [USER, {"role": "assistant", "content": None, "tool_calls": [ESCAPED]}]},
+                     id="json-escaped-tool-arguments"),
+        pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, PICTURE]}]},
+                     id="image-url"),
+    ],
+)  # fmt: skip
+def test_personal_data_anywhere_a_provider_would_read_it_is_found(fields: dict[str, Any]) -> None:
+    req = parse(**fields)
+    detector = Detector(ALL_KINDS)
+    classified = body_texts(req.model_dump(exclude_none=True, by_alias=True))
+    assert detector.kinds_in(classified) == ("email",)
+    sent = req.remote_body("gpt", None)
+    assert body_texts(sent) == classified  # the guard's fast path sees the very texts classified
+
+
+def test_a_content_part_cannot_smuggle_a_second_payload() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse(messages=[{"role": "user", "content": [{"type": "text", "text": "hi", "refusal": EMAIL}]}])
+    assert "cannot also carry 'refusal'" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        ({"type": "string", "pattern": "^(a?){30}a{30}$"}, "nests quantifiers"),
+        ({"type": "string", "pattern": "^a{5000}$"}, "repeats more than 1000"),
+        ({"type": "string", "minLength": 2_000_000_000}, "'minLength' is 2000000000"),
+        ({"$ref": "#/nope"}, "points to nothing"),
+        ({"$defs": {"a": {"$ref": "#/%24defs/a"}}, "$ref": "#/$defs/a"}, "form a cycle"),
+        ({"type": "object", "properties": 5}, "not a valid JSON schema"),
+        ({"type": "foo"}, "not a valid JSON schema"),
+    ],
+)
+def test_schemas_that_would_stall_or_crash_a_rung_are_refused(schema: dict[str, Any], why: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert info.value.param == "response_format.json_schema.schema" and why in info.value.message
+
+
+def test_checking_an_answer_never_runs_the_clients_regex() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"s": {"type": "string", "pattern": "^[a-z]+$"}}}}}  # fmt: skip
+    # The grammar holds the model to the pattern; the gateway checks the rest of the schema only.
+    assert broken(parse(response_format=fmt), {"content": '{"s": "NOT LOWER"}'}) is None
+    assert broken(parse(response_format=fmt), {"content": '{"s": 5}'}) is not None

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from localroute.config.schema import Config, parse_config
-from localroute.errors import InvalidRequestError, UnsupportedCapabilityError
+from localroute.errors import ConfigError, InvalidRequestError, UnsupportedCapabilityError
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.policy import (
     HEAD_CHARS,
@@ -412,11 +412,15 @@ def test_only_rungs_with_the_needed_capability_are_considered(
 
 
 def test_a_rung_may_declare_its_own_capabilities() -> None:
-    extra = (
-        SMALL.replace('"small"', '"vision-small"').replace("{small}", "0.3") + "capabilities = ['vision']\n"
-    )
-    d = Policy(ladder(extra=extra)).decide(needing(messages=[{"role": "user", "content": IMAGE}]))
-    assert d.model == "vision-small"
+    plain = SMALL.replace("{small}", "0.3") + "capabilities = ['logprobs']\n"  # no tools, no JSON
+    cfg = parse_config(plain + MID.replace("{mid}", "0.6") + REMOTE)
+    d = Policy(cfg).decide(needing(tools=[TOOL]))
+    assert d.model == "mid" and dict(d.ruled_out) == {"small": "tools"}
+
+
+def test_a_llama_cpp_rung_cannot_claim_what_its_worker_does_not_do() -> None:
+    with pytest.raises(ConfigError, match="cannot serve n, vision"):
+        parse_config(SMALL.replace("{small}", "0.3") + "capabilities = ['tools', 'vision', 'n']\n")
 
 
 def test_no_rung_with_the_capability_is_a_400_naming_it() -> None:

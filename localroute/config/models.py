@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from localroute.protocol.chat import CAPABILITIES, Capability
 
@@ -110,6 +110,15 @@ class LlamaCppModel(BaseModel):
     # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
+
+    @field_validator("capabilities")
+    @classmethod
+    def _honoured(cls, caps: list[Capability] | None) -> list[Capability] | None:
+        """Only what the llama.cpp worker really does: declaring more would drop fields silently."""
+        beyond = sorted(set(caps or ()) - _ENGINE_CAPABILITIES["llama_cpp"])
+        if beyond:
+            raise ValueError(f"the llama.cpp worker cannot serve {', '.join(beyond)}")
+        return caps
 
     @model_validator(mode="after")
     def _max_tokens_fits(self) -> LlamaCppModel:

@@ -121,7 +121,7 @@ class Gateway:
                 param="X-LocalRoute-Privacy",
                 code="invalid_header_value",
             )
-        texts = tuple(body_texts(req.model_dump(include={"messages", "stop", "tools"})))
+        texts = tuple(body_texts(req.model_dump(exclude_none=True, by_alias=True)))  # as it would be sent
         kinds = self.detector.kinds_in(texts)
         if not kinds:
             SCANNED_CLEAN.set(texts)  # the egress guard need not scan these very strings again

@@ -9,7 +9,8 @@ argument); the guard refuses a request unless the router marked it public, and r
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping, MutableMapping, MutableSequence, Sequence
+import json
+from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,50 +106,88 @@ class EgressGuard:
 
 
 Slot = tuple[MutableMapping[str, Any] | MutableSequence[Any], Any, str]
+# Values from a fixed vocabulary (or the model name the client picked from our list): never free text.
+_STRUCTURAL = frozenset({"model", "role", "type", "detail", "service_tier", "reasoning_effort", "verbosity"})
 
 
-def _slots(body: Mapping[str, Any]) -> Iterator[Slot]:
-    """The one walk over every client-written string an OpenAI chat body carries, as (container, key,
-    text): each message's content (its text parts joined, so a value split across parts is still
-    seen), its `name` and `refusal`, the arguments of the tool calls in history (tool results are
-    `tool` messages' content), the tools' descriptions, and the `stop` strings. Scanning reads the
-    texts; redaction writes through the slots."""
-    for m in body.get("messages") or ():
-        if not isinstance(m, MutableMapping):
+def _slots(body: Mapping[str, Any], keys: list[str] | None = None) -> list[Slot]:
+    """The one walk over every client-written string a chat body carries, as (container, key, text).
+
+    Every string leaf of the body is visited, whatever field holds it (messages, tool calls and
+    results, tool definitions and their parameter schemas, `response_format`, `stop`, `user`,
+    `metadata`, echoed annotations, ...), except the fixed-vocabulary fields in `_STRUCTURAL` and
+    inline `data:` image URLs. A message's text parts are joined into one text, so a value split
+    across parts is still seen (when the content holds an image, the parts are visited one by one).
+    Scanning reads the texts; redaction writes through the slots. `keys`, when given, collects the
+    object keys below the body's own fields (metadata keys, schema property names)."""
+    out: list[Slot] = []
+    stack: list[tuple[Any, Any, Any]] = []
+    for key, value in body.items():
+        if key != "messages" or not isinstance(value, list):
+            stack.append((body, key, value))
             continue
-        c = m.get("content")
-        if isinstance(c, str):
-            yield m, "content", c
-        elif isinstance(c, list):
-            parts = [p for p in c if isinstance(p, Mapping)]
-            text = "".join(str(p.get("text") or p.get("refusal") or "") for p in parts)
-            if all(p.get("type") in ("text", "refusal") for p in parts):
-                yield m, "content", text
-            else:  # images stay where they are: only the text around them is scanned and rewritten
-                for p in parts:
-                    if isinstance(p, MutableMapping) and isinstance(p.get("text"), str):
-                        yield p, "text", p["text"]
-        for key in ("name", "refusal"):
-            if isinstance(m.get(key), str):
-                yield m, key, m[key]
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, Mapping) else None
-            if isinstance(fn, MutableMapping) and isinstance(fn.get("arguments"), str):
-                yield fn, "arguments", fn["arguments"]
-    for tool in body.get("tools") or ():
-        fn = tool.get("function") if isinstance(tool, Mapping) else None
-        if isinstance(fn, MutableMapping) and isinstance(fn.get("description"), str):
-            yield fn, "description", fn["description"]
-    stop = body.get("stop")
-    if isinstance(stop, str) and isinstance(body, MutableMapping):
-        yield body, "stop", stop
-    elif isinstance(stop, list):
-        yield from ((stop, i, x) for i, x in enumerate(stop) if isinstance(x, str))
+        for m in value:
+            if not isinstance(m, dict):
+                continue
+            for mk, mv in m.items():
+                if mk == "content" and isinstance(mv, list) and all(_is_text_part(p) for p in mv):
+                    out.append((m, mk, "".join(str(p.get("text") or p.get("refusal") or "") for p in mv)))
+                else:  # images stay where they are: the text around them is scanned and rewritten
+                    stack.append((m, mk, mv))
+    while stack:  # a loop, not recursion: free-form fields nest as deep as the JSON parser allows
+        parent, key, value = stack.pop()
+        if isinstance(value, str):
+            if key not in _STRUCTURAL and not (key == "url" and value.startswith("data:")):
+                out.append((parent, key, value))
+        elif isinstance(value, dict):
+            if keys is not None:
+                keys += value
+            stack += [(value, k, v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(value, i, v) for i, v in enumerate(value)]
+    return out
+
+
+def _is_text_part(part: object) -> bool:
+    return isinstance(part, dict) and part.get("type") in ("text", "refusal")
 
 
 def body_texts(body: Mapping[str, Any]) -> list[str]:
-    """Every client-written string of a chat body (see `_slots`): what classification and the guard scan."""
-    return [text for _, _, text in _slots(body)]
+    """What classification and the guard scan: every client-written string of a body (`_slots`), the
+    keys a client chose (metadata keys, schema property names), and the strings inside tool-call
+    arguments as the JSON decodes them (`\\u0040` is an `@` to whoever reads the call)."""
+    keys: list[str] = []
+    texts: list[str] = []
+    for _, key, text in _slots(body, keys):
+        texts.append(text)
+        if key == "arguments" and "\\" in text:
+            texts += _json_strings(text)
+    return texts + [k for k in keys if k not in _FIELDS]
+
+
+# Field names of the API itself: not something a client wrote, and the commonest keys by far.
+_FIELDS = frozenset({"role", "content", "type", "text", "name", "tool_calls", "function", "arguments", "id",
+                     "tool_call_id", "refusal", "image_url", "url", "detail", "description", "parameters",
+                     "strict", "json_schema", "schema", "properties", "required"})  # fmt: skip
+
+
+def _json_strings(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            out += [k for k in v if isinstance(k, str)]
+            stack += v.values()
+        elif isinstance(v, list):
+            stack += v
+    return out
 
 
 def redact_body(body: dict[str, Any], detector: Detector) -> None:

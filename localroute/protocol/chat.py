@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from localroute.protocol.parse import parse_json_body, validate
@@ -50,6 +52,11 @@ class ContentPart(BaseModel):
     def _one_payload(self) -> ContentPart:
         if getattr(self, self.type) is None:
             raise ValueError(f"a '{self.type}' part needs its '{self.type}' field")
+        stray = [
+            f for f in ("text", "image_url", "refusal") if f != self.type and getattr(self, f) is not None
+        ]
+        if stray:  # it would travel unread: neither the model nor the privacy scan would see it as text
+            raise ValueError(f"a '{self.type}' part cannot also carry '{stray[0]}'")
         return self
 
 
@@ -116,6 +123,11 @@ class ChatMessage(BaseModel):
 def _bounded(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is not None and (why := schema_problem(schema)) is not None:
         raise ValueError(why)
+    if schema is not None:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON schema ({exc.message[:120]})") from None
     return schema
 
 

@@ -9,10 +9,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema import Draft202012Validator, validators
 
 from localroute.protocol.chat import ChatCompletionRequest
+
+
+def _unchecked(*_: Any) -> None:
+    return None
+
+
+# Regular expressions are not checked here: Python's engine backtracks, and a client's pattern checked
+# on the event loop could stall every request. The grammar already held the model to the pattern.
+_Validator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _unchecked, "patternProperties": _unchecked}
+)
 
 
 def has_contract(req: ChatCompletionRequest) -> bool:
@@ -54,9 +64,9 @@ def _json_problem(text: object, schema: Mapping[str, Any] | None, what: str) -> 
     if schema is None:
         return None if isinstance(value, dict) or what != "answer" else "answer: not a JSON object"
     try:
-        error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
-    except SchemaError:
-        return None  # a schema the validator cannot use: the grammar is what held the model to it
+        error = next(iter(_Validator(schema).iter_errors(value)), None)
+    except Exception:  # a schema the validator cannot use: the grammar is what held the model to it
+        return None
     return None if error is None else f"{what}: does not match the JSON schema"
 
 
