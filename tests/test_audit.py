@@ -132,7 +132,7 @@ def test_a_restart_after_a_torn_tail_drops_it_and_continues(
     text = path.read_text()
     path.write_text(text[: len(text) - len(lines(path)[-1]) // 2])  # a crash in the middle of a write
     assert verify(path).broken_at == 3
-    with caplog.at_level(logging.WARNING, logger="localroute.privacy.audit"):
+    with caplog.at_level(logging.WARNING, logger="localroute.audit"):
         write_log(path, GOOD[3:4])
     assert "torn" in caplog.text
     recs = [json.loads(line) for line in lines(path)]  # every line is whole again

@@ -26,7 +26,7 @@ from localroute.errors import EngineUnavailableError
 from localroute.host import resources
 from localroute.host.resources import GPU, Footprint, MiB
 
-log = logging.getLogger("localroute.host.lifecycle")
+log = logging.getLogger("localroute.lifecycle")
 OverBudget = Literal["queue", "route", "fail"]
 
 

@@ -227,7 +227,7 @@ def _summary(timed: Iterable[tuple[datetime, RequestRecord]], since: datetime | 
             m.completion += o
 
     return {
-        "object": "localroute.observe.stats",
+        "object": "localroute.stats",
         "since": since.isoformat(timespec="seconds") if since is not None else None,
         "until": now.isoformat(timespec="seconds"),
         "bucket_s": bucket,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
-log = logging.getLogger("localroute.privacy.audit")
+log = logging.getLogger("localroute.audit")
 
 
 def _canonical(record: Mapping[str, Any]) -> bytes:

@@ -203,7 +203,7 @@ class Stats(TypedDict):
 
     # `stats.summarize` builds it; `localroute report` prints it.
 
-    object: Literal["localroute.observe.stats"]
+    object: Literal["localroute.stats"]
     since: str | None  # as the client wrote it, offset included: not always RFC 3339 (`+05:30:15`)
     until: Time
     bucket_s: Annotated[int, Field(ge=1)]
