@@ -152,7 +152,6 @@ class _StreamShaper:
         self.plan = plan
         self.text = ""
         self.state = "undecided" if plan.mode == "auto" else "call"
-        self.sent = 0  # characters of the arguments sent so far
         self.call: dict[str, Any] | None = None
 
     def feed(self, delta: str, finish: str | None) -> list[dict[str, Any]]:
@@ -178,8 +177,8 @@ class _StreamShaper:
         args = calls[0]["function"]["arguments"]
         if self.call is None:
             out = [{"tool_calls": [{**calls[0], "index": 0}]}]
-        elif args[self.sent :]:
-            out.append(_args_delta(args[self.sent :]))
+        elif args:  # held back until the end: sent once, re-serialised from the parsed call
+            out.append(_args_delta(args))
         return out + self._end("length" if finish == "length" else "tool_calls")
 
     def _open_call(self) -> list[dict[str, Any]]:
