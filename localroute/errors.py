@@ -59,6 +59,19 @@ class APIError(LocalRouteError):
             }
         }
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The same error in the Anthropic Messages API's shape (`/v1/messages`): its error types are
+        named by status; the parameter, when there is one, is named in the message."""
+        message = (
+            self.message
+            if self.param is None or self.param in self.message
+            else (f"{self.param}: {self.message}")
+        )
+        return {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPE.get(self.status, "api_error"), "message": message},
+        }
+
 
 class InvalidRequestError(APIError):
     status = 400
@@ -78,6 +91,15 @@ class UnsupportedCapabilityError(InvalidRequestError):
         super().__init__(message, param=_PARAM_OF.get(capability))
         self.capability = capability
 
+
+# Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPE = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
+    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+    431: "invalid_request_error", 499: "api_error", 500: "api_error", 502: "api_error",
+    503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error",
+}  # fmt: skip
 
 # The request field that asked for each capability, named in the error.
 _PARAM_OF = {

@@ -60,15 +60,15 @@ def samples() -> Samples:
 @pytest.mark.parametrize(
     ("labels", "count"),
     [
-        (("small", "0", "policy:score<=0.45", "public", "200"), 2.0),
-        (("top", "10", "escalated:low_confidence", "public", "200"), 1.0),
-        (("small", "0", "fallback:engine_error", "private", "503"), 1.0),
+        (("small", "0", "policy:score<=0.45", "public", "200", "chat"), 2.0),
+        (("top", "10", "escalated:low_confidence", "public", "200", "chat"), 1.0),
+        (("small", "0", "fallback:engine_error", "private", "503", "chat"), 1.0),
     ],
 )
 def test_requests_are_counted_by_their_labels(
     samples: Samples, labels: tuple[str, ...], count: float
 ) -> None:
-    names = dict(zip(("model", "tier", "route", "privacy", "status"), labels, strict=True))
+    names = dict(zip(("model", "tier", "route", "privacy", "status", "api"), labels, strict=True))
     assert value(samples, "localroute_requests_total", **names) == count
 
 
@@ -128,7 +128,7 @@ def test_engines_are_read_at_scrape_time() -> None:
 
 def test_a_bare_record_gets_placeholder_labels() -> None:
     s = scrape(metrics({}, {"status": 400}))
-    labels = {"model": "none", "tier": "", "route": "none", "privacy": "unknown", "status": "400"}
+    labels = {"model": "none", "tier": "", "route": "none", "privacy": "unknown", "status": "400", "api": "chat"}
     assert value(s, "localroute_requests_total", **labels) == 1.0
     assert value(s, "localroute_request_duration_seconds_count", model="none", stream="false") == 0.0
 

@@ -106,7 +106,7 @@ def guard(**server: Any) -> Guard:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("not reached")
 
-    return Guard(app, cfg, KeyRing(cfg.keys), render=lambda e: e)
+    return Guard(app, cfg, KeyRing(cfg.keys), render=lambda e, path: e)
 
 
 def scope(path: str, headers: dict[str, str]) -> dict[str, Any]:

@@ -47,21 +47,28 @@ class State(TypedDict):
     gateway: Gateway
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+ANTHROPIC_PATHS = ("/v1/messages",)  # Anthropic's API: its errors take Anthropic's shape
+
+
+def error_response(exc: APIError, path: str = "") -> JSONResponse:
+    """An error in the shape of the API that was called: Anthropic's under /v1/messages, else OpenAI's."""
+    anthropic = path.startswith(ANTHROPIC_PATHS)
+    body = exc.anthropic_body() if anthropic else exc.body()
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 def _guarded(handler: Handler) -> Handler:
     async def run(request: Request) -> Response:
+        path = request.scope.get("path", "")
         try:
             return await handler(request)
         except APIError as exc:
-            return error_response(exc)
+            return error_response(exc, path)
         except ClientDisconnect:
             return Response(status_code=499)
         except Exception as exc:  # a bug: say so without leaking internals, log its type only
             log.error("unhandled %s in %s", exc.__class__.__name__, request.url.path)
-            return error_response(InternalError("Internal error in localroute."))
+            return error_response(InternalError("Internal error in localroute."), path)
 
     return run
 
@@ -77,10 +84,11 @@ def _on(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Handler:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    path = request.scope.get("path", "")
     if exc.status_code == 405:  # keeps Starlette's `Allow` header: RFC 9110 requires it on a 405
         msg = f"Method {request.method} is not allowed here."
-        return error_response(MethodNotAllowedError(msg, headers=dict(exc.headers or {})))
-    return error_response(NotFoundError(f"No such endpoint: {request.url.path[:200]}"))
+        return error_response(MethodNotAllowedError(msg, headers=dict(exc.headers or {})), path)
+    return error_response(NotFoundError(f"No such endpoint: {request.url.path[:200]}"), path)
 
 
 def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None) -> Starlette:
@@ -125,7 +133,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         middleware.insert(0, Middleware(
             CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-localroute-tier", "x-localroute-max-cost",
-                           "x-localroute-privacy"],
+                           "x-localroute-privacy", "x-api-key", "anthropic-version", "anthropic-beta"],
             expose_headers=["x-request-id", "x-localroute-model", "x-localroute-tier", "x-localroute-route",
                             "x-localroute-escalations"],
         ))  # fmt: skip

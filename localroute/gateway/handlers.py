@@ -36,10 +36,10 @@ from localroute.observe.stats import parse_since, summarize_timed
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts, resolve
-from localroute.protocol import sse
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 from localroute.protocol.records import Attempt, Stats
+from localroute.protocol.surface import CHAT, Surface
 from localroute.protocol.wire import Health, Model, ModelList
 from localroute.routing.policy import Hints
 from localroute.routing.router import Router
@@ -131,17 +131,32 @@ class Gateway:
         key = matched_key(request.scope)  # the guard's match: keys are not hashed twice
         return None if key is None else key.privacy
 
-    async def chat(self, request: Request) -> Response:
-        t0 = time.monotonic()
-        rid = "req-" + os.urandom(10).hex()
+    async def receive(self, request: Request, deadline: float) -> bytes:
+        """The request body, within the size limit and the request's deadline."""
         limit = self.config.server.request_timeout_s
-        deadline = asyncio.get_running_loop().time() + limit
         try:
             async with asyncio.timeout_at(deadline):  # a client trickling its body holds nothing forever
-                raw = await read_body(request, self.config.server.max_body_bytes)
+                return await read_body(request, self.config.server.max_body_bytes)
         except TimeoutError:
             raise RequestTimeoutError(f"The request body did not arrive within {limit:g} s.") from None
-        req = parse_chat_request(raw)
+
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.config.server.request_timeout_s
+
+    async def chat(self, request: Request) -> Response:
+        t0 = time.monotonic()
+        deadline = self.deadline()
+        req = parse_chat_request(await self.receive(request, deadline))
+        return await self.serve(request, req, CHAT, t0, deadline)
+
+    async def serve(
+        self, request: Request, req: ChatCompletionRequest, surface: Surface, t0: float, deadline: float
+    ) -> Response:
+        """Route and serve a request in the internal chat form; answer in the surface's shape. Every
+        API surface (chat, completions, Responses, Messages) comes through here, so the edge's checks,
+        privacy, the cascade, cost and the audit record are the same for all."""
+        rid = "req-" + os.urandom(10).hex()
+        limit = self.config.server.request_timeout_s
         hints = parse_hints(request.headers)
         if len(req.messages) > self.config.server.max_messages:
             raise InvalidRequestError(
@@ -153,6 +168,7 @@ class Gateway:
         CURRENT.set(privacy)  # this request's task: the egress guard reads it
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
+        api = surface.api
         try:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -165,19 +181,25 @@ class Gateway:
             if not req.stream:
                 choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
                 answer = choices[0].get("message", {}).get("content")
-                self.recorder.record(rid, privacy, trace, 200, t0, content=(req, answer), stream=False)
-                return JSONResponse(result, headers={**trace.headers(), "x-request-id": rid})
+                body = surface.answer(result)
+                self.recorder.record(
+                    rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
+                )
+                return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
             self.recorder.record(
                 rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
-                content=(req, None), stream=bool(req.stream),
+                content=(req, None), stream=bool(req.stream), api=api,
             )  # fmt: skip
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
         except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
             log.error("unhandled %s serving %s", exc.__class__.__name__, rid)
-            self.recorder.record(rid, privacy, None, 500, t0, error="internal_error", attempts=attempts)
+            self.recorder.record(
+                rid, privacy, None, 500, t0, error="internal_error", attempts=attempts, api=api
+            )
             raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
+        out = surface.translator()
 
         async def events() -> AsyncIterator[bytes]:
             status, error = 200, None
@@ -201,15 +223,17 @@ class Gateway:
                                 first = time.monotonic()
                             if keep:
                                 parts.append(text)
-                    yield sse.encode(chunk)
-                yield sse.DONE
+                    frames = out.feed(chunk)
+                    if frames:
+                        yield frames
+                yield out.close()
             except APIError as exc:
                 status, error = exc.status, exc.code or exc.type
-                yield sse.encode(exc.body())  # headers are gone; the SDK raises on an error event
+                yield out.fail(exc)  # headers are gone; the SDKs raise on an error event
             except Exception as exc:  # a bug mid-stream: end it with an error event, record a 500
                 log.error("unhandled %s streaming %s", exc.__class__.__name__, rid)
                 status, error = 500, "internal_error"
-                yield sse.encode(InternalError("Internal error in localroute.").body())
+                yield out.fail(InternalError("Internal error in localroute."))
             except BaseException:  # the client left (we are cancelled or closed): not a success
                 status, error = 499, "client_gone"
                 raise
@@ -220,7 +244,7 @@ class Gateway:
                     await chunks.aclose()
                 self.recorder.record(
                     rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)), stream=True,
-                    ttft=first,
+                    ttft=first, api=api,
                 )  # fmt: skip
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}

@@ -18,6 +18,7 @@ from localroute.privacy.audit import AuditLog
 from localroute.privacy.guard import Privacy
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.protocol.records import Attempt, RecordHead, RecordTail, RequestRecord
+from localroute.protocol.surface import Api
 from localroute.routing.trace import Trace
 
 log = logging.getLogger("localroute")
@@ -49,6 +50,7 @@ class Recorder:
         content: tuple[ChatCompletionRequest, str | None] | None = None,
         stream: bool = False,
         ttft: float | None = None,
+        api: Api = "chat",
     ) -> None:
         """Record one request. Without a trace (the request failed), `attempts` lists the rungs it tried."""
         seconds = time.monotonic() - t0
@@ -56,6 +58,7 @@ class Recorder:
         head: RecordHead = {
             "ts": now.isoformat(timespec="milliseconds"),
             "id": rid,
+            "api": api,
             "privacy": privacy.as_json(),
             "status": status,
             "error": error,

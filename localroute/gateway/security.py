@@ -72,12 +72,17 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def match(self, authorization: str | None) -> APIKey | None:
-        """The key an `Authorization: Bearer ...` header presents, or None. Every key is compared,
-        with no early exit, so the time taken does not say which one matched or how closely."""
-        if not authorization or authorization[:7].lower() != "bearer ":
+    def match(self, authorization: str | None, x_api_key: str | None = None) -> APIKey | None:
+        """The key an `Authorization: Bearer ...` header presents (or, as Anthropic's clients send it,
+        an `x-api-key` header), or None. Every key is compared, with no early exit, so the time taken
+        does not say which one matched or how closely."""
+        if authorization and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        elif not authorization and x_api_key:
+            presented = x_api_key.strip()
+        else:
             return None
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        digest = hashlib.sha256(presented.encode()).hexdigest()
         found: list[APIKey] = []
         for key, want in self._keys:
             if want is not None and hmac.compare_digest(digest, want):
@@ -124,11 +129,11 @@ class Guard:
     """ASGI middleware: header size, then the API key, then the caller's rate limit."""
 
     def __init__(
-        self, app: ASGIApp, config: Config, keys: KeyRing, render: Callable[[APIError], Any]
+        self, app: ASGIApp, config: Config, keys: KeyRing, render: Callable[[APIError, str], Any]
     ) -> None:
         self.app = app
         self.keys = keys
-        self.render = render  # APIError -> an ASGI response (the app's one error shape)
+        self.render = render  # (APIError, path) -> an ASGI response in the called API's error shape
         self.max_header_bytes = config.server.max_header_bytes
         self.metrics_public = config.server.metrics_public
         self.default_rpm = config.server.requests_per_minute
@@ -146,11 +151,12 @@ class Guard:
         path = scope.get("path", "")
         key = None
         if self.keys and not self._public(path):
-            key = self.keys.match(_header(scope, b"authorization"))
+            key = self.keys.match(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
             scope.setdefault("state", {})[_STATE_KEY] = key
             if key is None:
                 return AuthenticationError(
-                    "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
+                    "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' "
+                    "(or 'x-api-key: <key>').",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
         rpm = key.requests_per_minute if key is not None and key.requests_per_minute else self.default_rpm
@@ -169,6 +175,6 @@ class Guard:
         if scope["type"] == "http":
             problem = self.check(scope)
             if problem is not None:
-                await self.render(problem)(scope, receive, send)
+                await self.render(problem, scope.get("path", ""))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -61,8 +61,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "localroute_requests", "Chat requests served or refused",
-            ["model", "tier", "route", "privacy", "status"], registry=r,
+            "localroute_requests", "Requests served or refused, by the API called",
+            ["model", "tier", "route", "privacy", "status", "api"], registry=r,
         )  # fmt: skip
         self.tokens = Counter("localroute_tokens", "Tokens processed", ["model", "kind"], registry=r)
         self.cost = Counter(
@@ -98,7 +98,8 @@ class Metrics:
         tier = rec.get("tier")
         status = int(rec.get("status", 0))
         key = (model, "" if tier is None else str(tier), rec.get("route") or "none",
-               (rec.get("privacy") or {}).get("class", "unknown"), str(status))  # fmt: skip
+               (rec.get("privacy") or {}).get("class", "unknown"), str(status),
+               rec.get("api") or "chat")  # fmt: skip
         row = self._rows.get(key)
         if row is None:  # a label set's children are looked up once (the set is bounded by the config)
             row = self._rows[key] = _Row(self, key)

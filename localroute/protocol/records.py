@@ -70,6 +70,7 @@ class RecordHead(TypedDict):
 
     ts: Time
     id: str
+    api: str  # the API called: chat, completions, responses, messages, embeddings
     privacy: PrivacyLabel
     status: int
     error: str | None
