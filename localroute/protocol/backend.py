@@ -48,3 +48,33 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Stop the engine and release every resource it holds."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """An embedding rung: an OpenAI-compatible `/v1/embeddings` endpoint with a lifecycle (a llama.cpp
+    worker in embedding mode, `vllm serve --task embed`, a remote provider).
+
+    `embed` takes an engine body `{"model": rung name, "input": [str, ...] or [[token id, ...], ...]}`
+    (always a list; the gateway normalises the client's input and applies `encoding_format` and
+    `dimensions` itself) and returns OpenAI's `{"object": "list", "data": [{"object": "embedding",
+    "index": i, "embedding": [float, ...]}], "model", "usage": {"prompt_tokens", "total_tokens"}}` with
+    float vectors, in input order. Raises `errors.APIError`.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Make the rung ready. Idempotent."""
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Embed every input of `body`, in order."""
+
+    def health(self) -> EngineHealth:
+        """A JSON-able snapshot: at least `state`. Never blocks."""
+
+    def brief(self) -> Brief:
+        """State and last load time without touching the OS."""
+
+    async def aclose(self) -> None:
+        """Stop the engine and release every resource it holds."""
