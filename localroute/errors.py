@@ -130,6 +130,12 @@ class PayloadTooLargeError(APIError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(APIError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
 class OverloadedError(APIError):
     """The engine's bounded queue is full. Retry after the given delay."""
 
