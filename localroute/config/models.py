@@ -96,9 +96,9 @@ class LlamaCppModel(BaseModel):
     default_max_tokens: Annotated[int, Field(ge=1)] = 512
     max_queue: Annotated[int, Field(ge=0, le=10_000)] = 16
     preload: bool = True
-    # Reuse the KV cache of a shared prompt prefix (as llama.cpp's server does). Faster for shared
-    # system prompts and multi-turn chat, but logits are not bit-identical across batch shapes, so
-    # temperature-0 output may differ from a cold run. False: every request evaluates from scratch.
+    # Reuse the KV cache of a shared prompt prefix, in whole `n_batch` chunks evaluated as a cold run
+    # evaluates them, and an exact repeat's own logits: faster for long shared system prompts and
+    # multi-turn chat, with the same greedy answer as a cold run. False: every prompt from scratch.
     cache_prompt: bool = True
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
