@@ -475,3 +475,20 @@ def test_personal_data_in_a_function_call_output_stays_local(
     records = audit.new(3)
     assert [r["privacy"]["class"] for r in records] == ["public", "private", "private"], records
     assert EMAIL not in gateway.audit.read_text()
+
+
+def test_a_stream_that_breaks_ends_with_error_and_response_failed(
+    sdk: OpenAI, provider: StandinProvider
+) -> None:
+    provider.set("stream_break", chunks=3)  # the role chunk and two words, then the connection closes
+    events = list(
+        sdk.responses.create(model="auto", input="Tell me a fact.", stream=True, extra_headers=PIN_REMOTE)
+    )
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"], kinds
+    error, failed = events[-2], events[-1]
+    assert error.code and error.message  # type: ignore[union-attr]
+    assert failed.response.status == "failed" and failed.response.error is not None  # type: ignore[union-attr]
+    assert failed.response.error.code == "server_error"  # type: ignore[union-attr]
+    assert failed.response.id == events[0].response.id  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
