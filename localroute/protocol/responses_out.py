@@ -294,7 +294,9 @@ class ResponsesStream:
                 continue
             delta = choice.get("delta") or {}
             if text := delta.get("content"):
-                out.append(self._text(text))
+                out.append(self._part("output_text", text))
+            if refusal := delta.get("refusal"):
+                out.append(self._part("refusal", refusal))
             for tc in delta.get("tool_calls") or ():
                 out.append(self._call_delta(tc["index"], tc.get("id"), tc.get("function") or {}))
             if choice.get("finish_reason"):
@@ -307,34 +309,51 @@ class ResponsesStream:
             "output_index": next(i for i, it in enumerate(self.output) if it is item),
         }
 
-    def _text(self, piece: str) -> bytes:
+    def _part(self, kind: Literal["output_text", "refusal"], piece: str) -> bytes:
+        """Add `piece` to the open message's last part, opening the message or a part of `kind`."""
         out = self._close_call()
         if self.msg is None:
             self.msg = _message(_new_id("msg"), "in_progress", [])
             self.output.append(self.msg)
             out += self._event("response.output_item.added", output_index=len(self.output) - 1, item=self.msg)
-            self.msg["content"].append(_text_part(""))
-            out += self._event("response.content_part.added", **self._where(self.msg), content_index=0,
-                               part=_text_part(""))  # fmt: skip
-        part = self.msg["content"][0]
-        assert part["type"] == "output_text"
-        part["text"] += piece
+        msg = self.msg
+        if not msg["content"] or msg["content"][-1]["type"] != kind:
+            out += self._close_part(msg)
+            fresh: OutputText | OutputRefusal = (
+                _text_part("") if kind == "output_text" else {"type": "refusal", "refusal": ""}
+            )
+            msg["content"].append(fresh)
+            out += self._event("response.content_part.added", **self._where(msg),
+                               content_index=len(msg["content"]) - 1, part=fresh)  # fmt: skip
+        where = {**self._where(msg), "content_index": len(msg["content"]) - 1}
+        part = msg["content"][-1]
         if not piece:
             return out
-        return out + self._event("response.output_text.delta", **self._where(self.msg), content_index=0,
-                                 delta=piece, logprobs=[])  # fmt: skip
+        if part["type"] == "output_text":
+            part["text"] += piece
+            return out + self._event("response.output_text.delta", **where, delta=piece, logprobs=[])
+        part["refusal"] += piece
+        return out + self._event("response.refusal.delta", **where, delta=piece)
+
+    def _close_part(self, msg: OutputMessage) -> bytes:
+        if not msg["content"]:
+            return b""
+        part = msg["content"][-1]
+        where = {**self._where(msg), "content_index": len(msg["content"]) - 1}
+        if part["type"] == "output_text":
+            out = self._event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        else:
+            out = self._event("response.refusal.done", **where, refusal=part["refusal"])
+        return out + self._event("response.content_part.done", **where, part=part)
 
     def _close_message(self) -> bytes:
         msg, self.msg = self.msg, None
         if msg is None:
             return b""
-        part = msg["content"][0]
-        assert part["type"] == "output_text"
         msg["status"] = "incomplete" if _incomplete(self.finish) else "completed"
-        where = {**self._where(msg), "content_index": 0}
-        out = self._event("response.output_text.done", **where, text=part["text"], logprobs=[])
-        out += self._event("response.content_part.done", **where, part=part)
-        return out + self._event("response.output_item.done", output_index=where["output_index"], item=msg)
+        out = self._close_part(msg)
+        return out + self._event("response.output_item.done", output_index=self._where(msg)["output_index"],
+                                 item=msg)  # fmt: skip
 
     def _call_delta(self, index: int, call_id: str | None, fn: FunctionCallDelta) -> bytes:
         out = b""
@@ -364,7 +383,7 @@ class ResponsesStream:
     def close(self) -> bytes:
         out = self._start()
         if not self.output:  # an empty answer is one empty message, as in the plain answer
-            out += self._text("")
+            out += self._part("output_text", "")
         out += self._close_message() + self._close_call()
         usage, finish = _usage(self.usage), self.finish or "stop"
         final = self.surface.envelope(self.model, self.created, self.output, usage, finish)
