@@ -492,3 +492,16 @@ def test_a_stream_that_breaks_ends_with_error_and_response_failed(
     assert failed.response.error.code == "server_error"  # type: ignore[union-attr]
     assert failed.response.id == events[0].response.id  # type: ignore[union-attr]
     assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_an_image_no_local_rung_can_see_is_refused_naming_input(
+    gateway: Server, provider: StandinProvider
+) -> None:
+    image = {"type": "input_image", "image_url": "https://example.test/cat.png"}
+    body = {
+        **BASE,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "What is this?"}, image]}],
+    }
+    r = post(gateway, body, PRIVATE)  # private: only the local rung, which has no vision
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+    assert provider.requests == []
