@@ -303,11 +303,11 @@ class ResponsesRequest(BaseModel):
             options = (self.stream_options or _NO_OPTIONS).model_dump(exclude_none=True)
             body["stream_options"] = {"include_usage": True, **options}
         if self.tools is not None:
+            # Already checked (the same validators, inherited): handed over as built models, which
+            # pydantic does not validate again, so each client schema is checked once, not twice
+            # (the JSON-schema meta-check is most of a request's parse time).
             body["tools"] = [
-                {
-                    "type": "function",
-                    "function": t.model_dump(exclude={"type"}, exclude_none=True, by_alias=True),
-                }
+                {"type": "function", "function": FunctionDef.model_construct(**_fields(t, FunctionDef))}
                 for t in self.tools
             ]
         if isinstance(self.tool_choice, FunctionChoice):
@@ -316,7 +316,7 @@ class ResponsesRequest(BaseModel):
             body["tool_choice"] = self.tool_choice
         fmt = self.text.format if self.text is not None else None
         if fmt is not None and fmt.type == "json_schema":
-            schema = fmt.model_dump(exclude={"type"}, exclude_none=True, by_alias=True)
+            schema = JSONSchemaFormat.model_construct(**_fields(fmt, JSONSchemaFormat))
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif fmt is not None:
             body["response_format"] = {"type": fmt.type}
@@ -336,6 +336,11 @@ class ResponsesRequest(BaseModel):
 
 
 _NO_OPTIONS = ResponsesStreamOptions()
+
+
+def _fields(model: BaseModel, base: type[BaseModel]) -> dict[str, Any]:
+    """The fields of `model` that `base` (a class it extends) has and the client set."""
+    return {f: getattr(model, f) for f in base.model_fields if f in model.model_fields_set}
 
 
 def _text_parts(parts: list[InputPart]) -> str | list[dict[str, Any]]:
