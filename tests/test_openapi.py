@@ -114,6 +114,9 @@ def _bounded(case: schemathesis.Case) -> None:
             value = case.body.get(key)
             if type(value) is int and ANSWER_TOKENS < value <= MAX_TOKENS:
                 case.body[key] = ANSWER_TOKENS
+        value = case.body.get("max_output_tokens")  # /v1/responses, whose floor is OpenAI's 16
+        if type(value) is int and 16 < value <= MAX_TOKENS:
+            case.body["max_output_tokens"] = 16
 
 
 # The document depends on no config, so it is built here, at collection, and checked above to be

@@ -29,6 +29,7 @@ from localroute.errors import APIError, InternalError, MethodNotAllowedError, No
 from localroute.gateway.dashboard import dashboard, dashboard_asset
 from localroute.gateway.handlers import Gateway
 from localroute.gateway.openapi import openapi_json
+from localroute.gateway.responses import handler as responses
 from localroute.gateway.security import Guard, KeyRing
 from localroute.host.lifecycle import Managed, Placement
 from localroute.privacy.audit import AuditLog
@@ -141,6 +142,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
     return Starlette(
         routes=[
             Route("/v1/chat/completions", _on(Gateway.chat), methods=["POST"]),
+            Route("/v1/responses", _on(responses), methods=["POST"]),
             Route("/v1/models", _on(Gateway.models), methods=["GET"]),
             Route("/v1/models/{model:str}", _on(Gateway.model), methods=["GET"]),
             Route("/v1/route/explain", _on(Gateway.explain), methods=["POST"]),

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from localroute import __version__
+from localroute.gateway import openapi_responses
 from localroute.gateway.dashboard import ASSETS, CSP
 from localroute.gateway.openapi_schemas import STR, Schema, components, obj, ref
 
@@ -159,6 +160,16 @@ def _paths() -> Schema:
                 requestBody=chat_body,
             )
         },
+        "/v1/responses": {
+            "post": _op(
+                "OpenAI's Responses API, stateless, routed like a chat completion",
+                openapi_responses.answer(_answer_headers()),
+                (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
+                operationId="createResponse",
+                parameters=[*_hints(), _privacy()],
+                requestBody=openapi_responses.body(),
+            )
+        },
         "/v1/route/explain": {
             "post": _op(
                 "The routing decision for a request, without running it",
@@ -264,6 +275,13 @@ def _paths() -> Schema:
     return paths
 
 
+def _schemas() -> Schema:
+    shared, responses = components(), openapi_responses.schemas()
+    if clash := shared.keys() & responses.keys():  # one name, two schemas: a reference would lie
+        raise RuntimeError(f"schemas share names: {sorted(clash)}")
+    return {**shared, **responses}
+
+
 def build_document() -> Schema:
     """The OpenAPI 3.1 document, a fresh copy on each call."""
     document = {
@@ -277,7 +295,7 @@ def build_document() -> Schema:
         },
         "paths": _paths(),
         "components": {
-            "schemas": components(),
+            "schemas": _schemas(),
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
