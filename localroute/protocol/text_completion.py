@@ -13,12 +13,47 @@ prompt back for `echo`, and numbering choices `prompt index * n + j` across a li
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, NotRequired, cast
+
+from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
 from localroute.errors import APIError
 from localroute.protocol import sse
 from localroute.protocol.surface import Api, Translator
-from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, Count, FinishReason, Usage
+
+
+class TextLogprobs(TypedDict):
+    """A choice's legacy `logprobs`: per token, its text, logprob, likeliest alternatives (the sampled
+    token among them) and where it starts, in characters from the start of the prompt."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[Count]
+
+
+class TextChoice(TypedDict):
+    """One choice of a `text_completion` (index: prompt index * n + j)."""
+
+    text: str
+    index: Count
+    logprobs: TextLogprobs | None
+    finish_reason: FinishReason
+
+
+class TextCompletion(TypedDict):
+    """The answer of `POST /v1/completions`, and each event of its stream (the last with `usage` and
+    no choices when `stream_options.include_usage` asks for it)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: Count
+    model: str
+    choices: list[TextChoice]
+    usage: NotRequired[Usage | None]
+    system_fingerprint: NotRequired[str | None]
+
 
 # -- legacy -> chat (rungs) -------------------------------------------------------------------------
 
