@@ -171,6 +171,13 @@ def test_max_tokens_defaults_to_16(lenient: Server, provider: StandinProvider) -
     assert not provider.requests
 
 
+def test_empty_prompt_starts_a_new_document(lenient: Server) -> None:
+    r, h = complete(lenient, model="auto", prompt="", max_tokens=3)
+    assert h["x-localroute-model"] == LOCAL
+    assert r.usage.prompt_tokens == 1 and r.usage.completion_tokens >= 1  # the BOS token, then text
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
 def test_stream_is_the_plain_answer_in_text_completion_chunks(lenient: Server) -> None:
     plain, _ = complete(lenient, model=LOCAL, prompt=COUNT, temperature=0, max_tokens=8)
     chunks = list(

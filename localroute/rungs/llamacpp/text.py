@@ -45,7 +45,10 @@ def _kwargs(runner: Runner, body: dict[str, Any], gen: Generation, stream: bool)
     kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
     if isinstance(body.get("logit_bias"), dict):  # token ids arrive as JSON object keys
         kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
-    kw.update(prompt=prompt, echo=bool(body.get("echo")), stream=stream, model=runner.name)
+    # An empty prompt is a new document, as OpenAI has it: the model starts from its BOS (or EOS) token.
+    start = runner.llm.token_bos() if runner.llm.token_bos() >= 0 else runner.llm.token_eos()
+    text: str | list[int] = prompt if prompt else [start]
+    kw.update(prompt=text, echo=bool(body.get("echo")), stream=stream, model=runner.name)
     runner.current = gen
     if not runner.cache_prompt:
         runner.llm.reset()  # evaluate the whole prompt: same batch shapes, same logits, every time
@@ -107,7 +110,7 @@ async def complete(runner: Runner, body: dict[str, Any], gen: Generation) -> dic
     result["x_localroute"] = gen.accounting()
     if gen.want_logprobs:
         _pad_tops(gen)
-        result["choices"][0]["logprobs"] = legacy_logprobs(runner, gen, len(gen.tokens), len(kw["prompt"]))
+        result["choices"][0]["logprobs"] = legacy_logprobs(runner, gen, len(gen.tokens), len(body["prompt"]))
     return result
 
 
@@ -146,7 +149,7 @@ async def stream(runner: Runner, body: dict[str, Any], gen: Generation) -> Async
             put("end", None)
 
     runner._launch(produce)
-    offset = len(kw["prompt"])
+    offset = len(body["prompt"])
     last: dict[str, Any] | None = None
     try:
         while True:
