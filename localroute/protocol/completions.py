@@ -30,7 +30,7 @@ from localroute.protocol.chat import (
 from localroute.protocol.parse import parse_json_body, validate
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint (chat's is "as long as the model likes")
-MAX_PROMPTS = 32  # prompts in one list; each is routed and served on its own
+MAX_PROMPTS = 16  # prompts in one list: each is routed and served on its own, one after another
 MAX_LOGPROBS = 5  # OpenAI's legacy cap on `logprobs`
 PROMPT_CHARS = 4_000_000  # below any body limit: the edge's byte limit is the real bound
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
