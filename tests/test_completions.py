@@ -420,3 +420,39 @@ def test_private_completions_never_leave_the_machine(
     assert provider.requests == []
     record = audit_records(strict, 1)[0]
     assert record["privacy"]["class"] == "private" and record["api"] == "completions"
+
+
+# -- the conversions, without a gateway -------------------------------------------------------------------
+
+
+def test_a_judged_body_keeps_the_clients_alternatives() -> None:
+    from localroute.protocol.completions import parse_completion_request, wire_body
+
+    req = parse_completion_request(b'{"model": "auto", "prompt": "x", "logprobs": 3}').internal("x")
+    body = req.engine_body("m", 16)
+    body["logprobs"] = True  # what the router sets on a rung it judges
+    assert wire_body(body) == {"model": "m", "prompt": "x", "max_tokens": 16, "stream": False, "logprobs": 3}
+    plain = parse_completion_request(b'{"model": "auto", "prompt": "x"}').internal("x").engine_body("m", 16)
+    assert "logprobs" not in wire_body(plain) and "messages" not in plain
+    judged = {**plain, "logprobs": True}
+    assert wire_body(judged)["logprobs"] == 0  # the sampled token's logprob, no alternatives
+
+
+def test_legacy_answer_round_trips_through_the_chat_form() -> None:
+    from localroute.protocol.text_completion import CompletionsSurface, as_chat
+
+    legacy = {
+        "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+        "choices": [{"text": " a b", "index": 1, "finish_reason": "stop", "logprobs": {
+            "tokens": [" a", " b"], "token_logprobs": [-0.5, -0.25],
+            "top_logprobs": [{" a": -0.5, " c": -1.0}, {" b": -0.25}], "text_offset": [3, 5]}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }  # fmt: skip
+    chat = as_chat(legacy)
+    assert chat["choices"][0]["message"]["content"] == " a b"
+    assert [e["logprob"] for e in chat["choices"][0]["logprobs"]["content"]] == [-0.5, -0.25]
+    back = CompletionsSurface("pre", echo=True, logprobs=True, base=4).answer(chat)
+    choice = back["choices"][0]
+    assert choice["text"] == "pre a b" and choice["index"] == 5
+    assert choice["logprobs"] == {**legacy["choices"][0]["logprobs"], "text_offset": [3, 5]}
+    assert back["usage"] == legacy["usage"] and back["object"] == "text_completion"
