@@ -105,6 +105,7 @@ _ANTHROPIC_TYPE = {
 _PARAM_OF = {
     "tools": "tools", "json_object": "response_format", "json_schema": "response_format",
     "vision": "messages", "logprobs": "logprobs", "top_logprobs": "top_logprobs", "n": "n",
+    "suffix": "suffix", "best_of": "best_of",
 }  # fmt: skip
 
 

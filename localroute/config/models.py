@@ -107,7 +107,8 @@ class LlamaCppModel(BaseModel):
     price: Price = Price()
     # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -151,7 +152,8 @@ class RemoteModel(BaseModel):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -180,7 +182,8 @@ class VllmModel(BaseModel):
     idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 

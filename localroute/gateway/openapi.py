@@ -103,7 +103,7 @@ def _answer_headers() -> Schema:
     }
 
 
-def _sse_event() -> Schema:
+def _sse_event(chunk: str = "ChatCompletionChunk") -> Schema:
     """One server-sent event: a chunk, an error (after the headers are gone), or the closing [DONE]."""
     return obj(
         {
@@ -111,7 +111,7 @@ def _sse_event() -> Schema:
                 "if": {"const": "[DONE]"},
                 "else": {
                     "contentMediaType": "application/json",
-                    "contentSchema": {"anyOf": [ref("ChatCompletionChunk"), ref("Error")]},
+                    "contentSchema": {"anyOf": [ref(chunk), ref("Error")]},
                 },
             },
             "event": {"const": "message"},
@@ -148,8 +148,38 @@ def _paths() -> Schema:
         "headers": _answer_headers(),
         "content": {**_json(ref("ChatCompletion")), "text/event-stream": {"schema": _sse_event()}},
     }
+    legacy_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": ref("CompletionRequest"),
+                "example": {"model": "auto", "prompt": "The capital of France is", "max_tokens": 4},
+            }
+        },
+    }
+    legacy_answer = {
+        "description": "The answer: a `text_completion` object (one choice per prompt and `n`, index "
+        "`prompt index * n + j`), or with `stream: true` an event stream of `text_completion` chunks "
+        "ending in `data: [DONE]`. A list of prompts is one routed request per prompt; each routing "
+        "header then lists one value per prompt, in order.",
+        "headers": _answer_headers(),
+        "content": {
+            **_json(ref("TextCompletion")),
+            "text/event-stream": {"schema": _sse_event("TextCompletion")},
+        },
+    }
     public: Schema = {"security": []}
     paths: Schema = {
+        "/v1/completions": {
+            "post": _op(
+                "Legacy text completion of a raw prompt (no chat template), routed like chat",
+                legacy_answer,
+                (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
+                operationId="createCompletion",
+                parameters=[*_hints(), _privacy()],
+                requestBody=legacy_body,
+            )
+        },
         "/v1/chat/completions": {
             "post": _op(
                 "Chat completion, routed to the cheapest rung that can serve it",

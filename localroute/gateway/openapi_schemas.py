@@ -15,8 +15,9 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from localroute.observe.stats import LATENCY_BOUNDS_MS
-from localroute.protocol import records, wire
+from localroute.protocol import records, text_completion, wire
 from localroute.protocol.chat import ChatCompletionRequest
+from localroute.protocol.completions import CompletionRequest
 
 Schema = dict[str, Any]
 STR: Schema = {"type": "string"}
@@ -58,7 +59,13 @@ def _request_schemas() -> dict[str, Schema]:
     for branch in props["seed"]["anyOf"]:  # a validator, not a type, holds this range: say it here
         if branch.get("type") == "integer":
             branch.update(minimum=-(2**63), maximum=2**64 - 1)
-    return {**defs, "ChatCompletionRequest": schema}
+    legacy = CompletionRequest.model_json_schema(ref_template=_REF)
+    defs.update(legacy.pop("$defs", {}))
+    legacy["properties"]["model"]["examples"] = ["auto"]
+    for branch in legacy["properties"]["seed"]["anyOf"]:
+        if branch.get("type") == "integer":
+            branch.update(minimum=-(2**63), maximum=2**64 - 1)
+    return {**defs, "ChatCompletionRequest": schema, "CompletionRequest": legacy}
 
 
 def _answers() -> dict[str, TypeAdapter[Any]]:
@@ -69,6 +76,7 @@ def _answers() -> dict[str, TypeAdapter[Any]]:
         "Usage": TypeAdapter(wire.Usage),
         "ChatCompletion": TypeAdapter(wire.ChatCompletion),
         "ChatCompletionChunk": TypeAdapter(wire.ChatCompletionChunk),
+        "TextCompletion": TypeAdapter(text_completion.TextCompletion),
         "ModelList": TypeAdapter(wire.ModelList),
         "Decision": TypeAdapter(wire.Explanation),
         "Health": TypeAdapter(wire.Health),

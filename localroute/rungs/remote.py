@@ -31,6 +31,8 @@ from localroute.errors import (
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
 from localroute.protocol.backend import Brief
+from localroute.protocol.completions import is_completion, wire_body
+from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 from localroute.rungs import lean_http
 from localroute.rungs.transport_errors import Peer, transport_error
@@ -83,6 +85,8 @@ class RemoteBackend:
                          _unavailable)  # fmt: skip
         self.url = model.base_url.rstrip("/") + "/chat/completions"
         self._url = httpx.URL(self.url)  # parsed once, not per request
+        # A legacy text completion (its body carries `prompt`) goes to the provider's /completions.
+        self._completions_url = httpx.URL(model.base_url.rstrip("/") + "/completions")
         self._host = self._url.host
         self.attempts = 0  # network sends, retries included
         self.served = 0
@@ -160,7 +164,7 @@ class RemoteBackend:
                 raise
             raise self._late() from None
         self.served += 1
-        return result
+        return as_chat(result) if is_completion(out) else result
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         out = self._outgoing(body, stream=True)
@@ -173,9 +177,10 @@ class RemoteBackend:
             if not scope.expired():
                 raise
             raise self._late() from None
+        text = is_completion(out)
         try:
             while chunk is not None:
-                yield chunk
+                yield as_chat_chunk(chunk) if text else chunk
                 try:
                     async with asyncio.timeout_at(deadline) as scope:
                         chunk = await self._next_chunk(chunks)
@@ -195,7 +200,8 @@ class RemoteBackend:
             raise EngineUnavailableError(
                 f"Remote model '{self.name}' is disabled: {self._disabled}.", code="remote_disabled"
             )
-        return {**body, "model": self.cfg.model, "stream": stream}
+        out = wire_body(body) if is_completion(body) else body
+        return {**out, "model": self.cfg.model, "stream": stream}
 
     def _deadline_at(self) -> float:
         return asyncio.get_running_loop().time() + self.cfg.total_timeout_s
@@ -227,7 +233,8 @@ class RemoteBackend:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         self._egress_guard(out)  # the last word before any byte leaves the machine
-        request = client.build_request("POST", self._url, json=out, headers=headers)
+        url = self._completions_url if is_completion(out) else self._url
+        request = client.build_request("POST", url, json=out, headers=headers)
         self.attempts += 1
         try:
             resp = await client.send(request, stream=True)

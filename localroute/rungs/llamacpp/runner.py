@@ -37,6 +37,8 @@ class Generation:
     """Per-request state shared with llama.cpp's sampling loop (runs in a worker thread)."""
 
     want_logprobs: bool = False
+    top_n: int = 0  # alternatives to record at each position (legacy completions' `logprobs`)
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = -1
     tokens: list[int] = field(default_factory=list)
@@ -225,6 +227,10 @@ class Runner:
                 top = float(logits.max())
                 lse = top + math.log(float(np.exp(logits - top).sum()))
                 gen.logprobs.append(float(logits[token]) - lse)
+                if gen.top_n:  # the most likely tokens of the row already read: no extra decode
+                    best = np.argpartition(logits, -gen.top_n)[-gen.top_n :]
+                    ranked = sorted(best.tolist(), key=lambda i: -float(logits[i]))
+                    gen.tops.append([(int(i), float(logits[i]) - lse) for i in ranked])
             return token
 
         llm.sample = sample
@@ -292,13 +298,13 @@ class Runner:
             self._grammars.pop(next(iter(self._grammars)))
         return grammar
 
-    def _translate(self, exc: Exception) -> APIError:
+    def _translate(self, exc: Exception, param: str = "messages") -> APIError:
         m = _CTX_RE.search(str(exc))
         if m:
             return ContextLengthExceededError(
-                f"This model's maximum context length is {m.group(2)} tokens, but the messages "
-                f"resulted in {m.group(1)} tokens. Shorten the messages or use a larger model.",
-                param="messages",
+                f"This model's maximum context length is {m.group(2)} tokens, but the {param} "
+                f"resulted in {m.group(1)} tokens. Shorten the {param} or use a larger model.",
+                param=param,
             )
         return InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
 
