@@ -53,9 +53,9 @@ class Serves(BaseModel):
                 ["dimensions_flexible"] if self.dimensions_flexible else []
             )
             if given:
-                raise ValueError(f"{', '.join(given)} apply only to embedding rungs (task = \"embed\")")
+                raise ValueError(f'{", ".join(given)} apply only to embedding rungs (task = "embed")')
         elif self.dimensions is None:
-            raise ValueError("an embedding rung (task = \"embed\") needs `dimensions`, its vectors' size")
+            raise ValueError('an embedding rung (task = "embed") needs `dimensions`, its vectors\' size')
         return self
 
 

@@ -27,8 +27,8 @@ from localroute.config.models import (
     ModelConfig,
     ModelName,
     PathSource,
-    space_of,
     PyPISource,
+    space_of,
 )
 from localroute.config.privacy import APIKey, PrivacyConfig
 from localroute.config.routing import RoutingConfig
@@ -132,7 +132,7 @@ class Config(BaseModel):
     def _spaces_agree(cls, models: list[ModelConfig]) -> list[ModelConfig]:
         chat = {m.name for m in models if m.task == "chat"}
         if not chat:
-            raise ValueError("at least one chat rung (task = \"chat\", the default) is needed")
+            raise ValueError('at least one chat rung (task = "chat", the default) is needed')
         by_name = {m.name: m for m in models}
         seen: dict[str, ModelConfig] = {}
         for m in (m for m in models if m.task == "embed"):
