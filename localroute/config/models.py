@@ -24,6 +24,41 @@ def _not_reserved(name: str) -> str:
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.:-]{0,63}$"), AfterValidator(_not_reserved)]
 
 
+Task = Literal["chat", "embed"]
+
+
+class Serves(BaseModel):
+    """What a rung serves: chat completions (the ladder), or embeddings (`task = "embed"`), which are
+    routed by vector space, never by difficulty (docs/embeddings.md).
+
+    `space` names the vector space of the rung's output (default: the rung's name). Rungs that serve
+    the same weights share one (a llama.cpp MiniLM and a vLLM MiniLM): their vectors are
+    interchangeable, so one may stand in for the other, and no rung of another space ever does.
+    `dimensions` is the native vector size; with `dimensions_flexible` (a matryoshka model, e.g.
+    OpenAI's text-embedding-3) a client may ask for fewer, served by truncation and re-normalisation.
+    `max_input_tokens` bounds one input (None: the engine's context)."""
+
+    model_config = FORBID
+    task: Task = "chat"
+    space: ModelName | None = None
+    dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None
+    dimensions_flexible: bool = False
+    max_input_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> Serves:
+        embed_only = ("space", "dimensions", "max_input_tokens")
+        if self.task == "chat":
+            given = [k for k in embed_only if getattr(self, k) is not None] + (
+                ["dimensions_flexible"] if self.dimensions_flexible else []
+            )
+            if given:
+                raise ValueError(f'{", ".join(given)} apply only to embedding rungs (task = "embed")')
+        elif self.dimensions is None:
+            raise ValueError('an embedding rung (task = "embed") needs `dimensions`, its vectors\' size')
+        return self
+
+
 class HFSource(BaseModel):
     """A GGUF file in a Hugging Face repo, fetched by `localroute pull` with huggingface-hub."""
 
@@ -101,7 +136,7 @@ class Price(BaseModel):
         return self.per_hour + self.watts / 1000 * self.per_kwh
 
 
-class LlamaCppModel(BaseModel):
+class LlamaCppModel(Serves):
     """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
 
     model_config = FORBID
@@ -142,14 +177,14 @@ class LlamaCppModel(BaseModel):
 
     @model_validator(mode="after")
     def _max_tokens_fits(self) -> LlamaCppModel:
-        if self.default_max_tokens >= self.n_ctx:
+        if self.task == "chat" and self.default_max_tokens >= self.n_ctx:  # an embedder generates nothing
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
             )
         return self
 
 
-class RemoteModel(BaseModel):
+class RemoteModel(Serves):
     """An OpenAI-compatible provider: the only rung whose traffic leaves the machine."""
 
     model_config = FORBID
@@ -176,7 +211,7 @@ class RemoteModel(BaseModel):
     capabilities: list[Capability] | None = None
 
 
-class VllmModel(BaseModel):
+class VllmModel(Serves):
     """A model served by vLLM on a GPU: launched and supervised by localroute (`launch = true`), or an
     existing `vllm serve` reached at `url`. Local: private traffic may use it."""
 
@@ -208,7 +243,7 @@ class VllmModel(BaseModel):
     def _launch_or_url(self) -> VllmModel:
         if self.launch == (self.url is not None):
             raise ValueError(f"vllm model '{self.name}' needs either `launch = true` or a `url`, not both")
-        if self.default_max_tokens >= self.n_ctx:
+        if self.task == "chat" and self.default_max_tokens >= self.n_ctx:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
             )
@@ -237,3 +272,8 @@ def capabilities(m: ModelConfig) -> frozenset[Capability]:
     if isinstance(m, VllmModel) and "--enable-auto-tool-choice" in m.extra_args:
         caps |= {"tools"}
     return caps
+
+
+def space_of(m: ModelConfig) -> str:
+    """The vector space of embedding rung `m`: its `space`, else its own name."""
+    return m.space or m.name
