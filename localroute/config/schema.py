@@ -22,8 +22,8 @@ from pydantic import (
 
 from localroute.config.models import (
     DEFAULT_MODELS_DIR,
-    ConvertSource,
     FORBID,
+    ConvertSource,
     LlamaCppModel,
     ModelConfig,
     ModelName,

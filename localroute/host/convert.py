@@ -89,7 +89,10 @@ def convert_bert(src: Path, out: Path, outtype: OutType = "f16", name: str | Non
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     names = gguf.get_tensor_name_map(arch, n_layer)
-    keep_f32 = {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.POS_EMBD], gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_TYPES]}
+    keep_f32 = {
+        gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.POS_EMBD],
+        gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_TYPES],
+    }
     for hf_name, data in _safetensors(src / "model.safetensors", np):
         if hf_name.startswith("bert."):
             hf_name = hf_name[5:]
@@ -143,7 +146,9 @@ def _vocab(src: Path, vocab_size: int, gguf: Any) -> tuple[list[str], list[int]]
     if len(words) > vocab_size:
         raise ModelUnavailableError(f"cannot convert: vocab.txt has {len(words)} tokens, config {vocab_size}")
     added = json.loads((src / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
-    kinds = {t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED for t in added}
+    kinds = {
+        t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED for t in added
+    }
     tokens: list[str] = []
     types: list[int] = []
     for i in range(vocab_size):

@@ -66,7 +66,9 @@ class EmbedRunner:
                 ids = item
                 wrong = next((t for t in ids if not 0 <= t < self.n_vocab), None)
                 if wrong is not None:
-                    bad.append(f"input[{i}] holds token id {wrong}, outside the vocabulary [0, {self.n_vocab})")
+                    bad.append(
+                        f"input[{i}] holds token id {wrong}, outside the vocabulary [0, {self.n_vocab})"
+                    )
                     continue
             else:
                 bad.append(f"input[{i}] must be a string or a non-empty array of token ids")
@@ -110,7 +112,11 @@ class EmbedRunner:
                 # One thread at a time in the llama context: the next round waits for this one.
                 vectors = await asyncio.to_thread(self._decode_all, flat)
             except Exception as exc:
-                err = exc if isinstance(exc, APIError) else InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
+                err = (
+                    exc
+                    if isinstance(exc, APIError)
+                    else InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
+                )
                 for job in jobs:
                     if not job.done.done():
                         job.done.set_exception(err)
