@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import signal
 import sys
@@ -270,12 +271,13 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
 
 
 def vector(text: str, model: str, dims: int) -> list[float]:
-    """A unit vector for `text` in `model`'s space: each word adds a signed one at a hashed position, so
-    texts sharing words are close, and the same model gives the same vector on any server."""
+    """A unit vector for `text` in `model`'s space: the sum of one dense pseudo-random vector per word
+    (seeded by model and word), so texts sharing words are close, a truncated vector still carries the
+    text, and the same model gives the same vector on any server."""
     vec = [0.0] * dims
     for word in re.findall(r"\w+", text.lower()):
-        h = hashlib.sha256(f"{model}\0{word}".encode()).digest()
-        vec[int.from_bytes(h[:4], "little") % dims] += 1.0 if h[4] & 1 else -1.0
+        rng = random.Random(hashlib.sha256(f"{model}\0{word}".encode()).digest())
+        vec = [x + rng.gauss(0.0, 1.0) for x in vec]
     norm = math.sqrt(sum(x * x for x in vec)) or 1.0
     return [x / norm for x in vec]
 
