@@ -18,10 +18,11 @@ import signal
 import subprocess
 import sys
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -34,7 +35,8 @@ from localroute.host.pull import ensure_model
 from localroute.protocol.backend import Embedder
 from localroute.rungs.llamacpp.embed_batch import EmbedRunner
 from localroute.rungs.llamacpp.embedder import LlamaCppEmbedder, from_config
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_MODEL, ROOT, Server, config_text, repo_rung, start_gateway
+from tests.standin_provider import StandinProvider
 
 MODEL = "all-minilm-l6-v2"
 SENTENCES = [
@@ -375,3 +377,94 @@ def test_a_worker_killed_mid_request_is_a_503_and_the_next_request_restarts_it(
         assert health["state"] == "ready" and health["restarts"] == 1 and health["pid"] not in (None, pid)
 
     with_engine(repo, tmp_path, check)
+
+
+# -- through the gateway: real clients, the router, the privacy tripwire -----------------------------------
+
+EMAIL = "Contract for alice.martin@example.com, renewal in May."
+STANDIN_KEY_ENV = "EMBED_ENGINE_STANDIN_KEY"
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[StandinProvider]:
+    with StandinProvider(api_key="sk-embed-engine-standin") as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider) -> Iterator[Server]:
+    """The repo's MiniLM rung and, in the same vector space, a provider hosting the same weights."""
+    remote = {"name": "minilm-remote", "engine": "remote", "task": "embed", "tier": 10, "space": MODEL,
+              "base_url": provider.base_url, "model": "sentence-transformers/all-MiniLM-L6-v2",
+              "api_key_env": STANDIN_KEY_ENV, "dimensions": 384, "max_retries": 0}  # fmt: skip
+    text = config_text(models=[repo_rung(DEFAULT_MODEL, preload=False), repo_rung(MODEL), remote])
+    env = {STANDIN_KEY_ENV: "sk-embed-engine-standin"}
+    srv = start_gateway(tmp_path_factory.mktemp("gw"), text, env, until=lambda h: _ready(h, MODEL))
+    yield srv
+    srv.stop()
+
+
+def _ready(health: dict[str, Any], name: str) -> bool:
+    return bool(health["engines"].get(name, {}).get("state") == "ready")
+
+
+@pytest.fixture
+def standin(provider: StandinProvider) -> StandinProvider:
+    provider.requests.clear()
+    provider.set("ok")
+    return provider
+
+
+def test_gateway_serves_the_local_minilm_to_the_openai_sdk_and_langchain(
+    gateway: Server, standin: StandinProvider, llm: Any
+) -> None:
+    from langchain_openai import OpenAIEmbeddings
+    from openai import OpenAI
+
+    local = EmbedRunner(llm, MODEL, 512, 512)
+    ref = np.array(asyncio.run(local.embed(local.tokens(SENTENCES)))[0])
+    client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    raw = client.embeddings.with_raw_response.create(
+        model=MODEL, input=SENTENCES
+    )  # base64, the SDK's default
+    res = raw.parse()
+    assert res.model == MODEL and raw.headers["x-localroute-model"] == MODEL
+    got = np.array([d.embedding for d in res.data])
+    assert got.shape == (4, 384) and ((got * ref).sum(1) > 0.9999).all()
+    assert res.usage.prompt_tokens == sum(len(s) for s in local.tokens(SENTENCES))
+    auto = client.embeddings.create(model="auto", input=SENTENCES[0], encoding_format="float")
+    assert auto.model == MODEL and float(np.dot(auto.data[0].embedding, ref[0])) > 0.9999
+    lc = OpenAIEmbeddings(model=MODEL, base_url=gateway.url + "/v1", api_key="unused",  # type: ignore[arg-type]
+                          check_embedding_ctx_length=False, max_retries=0)  # fmt: skip
+    docs = np.array(lc.embed_documents(SENTENCES[:2]))
+    query = np.array(lc.embed_query(SENTENCES[2]))
+    assert ((docs * ref[:2]).sum(1) > 0.9999).all() and float(query @ ref[2]) > 0.9999
+    assert [r for r in standin.requests if r.path == "/v1/embeddings"] == []  # the local rung served all
+
+
+def test_personal_data_is_embedded_locally_even_when_the_remote_rung_is_named(
+    gateway: Server, standin: StandinProvider, llm: Any
+) -> None:
+    local = EmbedRunner(llm, MODEL, 512, 512)
+    ref = np.array(asyncio.run(local.embed(local.tokens([EMAIL])))[0][0])
+    body = {"model": "minilm-remote", "input": ["a public chunk", EMAIL], "encoding_format": "float"}
+    r = httpx.post(gateway.url + "/v1/embeddings", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == MODEL and float(np.dot(r.json()["data"][1]["embedding"], ref)) > 0.9999
+    assert [r for r in standin.requests if r.path == "/v1/embeddings"] == []  # the tripwire
+
+
+def test_a_too_long_text_is_a_400_naming_its_index_and_is_not_sent_elsewhere(
+    gateway: Server, standin: StandinProvider
+) -> None:
+    body = {"model": MODEL, "input": ["short", "word " * 600], "encoding_format": "float"}
+    r = httpx.post(gateway.url + "/v1/embeddings", json=body, timeout=120)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (
+        err["param"] == "input[1]"
+        and err["code"] == "context_length_exceeded"
+        and "input[1]" in err["message"]
+    )
+    assert "Traceback" not in r.text and "/" not in err["message"].replace("input[1]", "")
+    assert [r for r in standin.requests if r.path == "/v1/embeddings"] == []
