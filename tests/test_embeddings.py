@@ -26,7 +26,16 @@ import pytest
 from localroute.config.schema import parse_config
 from localroute.errors import ConfigError
 from localroute.rungs.vllm import task_args
-from tests.conftest import ROOT, Server, answering, config_text, free_port, start_gateway, wait_until
+from tests.conftest import (
+    ROOT,
+    Server,
+    answering,
+    config_text,
+    free_port,
+    repo_rung,
+    start_gateway,
+    wait_until,
+)
 from tests.fake_vllm import install, vector
 from tests.standin_provider import StandinProvider
 
@@ -424,3 +433,64 @@ def test_vllm_task_flag_yields_to_the_operators() -> None:
     a, b = cfg.embedders()
     assert task_args(a) == ["--runner", "pooling"]  # type: ignore[arg-type]
     assert task_args(b) == []  # type: ignore[arg-type]
+
+
+# -- the real local engine (all-MiniLM-L6-v2 in a llama.cpp worker) in a space with a vLLM rung -------------
+
+LOCAL = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider) -> Iterator[Server]:
+    """The repo's MiniLM rung, cheapest in space `minilm`; the vLLM stand-in and the provider behind it."""
+    tmp = tmp_path_factory.mktemp("embed-real")
+    rungs = models(provider.base_url, {"launch": True})
+    rungs.insert(1, {**repo_rung(LOCAL), "space": "minilm", "threads": 1})
+    bin_dir = tmp / "bin"
+    install(bin_dir)
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "LOCALROUTE_ASSUME_GPU": "1",
+        KEY_ENV: KEY,
+    }
+    ready = lambda h: h["engines"].get(LOCAL, {}).get("state") == "ready"  # noqa: E731
+    srv = start_gateway(tmp, config_text(models=rungs, cascade={"enabled": False}), env, until=ready)
+    yield srv
+    srv.stop()
+
+
+def test_the_real_local_rung_serves_its_space_and_is_charged_its_compute(
+    real: Server, standin: StandinProvider
+) -> None:
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+    raw = sdk(real).embeddings.with_raw_response.create(model="auto", input=texts)  # base64, decoded
+    res = raw.parse()
+    assert res.model == LOCAL and raw.headers["x-localroute-route"] == "embed:minilm"
+    vecs = [d.embedding for d in res.data]
+    assert all(len(v) == 384 and abs(norm(v) - 1) < 1e-3 for v in vecs)
+    sim = [sum(a * b for a, b in zip(vecs[0], v, strict=True)) for v in vecs[1:]]
+    assert sim[0] > sim[1]  # the real model: eating food is nearer eating bread than carrying a baby
+    floats = post(real, {"model": "minilm", "input": texts, "encoding_format": "float"}).json()
+    assert all(close(f["embedding"], v, 1e-5) for f, v in zip(floats["data"], vecs, strict=True))
+    rec = audit(real, raw.headers["x-request-id"])
+    assert rec["api"] == "embeddings" and rec["local"] is True and rec["model"] == LOCAL
+    assert rec["tokens"]["prompt"] == res.usage.prompt_tokens > len(texts)
+    assert rec["compute_s"] > 0 and rec["cost_usd"] == pytest.approx(rec["compute_s"] * 0.02 / 3600, rel=1e-3)
+    # The baseline: the same tokens at the dearest embedding rung's input price (minilm-remote's 0.5/M).
+    assert rec["baseline_usd"] == pytest.approx(res.usage.prompt_tokens * 0.5 / 1e6)
+    assert embedded(standin) == []
+
+
+def test_the_real_local_rung_keeps_private_token_ids_and_refuses_other_sizes(
+    real: Server, standin: StandinProvider
+) -> None:
+    ids = [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]  # BERT's ids for "a man is eating food."
+    r = post(real, {"model": "minilm-remote", "input": [ids], "encoding_format": "float"})
+    assert r.status_code == 200 and r.json()["model"] == LOCAL, r.text
+    text = post(
+        real, {"model": "minilm", "input": "A man is eating food.", "encoding_format": "float"}
+    ).json()
+    assert close(r.json()["data"][0]["embedding"], text["data"][0]["embedding"], 1e-4)
+    r = post(real, {"model": LOCAL, "input": "x", "dimensions": 128})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+    assert embedded(standin) == []
