@@ -9,11 +9,15 @@ Vectors from both stand-ins are `fake_vllm.vector(text, model)`, so a test knows
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
 import os
+import socket
 import struct
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +27,16 @@ import httpx
 import openai
 import pytest
 
+from localroute.config.models import RemoteModel
+from localroute.config.privacy import ALL_KINDS
 from localroute.config.schema import parse_config
-from localroute.errors import ConfigError
+from localroute.errors import ConfigError, InvalidRequestError, UpstreamError
+from localroute.privacy.detect import Detector
+from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
+from localroute.rungs import vllm_embed
+from localroute.rungs.remote_embed import RemoteEmbedder
 from localroute.rungs.vllm import task_args
+from tests import fake_vllm
 from tests.conftest import (
     ROOT,
     Server,
@@ -494,3 +505,91 @@ def test_the_real_local_rung_keeps_private_token_ids_and_refuses_other_sizes(
     r = post(real, {"model": LOCAL, "input": "x", "dimensions": 128})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
     assert embedded(standin) == []
+
+
+# -- the rungs on their own ----------------------------------------------------------------------------------
+
+
+def _remote_embedder(base_url: str, **over: object) -> RemoteEmbedder:
+    cfg = RemoteModel.model_validate(remote("r", "text-embedding-3-small", 1536, base_url=base_url, **over))
+    return RemoteEmbedder(cfg, egress_guard=EgressGuard(Detector(ALL_KINDS)), env={KEY_ENV: KEY})
+
+
+def test_remote_rung_retries_what_cannot_have_answered_and_maps_errors(standin: StandinProvider) -> None:
+    rung = _remote_embedder(standin.base_url, max_retries=1)
+    wrong = RemoteEmbedder(
+        rung.cfg, egress_guard=EgressGuard(Detector(ALL_KINDS)), env={KEY_ENV: "sk-wrong-1"}
+    )
+    body = {"model": "r", "input": ["one", "two"]}
+
+    async def scenario() -> None:
+        CURRENT.set(Privacy(False, "public-header"))  # as the gateway marks a public request
+        try:
+            standin.set("fail", status=503, times=1)
+            result = await rung.embed(body)
+            assert [len(d["embedding"]) for d in result["data"]] == [1536, 1536]
+            assert len(embedded(standin)) == 2  # the 503, then the retry
+            assert embedded(standin)[-1] == {"model": "text-embedding-3-small", "input": ["one", "two"]}
+            standin.set("fail", status=400, message="'$.input' is invalid.", times=1)
+            with pytest.raises(InvalidRequestError):
+                await rung.embed(body)
+            with pytest.raises(UpstreamError) as ei:
+                await wrong.embed(body)
+            assert ei.value.code == "remote_auth_failed" and "sk-wrong-1" not in ei.value.message
+        finally:
+            await rung.aclose()
+            await wrong.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_remote_rung_body_passes_the_egress_guard(standin: StandinProvider) -> None:
+    rung = _remote_embedder(standin.base_url)
+
+    async def scenario() -> None:
+        try:
+            CURRENT.set(Privacy(False, "public-header"))
+            with pytest.raises(PrivacyViolationError):  # public, yet it carries an email
+                await rung.embed({"model": "r", "input": ["fine", EMAIL]})
+            CURRENT.set(Privacy(True, "header"))
+            with pytest.raises(PrivacyViolationError):
+                await rung.embed({"model": "r", "input": ["nothing detectable"]})
+        finally:
+            await rung.aclose()
+
+    asyncio.run(scenario())
+    assert embedded(standin) == []
+
+
+def test_vllm_server_that_is_not_a_pooling_runner_is_an_upstream_error(tmp_path: Path) -> None:
+    port = free_port()
+    with (tmp_path / "fake.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(fake_vllm.__file__)), "serve", MINILM, "--host", "127.0.0.1",
+             "--port", str(port), "--runner", "generate"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        cfg = parse_config(_config(_rung("g", url=f"http://127.0.0.1:{port}/v1")))
+        rung = vllm_embed.from_config(cfg, cfg.embedders()[0], tmp_path)  # type: ignore[arg-type]
+        up = wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+                        if _listening(port) else False, timeout=30, every=0.1)  # fmt: skip
+        assert up, (tmp_path / "fake.log").read_text()
+
+        async def call() -> None:
+            try:
+                await rung.embed({"model": "g", "input": ["x"]})
+            finally:
+                await rung.aclose()
+
+        with pytest.raises(UpstreamError) as ei:
+            asyncio.run(call())
+        assert ei.value.code == "upstream_not_embedding" and ei.value.status == 502
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
