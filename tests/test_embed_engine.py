@@ -112,12 +112,24 @@ def llm(gguf_file: Path) -> Any:
 def test_conversion_is_deterministic_and_gives_the_pinned_file(
     repo: tuple[Config, LlamaCppModel, ConvertSource], sources: Path, gguf_file: Path, tmp_path: Path
 ) -> None:
-    name = Path(repo[2].folder).name
-    first = convert_bert(sources, tmp_path / "a.gguf", "f16", name=name)
-    second = convert_bert(sources, tmp_path / "b.gguf", "f16", name=name)
-    assert first == second == repo[2].sha256 == sha256_of(gguf_file)
-    f32 = convert_bert(sources, tmp_path / "c.gguf", "f32", name=name)
-    assert f32 != first and (tmp_path / "c.gguf").stat().st_size > (tmp_path / "a.gguf").stat().st_size
+    import gguf
+
+    src = repo[2]
+    name = Path(src.folder).name
+    first = convert_bert(sources, tmp_path / "a.gguf", src.outtype, name=name)
+    second = convert_bert(sources, tmp_path / "b.gguf", src.outtype, name=name)
+    assert first == second == src.sha256 == sha256_of(gguf_file)
+    assert (tmp_path / "a.gguf").stat().st_size == src.size
+    # F16: 2-D weights halved; 1-D tensors, norms, position and token-type embeddings stay F32
+    convert_bert(sources, tmp_path / "h.gguf", "f16", name=name)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "h.gguf").tensors}
+    f16 = {n for n, t in types.items() if t == gguf.GGMLQuantizationType.F16}
+    assert f16 == {"token_embd.weight"} | {
+        f"blk.{i}.{t}.weight"
+        for i in range(6)
+        for t in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_down")
+    }
+    assert (tmp_path / "h.gguf").stat().st_size < 0.6 * src.size
 
 
 def test_converted_file_carries_what_llama_cpp_reads_for_a_bert(gguf_file: Path) -> None:
@@ -127,8 +139,7 @@ def test_converted_file_carries_what_llama_cpp_reads_for_a_bert(gguf_file: Path)
     r = gguf.GGUFReader(gguf_file)
 
     def value(key: str) -> Any:
-        field = r.fields[key]
-        return field.contents()
+        return r.fields[key].contents()
 
     assert value("general.architecture") == "bert"
     assert value("bert.context_length") == 512
@@ -136,18 +147,18 @@ def test_converted_file_carries_what_llama_cpp_reads_for_a_bert(gguf_file: Path)
     assert value("bert.block_count") == 6
     assert value("bert.attention.causal") is False
     assert value("bert.pooling_type") == gguf.PoolingType.MEAN
+    assert abs(value("bert.attention.layer_norm_epsilon") - 1e-12) < 1e-15
     assert value("tokenizer.ggml.model") == "bert"
     tokens = value("tokenizer.ggml.tokens")
     types = value("tokenizer.ggml.token_type")
     assert len(tokens) == 30522
     # phantom-space vocab: control tokens kept, word starts behind ▁, word pieces without ##
     assert (tokens[101], types[101]) == ("[CLS]", gguf.TokenType.CONTROL)
-    assert (tokens[1996], tokens[2075]) == ("\u2581the", "ing")
+    assert (tokens[1996], types[1996]) == ("\u2581the", gguf.TokenType.NORMAL)
+    assert tokens[2075] == "ing"
     assert (value("tokenizer.ggml.bos_token_id"), value("tokenizer.ggml.seperator_token_id")) == (101, 102)
-    names = {t.name: t.tensor_type for t in r.tensors}
-    assert names["token_embd.weight"] == gguf.GGMLQuantizationType.F16
-    assert names["position_embd.weight"] == gguf.GGMLQuantizationType.F32
-    assert names["blk.5.layer_output_norm.bias"] == gguf.GGMLQuantizationType.F32
+    names = {t.name for t in r.tensors}
+    assert len(names) == 5 + 16 * 6  # embeddings (3 + norm) and 16 tensors per layer; no pooler
     assert not any("pooler" in n or "position_ids" in n for n in names)
 
 
@@ -260,12 +271,18 @@ def test_concurrent_requests_share_one_decode(llm: Any) -> None:
         assert float(np.dot(vecs[0], ref)) > 0.9999
 
 
-def test_decodes_are_cut_at_n_batch_tokens_without_splitting_a_sequence(llm: Any) -> None:
+def test_decodes_pack_up_to_pack_tokens_and_a_longer_input_goes_alone(llm: Any) -> None:
     runner = EmbedRunner(llm, MODEL, 512, 512)
     seqs = runner.tokens(["word " * 200, "word " * 200, "word " * 200])  # 202 tokens each: 2 fit in 512
     vectors, _ = asyncio.run(runner.embed(seqs))
     assert runner.batches == 2 and len(vectors) == 3
     assert float(np.dot(vectors[0], vectors[2])) > 0.9999  # same text, alone or not: same vector
+    small = EmbedRunner(llm, MODEL, 512, 64)
+    seqs = small.tokens(["word " * 30, "word " * 30, "word " * 300, "word " * 10])  # 32, 32, 302, 12 tokens
+    vectors, _ = asyncio.run(small.embed(seqs))
+    assert small.batches == 3 and len(vectors) == 4  # [32 + 32], [302] alone, [12]
+    alone, _ = asyncio.run(runner.embed(runner.tokens(["word " * 300])))
+    assert float(np.dot(vectors[2], alone[0])) > 0.9999
 
 
 # -- the engine through the Embedder protocol -------------------------------------------------------

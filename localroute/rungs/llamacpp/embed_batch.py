@@ -2,10 +2,13 @@
 model, and every pending request's inputs embedded together.
 
 Batching: requests that arrive while a decode runs wait for it to end, then all of their sequences are
-packed into the next decodes, `n_batch` tokens and `n_seq_max` sequences at most each. A BERT attends
-both ways, so a sequence is never split across micro-batches: the worker runs with n_ubatch = n_batch
-and an input longer than the model's context is refused (OpenAI refuses too, rather than truncate
-silently), naming its index. Vectors come back L2-normalised, as sentence-transformers gives them.
+packed into the next decodes, up to `pack_tokens` tokens each (a longer sequence decodes alone). A BERT
+attends both ways, so a sequence is never split across micro-batches: the context runs with n_ubatch at
+least the model's context, and an input longer than that is refused (OpenAI refuses too, rather than
+truncate silently), naming its index. Decodes are kept small on purpose: llama.cpp attends over the
+whole micro-batch (masked between sequences), so the cost per input grows with the decode's size;
+on this CPU 64-token decodes embed ~1.6x as many inputs per second as 512-token ones (bench/RESULTS.md).
+Vectors come back L2-normalised, as sentence-transformers gives them.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ class _Job:
 class EmbedRunner:
     """Owns the Llama object; embeds the inputs of all pending requests in shared decodes."""
 
-    def __init__(self, llm: Any, name: str, max_tokens: int, n_batch: int) -> None:
+    def __init__(self, llm: Any, name: str, max_tokens: int, pack_tokens: int) -> None:
         import llama_cpp
 
         self.llm = llm
         self.name = name
         self.n_vocab: int = llm.n_vocab()
         self.n_embd: int = llm.n_embd()
-        self.max_tokens = min(max_tokens, n_batch)  # a sequence must fit one (micro-)batch
-        self.n_batch = n_batch
+        self.max_tokens = min(max_tokens, llm.context_params.n_ubatch)  # one sequence, one micro-batch
+        self.pack_tokens = pack_tokens
         self.n_seq_max: int = llm.context_params.n_seq_max
         if llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             raise ValueError("the model declares no pooling: it gives token vectors, not sentence vectors")
@@ -135,14 +138,14 @@ class EmbedRunner:
                     job.done.set_result((mine, share))
 
     def _decode_all(self, seqs: list[Tokens]) -> list[list[float]]:
-        """Embed `seqs` in as few decodes as fit `n_batch` tokens and `n_seq_max` sequences (thread)."""
+        """Embed `seqs` in decodes of up to `pack_tokens` tokens and `n_seq_max` sequences (thread)."""
         import numpy as np
 
         out: list[list[float]] = []
         group: list[Tokens] = []
         used = 0
         for s in seqs:
-            if group and (used + len(s) > self.n_batch or len(group) >= self.n_seq_max):
+            if group and (used + len(s) > self.pack_tokens or len(group) >= self.n_seq_max):
                 out.extend(self._decode(group, np))
                 group, used = [], 0
             group.append(s)

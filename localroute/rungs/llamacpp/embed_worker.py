@@ -86,10 +86,11 @@ def load_llama(args: argparse.Namespace) -> Any:
     return Llama(
         model_path=args.model_path,
         embedding=True,
-        # The context holds a whole batch of sequences; each one is checked against --n-ctx.
+        # --n-batch is how many tokens one decode packs (embed_batch.py); llama.cpp's batch and
+        # micro-batch hold the longest input whole, as non-causal attention needs.
         n_ctx=max(args.n_ctx, args.n_batch),
-        n_batch=args.n_batch,
-        n_ubatch=args.n_batch,  # non-causal attention: a sequence must sit in one micro-batch
+        n_batch=max(args.n_ctx, args.n_batch),
+        n_ubatch=max(args.n_ctx, args.n_batch),
         n_threads=args.threads,
         n_threads_batch=args.threads,
         verbose=False,
