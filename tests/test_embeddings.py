@@ -593,3 +593,14 @@ def test_vllm_server_that_is_not_a_pooling_runner_is_an_upstream_error(tmp_path:
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_tier_header_narrows_the_rungs_within_the_space(gw: Server, standin: StandinProvider) -> None:
+    r = post(
+        gw, {"model": "auto", "input": "hello", "encoding_format": "float"}, **{"X-LocalRoute-Tier": "remote"}
+    )
+    assert r.status_code == 200 and r.json()["model"] == "minilm-remote"
+    assert [b["model"] for b in embedded(standin)] == [MINILM]
+    r = post(gw, {"model": "ada", "input": "hello"}, **{"X-LocalRoute-Tier": "local"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-LocalRoute-Tier"
+    assert len(embedded(standin)) == 1
