@@ -6,6 +6,9 @@ in a stream's first delta), and it serves tools and structured outputs the way O
 `_reply`): a tool call when `tool_choice` names a tool or is "required", or when the tools are offered
 and the last user message names one; JSON of the requested schema for `response_format`. Tool-call
 arguments and JSON answers are built from the schema the request carries, so they validate against it.
+It also serves `POST /v1/embeddings` as OpenAI does (`_embeddings`): its models and their sizes in
+`EMBEDDING_MODELS`, vectors from `fake_vllm.vector` (the same model gives the same vectors as the vLLM
+stand-in), base64 on request, `dimensions` only for text-embedding-3 models, and OpenAI's 400s.
 
     with StandinProvider(api_key="sk-test") as provider:
         provider.set("fail", status=503, times=2)
@@ -16,6 +19,7 @@ arguments and JSON answers are built from the schema the request carries, so the
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import re
@@ -34,7 +38,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fake_vllm import vector
+
 MODES = frozenset({"ok", "slow", "drip", "fail", "reset", "stream_break", "hang"})
+# The embedding models the stand-in serves, with their native sizes. MiniLM stands for a provider that
+# hosts open weights (the same space as a local copy of them).
+EMBEDDING_MODELS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+    "sentence-transformers/all-MiniLM-L6-v2": 384,
+}
+EMBEDDING_PARAMS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+_BAD_INPUT = (
+    "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ class StandinProvider:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/completions", self._completions, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
             ]
         )
@@ -224,6 +243,69 @@ class StandinProvider:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(_sse({**base, "choices": [], "usage": usage}))
         return StreamingResponse(_aiter([*events, b"data: [DONE]\n\n"]), media_type="text/event-stream")
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._record(request)
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        mode, p = self._take()
+        if mode == "fail":
+            status = int(p.get("status", 503))
+            headers = {"Retry-After": str(p["retry_after"])} if "retry_after" in p else None
+            return _error(status, p.get("message", f"stand-in failure {status}"), p.get("code"), headers)
+        if mode == "reset":
+            await self._drop(request, reset=True)
+            return Response(status_code=500)
+        if mode == "hang":
+            await self._sleep(float("inf"))
+            return _error(503, "stand-in shutting down", None)
+        if mode == "slow":
+            await self._sleep(float(p.get("delay_s", 1.0)))
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.", None)
+        extra = sorted(set(body) - EMBEDDING_PARAMS)
+        if extra:
+            return _error(400, f"Unrecognized request argument supplied: {extra[0]}", None)
+        model = body.get("model")
+        if model not in EMBEDDING_MODELS:
+            return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                          "model_not_found")  # fmt: skip
+        raw = body.get("input")
+        items = (
+            [raw] if isinstance(raw, str) or (isinstance(raw, list) and raw and type(raw[0]) is int) else raw
+        )
+        if not isinstance(items, list) or not 0 < len(items) <= 2048 or any(i in ("", []) for i in items):
+            return _error(400, _BAD_INPUT, None)
+        size = EMBEDDING_MODELS[model]
+        dims = body.get("dimensions")
+        if dims is not None and not model.startswith("text-embedding-3"):
+            return _error(400, "This model does not support specifying dimensions.", None)
+        if dims is not None and not (isinstance(dims, int) and 1 <= dims <= size):
+            return _error(
+                400, f"Invalid value for 'dimensions' = {dims}. Must be between 1 and {size}.", None
+            )
+        data, total = [], 0
+        for i, item in enumerate(items):
+            text = item if isinstance(item, str) else " ".join(f"t{t}" for t in item)
+            n = len(text.split()) if isinstance(item, str) else len(item)
+            if n > 8192:
+                message = (
+                    f"This model's maximum context length is 8192 tokens, however you requested {n} "
+                    f"tokens ({n} in your prompt; 0 for the completion). Please reduce your prompt; "
+                    "or completion length."
+                )
+                return _error(400, message, None)
+            total += n
+            vec: Any = vector(text, model, size)
+            if dims is not None:
+                head = vec[:dims]
+                norm = sum(x * x for x in head) ** 0.5 or 1.0
+                vec = [x / norm for x in head]
+            if body.get("encoding_format") == "base64":
+                vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        usage = {"prompt_tokens": total, "total_tokens": total}
+        return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
 
     # -- bodies --------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from localroute import __version__
 from localroute.gateway import openapi_responses
 from localroute.gateway.dashboard import ASSETS, CSP
 from localroute.gateway.openapi_schemas import STR, Schema, components, obj, ref
+from localroute.protocol.embeddings import MAX_INPUTS, MAX_TOKEN_ID, EmbeddingRequest
 
 _ERRORS = {
     400: "The request is invalid: bad JSON, an unknown or out-of-range parameter, a bad routing "
@@ -127,6 +128,45 @@ def _page_headers() -> Schema:
 _TEXT: Schema = {"schema": STR}
 
 
+def _embeddings() -> Schema:
+    """`POST /v1/embeddings`: OpenAI's request (validated by `EmbeddingRequest`) and answer."""
+    request = EmbeddingRequest.model_json_schema()
+    text: Schema = {"type": "string", "minLength": 1}
+    token: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
+    tokens: Schema = {"type": "array", "items": token, "minItems": 1}
+    lists = [
+        {"type": "array", "items": i, "minItems": 1, "maxItems": MAX_INPUTS} for i in (text, token, tokens)
+    ]
+    request["properties"]["input"] = {
+        "anyOf": [text, *lists],
+        "description": "A string, a list of strings, a list of token ids, or a list of lists of token ids.",
+    }
+    request["properties"]["model"]["examples"] = ["auto"]
+    vector = {"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]}
+    index = {"type": "integer", "minimum": 0}
+    item = obj({"object": {"const": "embedding"}, "index": index, "embedding": vector})
+    usage = obj({"prompt_tokens": index, "total_tokens": index})
+    answer = obj(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": item}, "model": STR, "usage": usage}
+    )
+    body = {"schema": request, "example": {"model": "auto", "input": "Hi!"}}
+    ok = {
+        "description": "The vectors, in input order.",
+        "headers": _answer_headers(),
+        "content": _json(answer),
+    }
+    return {
+        "post": _op(
+            "Embeddings, from the cheapest available rung of the requested vector space",
+            ok,
+            (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
+            operationId="createEmbedding",
+            parameters=[_hints()[0], _privacy()],
+            requestBody={"required": True, "content": {"application/json": body}},
+        )
+    }
+
+
 def _paths() -> Schema:
     chat_body = {
         "required": True,
@@ -200,6 +240,7 @@ def _paths() -> Schema:
                 requestBody=openapi_responses.body(),
             )
         },
+        "/v1/embeddings": _embeddings(),
         "/v1/route/explain": {
             "post": _op(
                 "The routing decision for a request, without running it",

@@ -10,13 +10,21 @@ from typing import Any
 from localroute.config.models import ModelConfig
 from localroute.config.schema import Config
 from localroute.privacy.guard import EgressGuard
-from localroute.protocol.backend import Backend
+from localroute.protocol.backend import Backend, Embedder
 
 # Each entry builds a Backend from (config, model config, runtime dir).
 ENGINES: dict[str, str] = {
     "llama_cpp": "localroute.rungs.llamacpp.engine:from_config",
     "remote": "localroute.rungs.remote:from_config",
     "vllm": "localroute.rungs.vllm:from_config",
+}
+
+
+# Each entry builds an Embedder (a `task = "embed"` rung) the same way.
+EMBEDDERS: dict[str, str] = {
+    "llama_cpp": "localroute.rungs.llamacpp.embedder:from_config",
+    "remote": "localroute.rungs.remote_embed:from_config",
+    "vllm": "localroute.rungs.vllm_embed:from_config",
 }
 
 
@@ -37,5 +45,21 @@ def build_backend(
 
 
 def build_backends(config: Config, runtime_dir: Path, egress_guard: EgressGuard) -> dict[str, Backend]:
-    """One backend per configured model, keyed by model name, not yet started."""
-    return {m.name: build_backend(config, m, runtime_dir, egress_guard) for m in config.models}
+    """One backend per chat model, keyed by model name, not yet started."""
+    return {m.name: build_backend(config, m, runtime_dir, egress_guard) for m in config.ladder()}
+
+
+def build_embedder(
+    config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
+) -> Embedder:
+    factory = _load(EMBEDDERS[model.engine])
+    if model.engine == "remote":  # as for chat: the rung that leaves the machine gets the guard
+        embedder: Embedder = factory(config, model, runtime_dir, egress_guard=egress_guard)
+    else:
+        embedder = factory(config, model, runtime_dir)
+    return embedder
+
+
+def build_embedders(config: Config, runtime_dir: Path, egress_guard: EgressGuard) -> dict[str, Embedder]:
+    """One embedder per embedding rung (`task = "embed"`), keyed by model name, not yet started."""
+    return {m.name: build_embedder(config, m, runtime_dir, egress_guard) for m in config.embedders()}

@@ -229,7 +229,7 @@ class RemoteBackend:
     async def _send(self, out: dict[str, Any]) -> httpx.Response:
         """One network attempt; returns a 200 response whose body is not yet read."""
         client = self._http()
-        headers = {"Accept": "text/event-stream" if out["stream"] else "application/json"}
+        headers = {"Accept": "text/event-stream" if out.get("stream") else "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         self._egress_guard(out)  # the last word before any byte leaves the machine

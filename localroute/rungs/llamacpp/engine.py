@@ -39,6 +39,7 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
     label = "engine"
     noun = "worker"
     log: ClassVar[logging.Logger] = logging.getLogger("localroute.engine")
+    worker_module: ClassVar[str] = "localroute.rungs.llamacpp.worker"  # embedder.py runs another
 
     def __init__(self, cfg: LlamaCppModel, model_path: Path, runtime_dir: Path) -> None:
         super().__init__(cfg, max_in_flight=1, max_queue=cfg.max_queue)  # llama.cpp is not re-entrant
@@ -86,7 +87,7 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         cmd = [
-            sys.executable, "-m", "localroute.rungs.llamacpp.worker",
+            sys.executable, "-m", self.worker_module,
             "--socket", str(self.socket), "--model-path", str(held),
             "--name", self.name, "--n-ctx", str(self.cfg.n_ctx),
             "--n-batch", str(self.cfg.n_batch), "--parent-pid", str(os.getpid()),
