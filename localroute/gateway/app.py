@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from localroute.config.schema import Config
 from localroute.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
+from localroute.gateway import messages
 from localroute.gateway.dashboard import dashboard, dashboard_asset
 from localroute.gateway.handlers import Gateway
 from localroute.gateway.openapi import openapi_json
@@ -141,6 +142,7 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
     return Starlette(
         routes=[
             Route("/v1/chat/completions", _on(Gateway.chat), methods=["POST"]),
+            Route("/v1/messages", _on(messages.handler), methods=["POST"]),
             Route("/v1/models", _on(Gateway.models), methods=["GET"]),
             Route("/v1/models/{model:str}", _on(Gateway.model), methods=["GET"]),
             Route("/v1/route/explain", _on(Gateway.explain), methods=["POST"]),
