@@ -193,6 +193,9 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     metadata: Metadata | None = None
     thinking: Thinking | None = None
+    # Cost and scheduling on Anthropic's side, not the answer: accepted, ignored.
+    cache_control: CacheControl | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
 
     @field_validator("messages")
     @classmethod
