@@ -28,12 +28,33 @@ from starlette.routing import Route
 
 from tests.standin_provider import StandinProvider, _aiter, example
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-               500: "api_error", 529: "overloaded_error"}  # fmt: skip
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 
-FIELDS = frozenset({"model", "max_tokens", "messages", "system", "tools", "tool_choice", "stop_sequences",
-                    "temperature", "top_p", "top_k", "stream", "metadata"})  # fmt: skip
+FIELDS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stream",
+        "metadata",
+    }
+)
 
 
 class AnthropicStandin(StandinProvider):
@@ -75,8 +96,9 @@ class AnthropicStandin(StandinProvider):
             return JSONResponse(message, headers={"request-id": "req_standin" + uuid.uuid4().hex[:12]})
         events = _events(message)
         if mode == "stream_break":
-            return StreamingResponse(self._break(request, events[: int(p.get("chunks", 2))]),
-                                     media_type="text/event-stream")  # fmt: skip
+            return StreamingResponse(
+                self._break(request, events[: int(p.get("chunks", 2))]), media_type="text/event-stream"
+            )
         return StreamingResponse(_aiter(events), media_type="text/event-stream")
 
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -84,8 +106,14 @@ class AnthropicStandin(StandinProvider):
         tool = _tool_to_use(body)
         stop_sequence = None
         if tool is not None:
-            content = [{"type": "tool_use", "id": "toolu_standin" + uuid.uuid4().hex[:16],
-                        "name": tool["name"], "input": example(tool.get("input_schema") or {})}]  # fmt: skip
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_standin" + uuid.uuid4().hex[:16],
+                    "name": tool["name"],
+                    "input": example(tool.get("input_schema") or {}),
+                }
+            ]
             stop = "tool_use"
         else:
             text = "Claude stand-in answer to: " + _last_user_text(body)[:60]
@@ -100,11 +128,20 @@ class AnthropicStandin(StandinProvider):
         prompt = len(json.dumps(body.get("messages")).split())
         output = len(json.dumps(content).split())
         return {
-            "id": "msg_standin" + uuid.uuid4().hex[:16], "type": "message", "role": "assistant",
-            "model": body["model"], "content": content, "stop_reason": stop, "stop_sequence": stop_sequence,
-            "usage": {"input_tokens": prompt, "output_tokens": output, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0},
-        }  # fmt: skip
+            "id": "msg_standin" + uuid.uuid4().hex[:16],
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": stop_sequence,
+            "usage": {
+                "input_tokens": prompt,
+                "output_tokens": output,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -139,10 +176,17 @@ def _tool_to_use(body: dict[str, Any]) -> dict[str, Any] | None:
 
 def _events(message: dict[str, Any]) -> list[bytes]:
     usage = message["usage"]
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {**usage, "output_tokens": 1}}  # fmt: skip
-    out = [_event("message_start", {"type": "message_start", "message": start}),
-           _event("ping", {"type": "ping"})]  # fmt: skip
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    out = [
+        _event("message_start", {"type": "message_start", "message": start}),
+        _event("ping", {"type": "ping"}),
+    ]
     for i, block in enumerate(message["content"]):
         if block["type"] == "text":
             head = {"type": "text", "text": ""}
@@ -162,8 +206,12 @@ def _events(message: dict[str, Any]) -> list[bytes]:
         ]
         out.append(_event("content_block_stop", {"type": "content_block_stop", "index": i}))
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
-    out.append(_event("message_delta", {"type": "message_delta", "delta": delta,
-                                        "usage": {"output_tokens": usage["output_tokens"]}}))  # fmt: skip
+    out.append(
+        _event(
+            "message_delta",
+            {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}},
+        )
+    )
     return [*out, _event("message_stop", {"type": "message_stop"})]
 
 
@@ -172,6 +220,9 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
-            "request_id": "req_standin" + uuid.uuid4().hex[:12]}  # fmt: skip
+    body = {
+        "type": "error",
+        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
+        "request_id": "req_standin" + uuid.uuid4().hex[:12],
+    }
     return JSONResponse(body, status_code=status, headers=headers)

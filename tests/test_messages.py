@@ -23,7 +23,15 @@ import pytest
 
 from tests import conftest
 from tests.anthropic_standin import AnthropicStandin
-from tests.conftest import DEFAULT_MODEL, REMOTE_RUNG, Server, remote_rung, repo_routing, repo_rung, start_gateway
+from tests.conftest import (
+    DEFAULT_MODEL,
+    REMOTE_RUNG,
+    Server,
+    remote_rung,
+    repo_routing,
+    repo_rung,
+    start_gateway,
+)
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
 from tests.test_clients import LENIENT, Audit
@@ -65,14 +73,27 @@ def claude() -> Iterator[AnthropicStandin]:
 
 
 def claude_rung(base_url: str, **over: object) -> dict[str, object]:
-    return {"name": CLAUDE, "engine": "remote", "api": "anthropic", "tier": 20, "base_url": base_url,
-            "model": "claude-standin", "api_key_env": CLAUDE_ENV, "read_timeout_s": 30,
-            "total_timeout_s": 60, "max_retries": 0, **over}  # fmt: skip
+    return {
+        "name": CLAUDE,
+        "engine": "remote",
+        "api": "anthropic",
+        "tier": 20,
+        "base_url": base_url,
+        "model": "claude-standin",
+        "api_key_env": CLAUDE_ENV,
+        "read_timeout_s": 30,
+        "total_timeout_s": 60,
+        "max_retries": 0,
+        **over,
+    }
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    tmp_path_factory: pytest.TempPathFactory, smollm2: Path, provider: StandinProvider, claude: AnthropicStandin
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2: Path,
+    provider: StandinProvider,
+    claude: AnthropicStandin,
 ) -> Iterator[Server]:
     models = [
         repo_rung(LOCAL, cache_prompt=False),
@@ -113,19 +134,30 @@ def nothing_left(provider: StandinProvider, claude: AnthropicStandin) -> None:
 
 
 def test_create_asks_the_model_what_the_chat_form_asks(
-    client: anthropic.Anthropic, gateway: Server, audit: Audit, provider: StandinProvider,
+    client: anthropic.Anthropic,
+    gateway: Server,
+    audit: Audit,
+    provider: StandinProvider,
     claude: AnthropicStandin,
-) -> None:  # fmt: skip
+) -> None:
     msg = client.messages.create(
-        model=LOCAL, max_tokens=12, system=SYSTEM, messages=[{"role": "user", "content": PROMPT}], extra_body=COLD
+        model=LOCAL,
+        max_tokens=12,
+        system=SYSTEM,
+        messages=[{"role": "user", "content": PROMPT}],
+        extra_body=COLD,
     )
     chat = httpx.post(
         gateway.url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
-        json={"model": LOCAL, "max_tokens": 12, "temperature": 0,
-              "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]},
+        json={
+            "model": LOCAL,
+            "max_tokens": 12,
+            "temperature": 0,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
+        },
         timeout=300,
-    ).json()  # fmt: skip
+    ).json()
     assert msg.type == "message" and msg.role == "assistant" and msg.id.startswith("msg_")
     assert msg.model == LOCAL
     assert [b.type for b in msg.content] == ["text"]
@@ -142,8 +174,12 @@ def test_create_asks_the_model_what_the_chat_form_asks(
 
 
 def test_stream_accumulates_to_the_created_message(client: anthropic.Anthropic, audit: Audit) -> None:
-    ask: dict[str, Any] = {"model": LOCAL, "max_tokens": 12, "extra_body": COLD,
-                           "messages": [{"role": "user", "content": PROMPT}]}  # fmt: skip
+    ask: dict[str, Any] = {
+        "model": LOCAL,
+        "max_tokens": 12,
+        "extra_body": COLD,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
     made = client.messages.create(**ask)
     with client.messages.stream(**ask) as stream:
         pieces = list(stream.text_stream)
@@ -155,8 +191,9 @@ def test_stream_accumulates_to_the_created_message(client: anthropic.Anthropic, 
     assert final.usage.output_tokens == made.usage.output_tokens
     records = audit.new(2)
     assert [(r["api"], r["stream"], r["model"]) for r in records] == [
-        ("messages", False, LOCAL), ("messages", True, LOCAL)
-    ]  # fmt: skip
+        ("messages", False, LOCAL),
+        ("messages", True, LOCAL),
+    ]
 
 
 def test_stream_events_come_in_anthropics_order(gateway: Server) -> None:
@@ -174,7 +211,8 @@ def test_stream_events_come_in_anthropics_order(gateway: Server) -> None:
         names.append(name)
     order = " ".join(names)
     assert re.fullmatch(
-        r"message_start ping content_block_start( content_block_delta)+ content_block_stop message_delta message_stop",
+        r"message_start ping content_block_start( content_block_delta)+ content_block_stop"
+        r" message_delta message_stop",
         order,
     ), order
     start = json.loads(events[0].split("data: ")[1])["message"]
@@ -184,8 +222,12 @@ def test_stream_events_come_in_anthropics_order(gateway: Server) -> None:
 
 
 def test_stop_sequences_end_the_answer(client: anthropic.Anthropic) -> None:
-    ask: dict[str, Any] = {"model": LOCAL, "max_tokens": 16, "extra_body": COLD,
-                           "messages": [{"role": "user", "content": PROMPT}]}  # fmt: skip
+    ask: dict[str, Any] = {
+        "model": LOCAL,
+        "max_tokens": 16,
+        "extra_body": COLD,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
     whole = client.messages.create(**ask).content[0].text
     words = whole.split()
     assert len(words) >= 3, whole
@@ -194,8 +236,14 @@ def test_stop_sequences_end_the_answer(client: anthropic.Anthropic) -> None:
 
 
 def test_a_forced_tool_is_called_by_the_local_model(client: anthropic.Anthropic, audit: Audit) -> None:
-    ask: dict[str, Any] = {"model": LOCAL, "max_tokens": 60, "extra_body": COLD, "messages": ASK,
-                           "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "get_weather"}}  # fmt: skip
+    ask: dict[str, Any] = {
+        "model": LOCAL,
+        "max_tokens": 60,
+        "extra_body": COLD,
+        "messages": ASK,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+    }
     msg = client.messages.create(**ask)
     with client.messages.stream(**ask) as stream:
         final = stream.get_final_message()
@@ -219,8 +267,13 @@ def test_anthropic_version_is_not_required(gateway: Server) -> None:
 
 
 def test_a_bad_request_names_every_bad_field(gateway: Server, audit: Audit) -> None:
-    body = {"model": LOCAL, "messages": [{"role": "system", "content": "x"}], "top_k": 5,
-            "thinking": {"type": "enabled", "budget_tokens": 1024}, "stop_sequences": ["a", "b", "c", "d", "e"]}  # fmt: skip
+    body = {
+        "model": LOCAL,
+        "messages": [{"role": "system", "content": "x"}],
+        "top_k": 5,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "stop_sequences": ["a", "b", "c", "d", "e"],
+    }
     r = post(gateway, body)
     assert r.status_code == 400
     err = r.json()
@@ -288,26 +341,45 @@ def test_a_tool_round_trip_through_the_anthropic_rung(
     second = client.messages.create(model=CLAUDE, max_tokens=100, messages=history, tools=[WEATHER])
     assert second.stop_reason == "end_turn" and second.content[0].type == "text"
     got = claude.requests[1].body["messages"]
-    assert got[1] == {"role": "assistant", "content": [
-        {"type": "tool_use", "id": use.id, "name": "get_weather", "input": use.input}
-    ]}  # fmt: skip
-    assert got[2] == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees and sunny"}
-    ]}  # fmt: skip
+    assert got[1] == {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": use.id, "name": "get_weather", "input": use.input}],
+    }
+    assert got[2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees and sunny"}],
+    }
     assert [(r["api"], r["model"], r["local"]) for r in audit.new(2)] == [("messages", CLAUDE, False)] * 2
     assert provider.requests == []
 
 
-def test_the_anthropic_rungs_stream_comes_through(client: anthropic.Anthropic, claude: AnthropicStandin) -> None:
-    ask: dict[str, Any] = {"model": CLAUDE, "max_tokens": 100, "messages": ASK, "tools": [WEATHER],
-                           "tool_choice": {"type": "any"}}  # fmt: skip
+def test_the_anthropic_rungs_stream_comes_through(
+    client: anthropic.Anthropic, claude: AnthropicStandin
+) -> None:
+    ask: dict[str, Any] = {
+        "model": CLAUDE,
+        "max_tokens": 100,
+        "messages": ASK,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "any"},
+    }
     with client.messages.stream(**ask) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "tool_use"
-    assert final.content[-1].type == "tool_use" and final.content[-1].input == {"city": "standin", "unit": "celsius"}
-    assert claude.requests[-1].body["tool_choice"] == {"type": "any"} and claude.requests[-1].body["stream"] is True
-    plain = {"model": CLAUDE, "max_tokens": 100, "messages": [{"role": "user", "content": "Hello there"}],
-             "stop_sequences": ["there"]}  # fmt: skip
+    assert final.content[-1].type == "tool_use" and final.content[-1].input == {
+        "city": "standin",
+        "unit": "celsius",
+    }
+    assert (
+        claude.requests[-1].body["tool_choice"] == {"type": "any"}
+        and claude.requests[-1].body["stream"] is True
+    )
+    plain = {
+        "model": CLAUDE,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Hello there"}],
+        "stop_sequences": ["there"],
+    }
     made = client.messages.create(**plain)
     with client.messages.stream(**plain) as stream:
         text = "".join(stream.text_stream)
@@ -320,23 +392,40 @@ def test_the_anthropic_rungs_stream_comes_through(client: anthropic.Anthropic, c
 
 def test_a_chat_client_reaches_the_anthropic_rung(gateway: Server, claude: AnthropicStandin) -> None:
     r = httpx.post(
-        gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {GATEWAY_KEY}"}, timeout=60,
-        json={"model": CLAUDE, "messages": [{"role": "system", "content": SYSTEM}, *ASK], "user": "u-42",
-              "tools": [{"type": "function", "function": {"name": WEATHER["name"], "parameters": WEATHER["input_schema"]}}],
-              "tool_choice": "required", "parallel_tool_calls": False},
-    )  # fmt: skip
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+        timeout=60,
+        json={
+            "model": CLAUDE,
+            "messages": [{"role": "system", "content": SYSTEM}, *ASK],
+            "user": "u-42",
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {"name": WEATHER["name"], "parameters": WEATHER["input_schema"]},
+                }
+            ],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+        },
+    )
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
-    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "standin", "unit": "celsius"}
+    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {
+        "city": "standin",
+        "unit": "celsius",
+    }
     sent = claude.requests[0].body
     assert sent["system"] == [{"type": "text", "text": SYSTEM}]
     assert sent["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
     assert sent["metadata"] == {"user_id": "u-42"} and sent["max_tokens"] == 1024  # the rung's default
     refused = httpx.post(
-        gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {GATEWAY_KEY}"}, timeout=60,
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+        timeout=60,
         json={"model": CLAUDE, "messages": ASK, "seed": 7},
-    )  # fmt: skip
+    )
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"
     assert len(claude.requests) == 1
 
@@ -359,30 +448,38 @@ def test_anthropic_rung_errors_reach_the_client_in_anthropics_shape(
     assert CLAUDE_KEY not in info.value.response.text  # type: ignore[attr-defined]
 
 
-def test_a_broken_stream_ends_with_an_error_event(client: anthropic.Anthropic, claude: AnthropicStandin) -> None:
+def test_a_broken_stream_ends_with_an_error_event(
+    client: anthropic.Anthropic, claude: AnthropicStandin
+) -> None:
     claude.set("stream_break", chunks=4)  # message_start, ping, a block's start and first delta
-    with pytest.raises(anthropic.APIStatusError) as info:  # noqa: PT012
+    with pytest.raises(anthropic.APIStatusError) as info:
         with client.messages.stream(model=CLAUDE, max_tokens=100, messages=ASK) as stream:
             for _ in stream:
                 pass
     assert info.value.body["type"] == "error"  # type: ignore[index]
-    assert info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    # The connection closed mid-answer: the provider is unavailable (503, Anthropic's `overloaded_error`).
+    assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert "Remote provider 'claude' dropped the connection" in info.value.body["error"]["message"]  # type: ignore[index]
 
 
 # -- privacy: nothing private leaves through /v1/messages ----------------------------------------------
 
 
 def test_a_private_request_never_reaches_a_provider(
-    gateway: Server, client: anthropic.Anthropic, provider: StandinProvider, claude: AnthropicStandin,
+    gateway: Server,
+    client: anthropic.Anthropic,
+    provider: StandinProvider,
+    claude: AnthropicStandin,
     audit: Audit,
-) -> None:  # fmt: skip
+) -> None:
     private = {"X-LocalRoute-Privacy": "private"}
     with pytest.raises(anthropic.APIStatusError) as info:
         client.messages.create(model=CLAUDE, max_tokens=8, messages=ASK, extra_headers=private)
     assert info.value.body["type"] == "error"  # type: ignore[index]
     with pytest.raises(anthropic.APIStatusError):
-        client.messages.create(model="auto", max_tokens=8, messages=ASK,
-                               extra_headers={**private, "X-LocalRoute-Tier": "remote"})  # fmt: skip
+        client.messages.create(
+            model="auto", max_tokens=8, messages=ASK, extra_headers={**private, "X-LocalRoute-Tier": "remote"}
+        )
     served = client.messages.create(model="auto", max_tokens=8, messages=ASK, extra_headers=private)
     assert served.model == LOCAL
     records = audit.new(3)
@@ -394,9 +491,17 @@ def test_a_private_request_never_reaches_a_provider(
 def test_an_email_in_a_tool_result_keeps_the_request_local(
     client: anthropic.Anthropic, provider: StandinProvider, claude: AnthropicStandin, audit: Audit
 ) -> None:
-    use = {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris", "unit": "celsius"}}
-    result = {"type": "tool_result", "tool_use_id": "toolu_01",
-              "content": [{"type": "text", "text": "Reported by jane.doe@example.com: 18 degrees"}]}  # fmt: skip
+    use = {
+        "type": "tool_use",
+        "id": "toolu_01",
+        "name": "get_weather",
+        "input": {"city": "Paris", "unit": "celsius"},
+    }
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_01",
+        "content": [{"type": "text", "text": "Reported by jane.doe@example.com: 18 degrees"}],
+    }
     history = [*ASK, {"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
     with pytest.raises(anthropic.APIStatusError):
         client.messages.create(model=CLAUDE, max_tokens=8, messages=history, tools=[WEATHER])

@@ -376,9 +376,10 @@ def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) 
     temperature = chat.get("temperature")
     if temperature is not None and temperature > 1:
         raise _refused("temperature", "the Anthropic Messages API takes a temperature from 0 to 1")
-    for key in ("temperature", "top_p", "stream"):
+    for key in ("temperature", "top_p"):
         if chat.get(key) is not None:
             out[key] = chat[key]
+    out["stream"] = bool(chat.get("stream"))
     if (stop := chat.get("stop")) is not None:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if chat.get("user"):
