@@ -387,7 +387,7 @@ def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) 
     if chat.get("tools"):
         out["tools"] = [_anthropic_tool(t["function"]) for t in chat["tools"]]
     choice = _anthropic_choice(chat.get("tool_choice"), chat.get("parallel_tool_calls") is False)
-    if choice is not None and (chat.get("tools") or choice["type"] == "none"):
+    if choice is not None and chat.get("tools"):  # Anthropic takes a tool_choice only with tools
         out["tool_choice"] = choice
     return out
 

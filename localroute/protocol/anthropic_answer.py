@@ -16,18 +16,65 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
+
+from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
 from localroute.errors import APIError, UpstreamError
 from localroute.protocol.surface import Api, Translator
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, Usage
 
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
 # chat finish_reason -> Anthropic stop_reason, and back.
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}  # fmt: skip
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop",
                   "model_context_window_exceeded": "length"}  # fmt: skip
+
+
+class TextContent(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseContent(TypedDict):
+    """A tool call: `input` is the arguments as a JSON object (the chat form carries them as text)."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class MessageUsage(TypedDict):
+    input_tokens: int
+    output_tokens: int
+
+
+class AnthropicMessage(TypedDict):
+    """The answer to a `/v1/messages` request. `model` is the rung that answered, as in chat completions."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[TextContent | ToolUseContent]
+    stop_reason: StopReason | None
+    stop_sequence: str | None
+    usage: MessageUsage
+
+
+class AnthropicErrorDetail(TypedDict):
+    type: str
+    message: str
+
+
+class AnthropicError(TypedDict):
+    """An error under `/v1/messages` (`APIError.anthropic_body`)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
 
 
 def message_id() -> str:
@@ -39,13 +86,15 @@ def event(name: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {name}\ndata: ".encode() + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _stop(finish: str | None, choice: Mapping[str, Any], stops: Sequence[str]) -> tuple[str, str | None]:
+def _stop(
+    finish: str | None, choice: Mapping[str, Any], stops: Sequence[str]
+) -> tuple[StopReason, str | None]:
     """Anthropic's (stop_reason, stop_sequence). Which stop string ended a chat answer is known only
     where the engine says so (vLLM's `stop_reason`, the Anthropic rung); else it reads as `end_turn`."""
     matched = choice.get("stop_reason")
     if finish == "stop" and isinstance(matched, str) and matched in stops:
         return "stop_sequence", matched
-    return STOP_REASONS.get(finish or "stop", "end_turn"), None
+    return STOP_REASONS.get(finish or "stop", "end_turn"), None  # a finish_reason we do not know: end_turn
 
 
 def _tool_input(arguments: str) -> dict[str, Any]:
@@ -68,11 +117,11 @@ class MessagesSurface:
     def __init__(self, stops: Sequence[str] = ()) -> None:
         self.stops = tuple(stops)
 
-    def answer(self, result: ChatCompletion) -> Mapping[str, Any]:
+    def answer(self, result: ChatCompletion) -> AnthropicMessage:
         choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
         choice = choices[0]
         message: Mapping[str, Any] = choice.get("message") or {}
-        content: list[dict[str, Any]] = []
+        content: list[TextContent | ToolUseContent] = []
         if message.get("content") or not message.get("tool_calls"):
             content.append({"type": "text", "text": message.get("content") or ""})
         for call in message.get("tool_calls") or ():
@@ -117,7 +166,7 @@ class MessagesStream:
         self.block = -1  # index of the open content block; -1: none yet
         self.open: str | None = None  # "text" or "tool_use" (with the chat tool-call index in `call`)
         self.call = -1
-        self.reason: tuple[str, str | None] = ("end_turn", None)
+        self.reason: tuple[StopReason, str | None] = ("end_turn", None)
         self.usage: Usage | None = None
 
     def _start(self, model: str) -> bytes:
