@@ -430,6 +430,19 @@ def test_a_chat_client_reaches_the_anthropic_rung(gateway: Server, claude: Anthr
     assert len(claude.requests) == 1
 
 
+def test_fallback_moves_between_the_openai_and_anthropic_providers(
+    client: anthropic.Anthropic, provider: StandinProvider, claude: AnthropicStandin, audit: Audit
+) -> None:
+    remote = {"X-LocalRoute-Tier": "remote"}
+    hello = [{"role": "user", "content": "Hello there"}]
+    provider.set("fail", status=503)
+    msg = client.messages.create(model="auto", max_tokens=20, messages=hello, extra_headers=remote)
+    assert msg.model == CLAUDE and msg.content[0].text == "Claude stand-in answer to: Hello there"
+    record = audit.new(1)[0]
+    assert [(a["model"], a["outcome"]) for a in record["attempts"]][-1] == (CLAUDE, "ok")
+    assert FRONTIER in [a["model"] for a in record["attempts"]] and len(claude.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "raised", "kind"),
     [
