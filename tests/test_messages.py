@@ -10,6 +10,7 @@ free tool choice and the tool_use -> tool_result round trip are served by the An
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -428,6 +429,21 @@ def test_a_chat_client_reaches_the_anthropic_rung(gateway: Server, claude: Anthr
     )
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"
     assert len(claude.requests) == 1
+
+
+def test_an_image_goes_to_the_anthropic_rung_as_it_came(
+    client: anthropic.Anthropic, claude: AnthropicStandin, gateway: Server
+) -> None:
+    png = base64.b64encode(bytes(range(256)) * 40).decode()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}
+    content = [{"type": "text", "text": "What is in this picture?"}, image]
+    msg = client.messages.create(model=CLAUDE, max_tokens=20, messages=[{"role": "user", "content": content}])
+    assert msg.content[0].text.startswith("Claude stand-in answer to: What is in this picture?")
+    assert claude.requests[0].body["messages"] == [{"role": "user", "content": content}]
+    # The local model has no vision: an image it cannot see is refused, not dropped.
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model=LOCAL, max_tokens=20, messages=[{"role": "user", "content": content}])
+    assert "needs vision" in info.value.body["error"]["message"]  # type: ignore[index]
 
 
 def test_fallback_moves_between_the_openai_and_anthropic_providers(
