@@ -186,11 +186,14 @@ class LlamaCppModel(Serves):
 
 
 class RemoteModel(Serves):
-    """An OpenAI-compatible provider: the only rung whose traffic leaves the machine."""
+    """A remote provider: the only rung whose traffic leaves the machine. `api` is the API it speaks:
+    OpenAI's chat completions (`base_url` + /chat/completions) or Anthropic's Messages (`base_url` +
+    /messages, e.g. base_url = "https://api.anthropic.com/v1"; docs/anthropic.md)."""
 
     model_config = FORBID
     name: ModelName
     engine: Literal["remote"]
+    api: Literal["openai", "anthropic"] = "openai"
     tier: Annotated[int, Field(ge=0, le=100)] = 10
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -266,12 +269,17 @@ _ENGINE_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "remote": frozenset(CAPABILITIES),
 }
 
+# The Messages API has tools and images; no JSON mode, logprobs or several choices.
+_ANTHROPIC_CAPABILITIES: frozenset[Capability] = frozenset({"tools", "vision"})
+
 
 def capabilities(m: ModelConfig) -> frozenset[Capability]:
     """What rung `m` can do: its `capabilities`, else its engine's defaults."""
     if m.capabilities is not None:
         return frozenset(m.capabilities)
     caps = _ENGINE_CAPABILITIES[m.engine]
+    if isinstance(m, RemoteModel) and m.api == "anthropic":
+        caps = _ANTHROPIC_CAPABILITIES
     if isinstance(m, VllmModel) and "--enable-auto-tool-choice" in m.extra_args:
         caps |= {"tools"}
     return caps

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from localroute.config.schema import Config
 from localroute.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
-from localroute.gateway import completions, embeddings
+from localroute.gateway import completions, embeddings, messages
 from localroute.gateway.dashboard import dashboard, dashboard_asset
 from localroute.gateway.handlers import Gateway
 from localroute.gateway.openapi import openapi_json
@@ -157,6 +157,7 @@ def create_app(
             Route("/v1/responses", _on(responses), methods=["POST"]),
             Route("/v1/completions", _on(completions.handler), methods=["POST"]),
             Route("/v1/embeddings", _on(embeddings.handler), methods=["POST"]),
+            Route("/v1/messages", _on(messages.handler), methods=["POST"]),
             Route("/v1/models", _on(Gateway.models), methods=["GET"]),
             Route("/v1/models/{model:str}", _on(Gateway.model), methods=["GET"]),
             Route("/v1/route/explain", _on(Gateway.explain), methods=["POST"]),

@@ -16,6 +16,8 @@ from pydantic.json_schema import JsonSchemaMode
 
 from localroute.observe.stats import LATENCY_BOUNDS_MS
 from localroute.protocol import records, text_completion, wire
+from localroute.protocol.anthropic import MessagesRequest
+from localroute.protocol.anthropic_answer import AnthropicError, AnthropicMessage
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.protocol.completions import CompletionRequest
 
@@ -65,7 +67,20 @@ def _request_schemas() -> dict[str, Schema]:
     for branch in legacy["properties"]["seed"]["anyOf"]:
         if branch.get("type") == "integer":
             branch.update(minimum=-(2**63), maximum=2**64 - 1)
-    return {**defs, "ChatCompletionRequest": schema, "CompletionRequest": legacy}
+    return {
+        **defs,
+        "ChatCompletionRequest": schema,
+        "CompletionRequest": legacy,
+        **_messages_request_schemas(),
+    }
+
+
+def _messages_request_schemas() -> dict[str, Schema]:
+    """Anthropic's `MessagesRequest` and its models, named `Messages...` (chat's `Tool` is another)."""
+    template = _REF.format(model="Messages{model}")
+    schema = MessagesRequest.model_json_schema(ref_template=template)
+    defs: dict[str, Schema] = {"Messages" + k: v for k, v in schema.pop("$defs", {}).items()}
+    return {**defs, "MessagesRequest": schema}
 
 
 def _answers() -> dict[str, TypeAdapter[Any]]:
@@ -81,6 +96,8 @@ def _answers() -> dict[str, TypeAdapter[Any]]:
         "Decision": TypeAdapter(wire.Explanation),
         "Health": TypeAdapter(wire.Health),
         "Stats": TypeAdapter(records.Stats),
+        "AnthropicMessage": TypeAdapter(AnthropicMessage),
+        "AnthropicError": TypeAdapter(AnthropicError),
     }
 
 
