@@ -334,25 +334,15 @@ def parse_messages_request(raw: bytes) -> MessagesRequest:
 # Chat fields that change the answer and that the Messages API has no way to carry: refused by name.
 _NO_EQUIVALENT = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
                   "reasoning_effort", "verbosity")  # fmt: skip
-# Bookkeeping (no effect on the answer) and what the Messages API always does (usage in a stream).
-_DROPPED = frozenset(
-    {
-        "metadata",
-        "store",
-        "service_tier",
-        "prompt_cache_key",
-        "safety_identifier",
-        "stream_options",
-        "user",
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "n",
-        "response_format",
-        "parallel_tool_calls",
-    }
+# Chat bookkeeping (no effect on the answer, no Messages field) and what Messages always does (usage).
+_UNSENT = frozenset(
+    {"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "stream_options"}
 )
+# What `messages_body` translates or checks.
+_READ = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream", "stop",
+     "tools", "tool_choice", "parallel_tool_calls", "user", "n", "response_format"}
+)  # fmt: skip
 
 
 def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
@@ -365,7 +355,7 @@ def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) 
         raise _refused("n", "the Anthropic Messages API answers with one choice")
     if (chat.get("response_format") or {}).get("type", "text") != "text":
         raise _refused("response_format", "the Anthropic Messages API has no JSON mode")
-    unknown = sorted(set(chat) - _DROPPED - set(_NO_EQUIVALENT) - _CARRIED)
+    unknown = sorted(set(chat) - _UNSENT - _READ - set(_NO_EQUIVALENT))
     if unknown:
         raise _refused(unknown[0], "localroute does not translate it for the Anthropic Messages API")
     limit = chat.get("max_completion_tokens") or chat.get("max_tokens") or default_max_tokens
@@ -390,9 +380,6 @@ def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) 
     if choice is not None and chat.get("tools"):  # Anthropic takes a tool_choice only with tools
         out["tool_choice"] = choice
     return out
-
-
-_CARRIED = frozenset({"temperature", "top_p", "stream", "stop", "tools", "tool_choice"})
 
 
 def _refused(param: str, why: str) -> InvalidRequestError:
