@@ -7,8 +7,8 @@ and streams, both directions, are in `protocol/anthropic_answer.py`.
 What cannot be carried through the chat form is refused with a 400 that names the field, never dropped
 (docs/anthropic.md lists each): extended `thinking` and `output_config.effort`, `top_k`, an assistant
 prefill, server tools, more than four `stop_sequences`, document blocks. Structured output
-(`output_config.format`) is the chat form's `json_schema`. `cache_control` is accepted and ignored: it changes cost on
-Anthropic's side, never the answer.
+(`output_config.format`) is the chat form's `json_schema`. `cache_control` is accepted and ignored:
+it changes cost on Anthropic's side, never the answer.
 """
 
 from __future__ import annotations
