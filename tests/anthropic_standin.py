@@ -94,7 +94,7 @@ class AnthropicStandin(StandinProvider):
         message = self._message(body)
         if not body.get("stream"):
             return JSONResponse(message, headers={"request-id": "req_standin" + uuid.uuid4().hex[:12]})
-        events = _events(message)
+        events = message_events(message)
         if mode == "stream_break":
             return StreamingResponse(
                 self._break(request, events[: int(p.get("chunks", 2))]), media_type="text/event-stream"
@@ -174,7 +174,8 @@ def _tool_to_use(body: dict[str, Any]) -> dict[str, Any] | None:
     return named
 
 
-def _events(message: dict[str, Any]) -> list[bytes]:
+def message_events(message: dict[str, Any]) -> list[bytes]:
+    """`message` as Anthropic streams it."""
     usage = message["usage"]
     start = {
         **message,

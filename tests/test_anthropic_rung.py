@@ -4,6 +4,7 @@ between Anthropic's Messages requests and the internal chat form, both direction
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +18,11 @@ from localroute.errors import EngineUnavailableError, InvalidRequestError, Overl
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
 from localroute.protocol.anthropic import MessagesRequest, messages_body, parse_messages_request
+from localroute.protocol.anthropic_answer import ChunkReader, MessagesStream
 from localroute.rungs.anthropic import AnthropicBackend
 from localroute.rungs.registry import build_backend
 from tests.anthropic_standin import AnthropicStandin
+from tests.anthropic_standin import message_events as anthropic_events
 from tests.test_remote import RecordingGuard, text_of
 
 KEY = "sk-ant-standin-77aa-do-not-leak"
@@ -243,3 +246,49 @@ def test_what_the_messages_api_cannot_carry_is_refused_by_name(field: str) -> No
     with pytest.raises(InvalidRequestError) as info:
         messages_body({**BODY, field: value}, "m", 64)
     assert info.value.param == field
+
+
+def _parsed(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for e in raw.decode().split("\n\n"):
+        if e:
+            name, data = e.split("\n")
+            out.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return out
+
+
+def test_anthropic_events_through_the_chat_form_and_back_are_the_same_events() -> None:
+    """The rung reads Anthropic's events into chat chunks; the surface writes chat chunks as Anthropic's
+    events: both ways, a message with text and two tool uses comes out block for block."""
+    message = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-standin",
+        "content": [{"type": "text", "text": "Looking it up."},
+                    {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "toolu_b", "name": "get_time", "input": {"zone": "CET"}}],
+        "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 21},
+    }  # fmt: skip
+    sent = _parsed(b"".join(anthropic_events(message)))
+    reader, out = ChunkReader(), MessagesStream()
+    raw = b"".join(out.feed(c) for _, data in sent for c in reader.read(data)) + out.close()
+    got = _parsed(raw)
+    assert [n for n, _ in got] == [n for n, _ in sent]
+    blocks = [d["content_block"] for n, d in got if n == "content_block_start"]
+    assert blocks == [{"type": "text", "text": ""}] + [{**b, "input": {}} for b in message["content"][1:]]
+    deltas = {}
+    for n, d in got:
+        if n == "content_block_delta":
+            piece = d["delta"].get("text") or d["delta"].get("partial_json")
+            deltas[d["index"]] = deltas.get(d["index"], "") + piece
+    assert deltas[0] == "Looking it up."
+    assert [json.loads(deltas[i]) for i in (1, 2)] == [{"city": "Paris"}, {"zone": "CET"}]
+    end = got[-2][1]
+    assert end["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    assert end["usage"] == {"input_tokens": 9, "output_tokens": 21}
+
+
+def test_an_empty_stream_is_still_a_whole_message() -> None:
+    names = [n for n, _ in _parsed(MessagesStream().close())]
+    assert names == ["message_start", "ping", "content_block_start", "content_block_stop", "message_delta",
+                     "message_stop"]  # fmt: skip
+    error = _parsed(MessagesStream().fail(EngineUnavailableError("gone")))
+    assert error == [("error", {"type": "error", "error": {"type": "overloaded_error", "message": "gone"}})]

@@ -21,6 +21,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from pydantic import BaseModel, Field
 
 from tests import conftest
 from tests.anthropic_standin import AnthropicStandin
@@ -256,6 +257,24 @@ def test_a_forced_tool_is_called_by_the_local_model(client: anthropic.Anthropic,
         assert uses[0].input["unit"] in ("celsius", "fahrenheit")
     assert final.content[-1].input == msg.content[-1].input
     assert [r["model"] for r in audit.new(2)] == [LOCAL, LOCAL]
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=30)
+    age: int
+
+
+def test_structured_output_is_held_to_its_schema_locally(client: anthropic.Anthropic, audit: Audit) -> None:
+    """The SDK's `messages.parse` sends `output_config.format`; the local rung holds it by grammar."""
+    ask = [{"role": "user", "content": "Invent a person: a name and an age."}]
+    parsed = client.messages.parse(model=LOCAL, max_tokens=80, messages=ask, output_format=Person)
+    assert isinstance(parsed.parsed_output, Person)
+    assert Person.model_validate_json(parsed.content[0].text) == parsed.parsed_output
+    record = audit.new(1)[0]
+    assert record["model"] == LOCAL and record["output_valid"] is True
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model=LOCAL, max_tokens=8, messages=ask, output_config={"effort": "high"})
+    assert "'output_config.effort'" in info.value.body["error"]["message"]  # type: ignore[index]
 
 
 def test_anthropic_version_is_not_required(gateway: Server) -> None:

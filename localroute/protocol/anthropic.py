@@ -5,9 +5,10 @@ chat body translated into a Messages request for the native Anthropic rung (`mes
 and streams, both directions, are in `protocol/anthropic_answer.py`.
 
 What cannot be carried through the chat form is refused with a 400 that names the field, never dropped
-(docs/anthropic.md lists each): extended `thinking`, `top_k`, an assistant prefill, server tools, more
-than four `stop_sequences`, document blocks. `cache_control` is accepted and ignored: it changes cost on
-Anthropic's side, never the answer.
+(docs/anthropic.md lists each): extended `thinking` and `output_config.effort`, `top_k`, an assistant
+prefill, server tools, more than four `stop_sequences`, document blocks. Structured output
+(`output_config.format`) is the chat form's `json_schema`. `cache_control` is accepted and ignored:
+it changes cost on Anthropic's side, never the answer.
 """
 
 from __future__ import annotations
@@ -132,13 +133,42 @@ class Tool(BaseModel):
     def _bounded(cls, schema: dict[str, Any]) -> dict[str, Any]:
         if schema.get("type") != "object":
             raise ValueError("'input_schema' must be a JSON schema of type 'object'")
-        if (why := schema_problem(schema)) is not None:
-            raise ValueError(why)
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            raise ValueError(f"not a valid JSON schema ({exc.message[:120]})") from None
-        return schema
+        return _bounded_schema(schema)
+
+
+def _bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The chat form's checks on a client schema (size, depth, regexes; valid JSON Schema), made here
+    so that an error names the Messages field."""
+    if (why := schema_problem(schema)) is not None:
+        raise ValueError(why)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema ({exc.message[:120]})") from None
+    return schema
+
+
+class OutputFormat(BaseModel):
+    """Structured output: the answer is JSON valid for `schema` (the chat form's `json_schema`)."""
+
+    model_config = _STRICT
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    _schema_bounded = field_validator("schema_")(_bounded_schema)
+
+
+class OutputConfig(BaseModel):
+    model_config = _STRICT
+    format: OutputFormat | None = None
+    effort: str | None = None
+
+    @field_validator("effort")
+    @classmethod
+    def _no_effort(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("'effort' is a thinking budget, which localroute's models do not have; omit it")
+        return v
 
 
 class ToolChoice(BaseModel):
@@ -193,6 +223,7 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     metadata: Metadata | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
     # Cost and scheduling on Anthropic's side, not the answer: accepted, ignored.
     cache_control: CacheControl | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
@@ -249,6 +280,9 @@ class MessagesRequest(BaseModel):
             body["stop"] = list(self.stop_sequences)
         if self.metadata is not None and self.metadata.user_id is not None:
             body["user"] = self.metadata.user_id
+        if self.output_config is not None and self.output_config.format is not None:
+            fmt = {"name": "output", "schema": self.output_config.format.schema_, "strict": True}
+            body["response_format"] = {"type": "json_schema", "json_schema": fmt}
         if self.tools:
             body["tools"] = [_chat_tool(t) for t in self.tools]
         if self.tool_choice is not None:
@@ -334,25 +368,15 @@ def parse_messages_request(raw: bytes) -> MessagesRequest:
 # Chat fields that change the answer and that the Messages API has no way to carry: refused by name.
 _NO_EQUIVALENT = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
                   "reasoning_effort", "verbosity")  # fmt: skip
-# Bookkeeping (no effect on the answer) and what the Messages API always does (usage in a stream).
-_DROPPED = frozenset(
-    {
-        "metadata",
-        "store",
-        "service_tier",
-        "prompt_cache_key",
-        "safety_identifier",
-        "stream_options",
-        "user",
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "n",
-        "response_format",
-        "parallel_tool_calls",
-    }
+# Chat bookkeeping (no effect on the answer, no Messages field) and what Messages always does (usage).
+_UNSENT = frozenset(
+    {"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "stream_options"}
 )
+# What `messages_body` translates or checks.
+_READ = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream", "stop",
+     "tools", "tool_choice", "parallel_tool_calls", "user", "n", "response_format"}
+)  # fmt: skip
 
 
 def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
@@ -365,7 +389,7 @@ def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) 
         raise _refused("n", "the Anthropic Messages API answers with one choice")
     if (chat.get("response_format") or {}).get("type", "text") != "text":
         raise _refused("response_format", "the Anthropic Messages API has no JSON mode")
-    unknown = sorted(set(chat) - _DROPPED - set(_NO_EQUIVALENT) - _CARRIED)
+    unknown = sorted(set(chat) - _UNSENT - _READ - set(_NO_EQUIVALENT))
     if unknown:
         raise _refused(unknown[0], "localroute does not translate it for the Anthropic Messages API")
     limit = chat.get("max_completion_tokens") or chat.get("max_tokens") or default_max_tokens
@@ -390,9 +414,6 @@ def messages_body(chat: Mapping[str, Any], model: str, default_max_tokens: int) 
     if choice is not None and chat.get("tools"):  # Anthropic takes a tool_choice only with tools
         out["tool_choice"] = choice
     return out
-
-
-_CARRIED = frozenset({"temperature", "top_p", "stream", "stop", "tools", "tool_choice"})
 
 
 def _refused(param: str, why: str) -> InvalidRequestError:
