@@ -296,6 +296,8 @@ def test_a_named_remote_rung_and_its_price(gw: Server, standin: StandinProvider)
     assert rec["privacy"]["class"] == "public"
     metrics = httpx.get(gw.url + "/metrics", timeout=10).text
     assert 'api="embeddings"' in metrics
+    stats = httpx.get(gw.url + "/v1/localroute/stats", timeout=30)
+    assert stats.status_code == 200 and "minilm-remote" in stats.text
 
 
 # -- privacy: the tripwire ----------------------------------------------------------------------------------
