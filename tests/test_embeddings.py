@@ -33,6 +33,7 @@ from localroute.config.schema import parse_config
 from localroute.errors import ConfigError, InvalidRequestError, UpstreamError
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
+from localroute.protocol import embeddings as shape
 from localroute.rungs import vllm_embed
 from localroute.rungs.remote_embed import RemoteEmbedder
 from localroute.rungs.vllm import task_args
@@ -295,6 +296,8 @@ def test_a_named_remote_rung_and_its_price(gw: Server, standin: StandinProvider)
     assert rec["privacy"]["class"] == "public"
     metrics = httpx.get(gw.url + "/metrics", timeout=10).text
     assert 'api="embeddings"' in metrics
+    stats = httpx.get(gw.url + "/v1/localroute/stats", timeout=30)
+    assert stats.status_code == 200 and "minilm-remote" in stats.text
 
 
 # -- privacy: the tripwire ----------------------------------------------------------------------------------
@@ -604,3 +607,33 @@ def test_tier_header_narrows_the_rungs_within_the_space(gw: Server, standin: Sta
     r = post(gw, {"model": "ada", "input": "hello"}, **{"X-LocalRoute-Tier": "local"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "X-LocalRoute-Tier"
     assert len(embedded(standin)) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ([{"index": 0, "embedding": [0.1, 0.2]}], "one vector for two inputs"),
+        ([{"index": 0, "embedding": [0.1, 0.2]}, {"index": 0, "embedding": [0.3, 0.4]}], "index twice"),
+        ([{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": [0.3, 0.4]}], "wrong size"),
+        ([{"index": 0, "embedding": [0.1, math.nan]}, {"index": 1, "embedding": [0.3, 0.4]}], "NaN"),
+        ([{"index": 0, "embedding": [0.1, "0.2"]}, {"index": 1, "embedding": [0.3, 0.4]}], "a string"),
+        ([{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": [0.3, 0.4]}], "not floats"),
+    ],
+)
+def test_a_rungs_malformed_vectors_are_a_502(data: list[dict[str, Any]], why: str) -> None:
+    with pytest.raises(UpstreamError) as ei:
+        shape.vectors({"data": data}, 2, 2, "Model 'm'")
+    assert ei.value.status == 502 and ei.value.code == "upstream_malformed", why
+
+
+def test_vectors_come_back_in_input_order_and_shaped() -> None:
+    got = shape.vectors(
+        {"data": [{"index": 1, "embedding": [0.0, 2]}, {"index": 0, "embedding": [3.0, 4.0]}]}, 2, 2, "m"
+    )
+    assert got == [[3.0, 4.0], [0.0, 2]]
+    body = shape.answer(got, model="m", size=1, fmt="float", prompt_tokens=7)
+    assert [d["embedding"] for d in body["data"]] == [
+        [1.0],
+        [0.0],
+    ]  # truncated to 1, re-normalised (0 stays 0)
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7} and body["model"] == "m"
