@@ -94,7 +94,8 @@ class EmbedRunner:
 
     async def embed(self, seqs: list[Tokens]) -> tuple[list[list[float]], float]:
         """The unit vectors of `seqs`, in order, and this request's share of the CPU-seconds spent."""
-        if self._loop_task is None or self._loop_task.done():
+        if self._loop_task is None or self._loop_task.done():  # first use, or a new event loop
+            self._wake = asyncio.Event()
             self._loop_task = asyncio.create_task(self._run(), name="embed-batcher")
         job = _Job(seqs, asyncio.get_running_loop().create_future())
         self._pending.append(job)
