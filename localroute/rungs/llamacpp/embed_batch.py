@@ -6,8 +6,8 @@ packed into the next decodes, up to `pack_tokens` tokens each (a longer sequence
 attends both ways, so a sequence is never split across micro-batches: the context runs with n_ubatch at
 least the model's context, and an input longer than that is refused (OpenAI refuses too, rather than
 truncate silently), naming its index. Decodes are kept small on purpose: llama.cpp attends over the
-whole micro-batch (masked between sequences), so the cost per input grows with the decode's size;
-on this CPU 64-token decodes embed ~1.6x as many inputs per second as 512-token ones (bench/RESULTS.md).
+whole micro-batch (masked between sequences), so the cost per input grows with the decode's size:
+short inputs took 17.4 CPU-ms each in 64-token decodes, 30.6 in 512-token ones (docs/local-embeddings.md).
 Vectors come back L2-normalised, as sentence-transformers gives them.
 """
 
