@@ -3,9 +3,11 @@
 flags as vLLM's CLI does (an unknown one exits 2), then serves vLLM's OpenAI API on loopback with
 uvicorn: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (JSON and SSE, logprobs, usage,
 vLLM's 404 for a model it does not serve and its 400 when prompt + max_tokens passes --max-model-len),
-and with `--runner pooling` `POST /v1/embeddings` instead of chat (strings or token ids, float or
-base64, vLLM's 400 for an input past --max-model-len and for `dimensions` on a non-matryoshka model).
-Vectors are `vector(text, model)`: a bag of hashed words, unit length, the same for the same model.
+and `POST /v1/completions` (a prompt or a list, `n`, legacy logprobs, `echo`, SSE; vLLM's 400 for
+`suffix`, which it does not support); with `--runner pooling` `POST /v1/embeddings` instead of chat
+(strings or token ids, float or base64, vLLM's 400 for an input past --max-model-len and for
+`dimensions` on a non-matryoshka model). Vectors are `vector(text, model)`: a bag of hashed words,
+unit length, the same for the same model.
 
 Tests put an executable `vllm` wrapper that runs this file first on the gateway's PATH (`install`).
 
@@ -198,6 +200,50 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
             events(base, pieces, finish, want, usage, include_usage), media_type="text/event-stream"
         )
 
+    async def completions(request: Request) -> Response:
+        count["chat"] += 1
+        body = await request.json()
+        if body.get("model") not in served:
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        if body.get("suffix") is not None:
+            return error(400, "suffix is not currently supported", "BadRequestError")
+        prompts = body["prompt"] if isinstance(body.get("prompt"), list) else [str(body.get("prompt", ""))]
+        n, lp, max_tokens = int(body.get("n") or 1), body.get("logprobs"), int(body.get("max_tokens") or 16)
+        base = {"id": f"cmpl-fake{count['chat']}", "object": "text_completion", "created": int(time.time()),
+                "model": body["model"]}  # fmt: skip
+        choices, used = [], 0
+        for i, prompt in enumerate(prompts):
+            pieces = WORD.findall(" vllm continuation of: " + prompt[:60])
+            finish = "length" if len(pieces) > max_tokens else "stop"
+            pieces = pieces[:max_tokens]
+            for j in range(n):
+                logp = None
+                if lp is not None:
+                    tops = [{p: -0.125, **{f"alt{k}": -4.0 - k for k in range(lp)}} for p in pieces]
+                    offsets = [len(prompt) + len("".join(pieces[:k])) for k in range(len(pieces))]
+                    logp = {"tokens": pieces, "token_logprobs": [-0.125] * len(pieces), "top_logprobs": tops,
+                            "text_offset": offsets}  # fmt: skip
+                text = (prompt if body.get("echo") else "") + "".join(pieces)
+                choices.append({"index": i * n + j, "text": text, "logprobs": logp, "finish_reason": finish})
+                used += len(pieces)
+        prompt_tokens = sum(len(p.split()) + 1 for p in prompts)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": used,
+            "total_tokens": prompt_tokens + used,
+        }
+        if not body.get("stream"):
+            return JSONResponse({**base, "choices": choices, "usage": usage})
+
+        async def stream() -> AsyncIterator[bytes]:
+            for ch in choices:
+                yield b"data: " + json.dumps({**base, "choices": [ch]}).encode() + b"\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
     async def embeddings(request: Request) -> Response:
         count["chat"] += 1
         if crash_after is not None and count["chat"] > crash_after:
@@ -262,6 +308,7 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
             Route("/health", health, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
         ]
     )

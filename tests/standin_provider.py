@@ -67,7 +67,8 @@ class Recorded:
 
 
 class StandinProvider:
-    """Speaks `POST /v1/chat/completions` and `GET /v1/models`; see `set` for the failure modes."""
+    """Speaks `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models`; see `set` for
+    the failure modes."""
 
     def __init__(self, *, api_key: str | None = None, model: str = "standin-frontier") -> None:
         self.api_key = api_key
@@ -82,18 +83,21 @@ class StandinProvider:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
-        app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-            ]
-        )
+        app = Starlette(routes=self._routes())
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", loop="asyncio", timeout_graceful_shutdown=2
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, args=([self._sock],), daemon=True)
+
+    def _routes(self) -> list[Route]:
+        """What it serves (a stand-in for another API overrides this)."""
+        return [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ]
 
     @property
     def base_url(self) -> str:
@@ -202,6 +206,45 @@ class StandinProvider:
                 self._break(request, events[: int(p.get("chunks", 2))]), media_type="text/event-stream"
             )
         return StreamingResponse(_aiter(events), media_type="text/event-stream")
+
+    async def _completions(self, request: Request) -> Response:
+        """The legacy `POST /v1/completions` as OpenAI serves it (see `legacy_answer`); the failure
+        modes `fail`, `slow` and `hang` apply as to chat."""
+        body = await self._record(request)
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        mode, p = self._take()
+        if mode == "fail":
+            status = int(p.get("status", 503))
+            return _error(status, p.get("message", f"stand-in failure {status}"), p.get("code"))
+        if mode == "hang":
+            await self._sleep(float("inf"))
+            return _error(503, "stand-in shutting down", None)
+        if mode == "slow":
+            await self._sleep(float(p.get("delay_s", 1.0)))
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+        problem = legacy_problem(body)
+        if problem is not None:
+            return _error(400, problem, "invalid_request_error")
+        base = {"id": f"cmpl-standin{next(self._ids)}", "object": "text_completion",
+                "created": int(time.time()), "model": body.get("model", self.model)}  # fmt: skip
+        choices, usage = legacy_answer(body)
+        if not body.get("stream"):
+            return JSONResponse({**base, "choices": choices, "usage": usage, "system_fingerprint": None})
+        events = []
+        for ch in choices:
+            pieces = re.findall(r"\s*\S+", ch["text"]) or [""]
+            lp = ch["logprobs"]
+            for k, piece in enumerate(pieces):
+                part = None if lp is None else {key: lp[key][k : k + 1] for key in lp}
+                last = k == len(pieces) - 1
+                choice = {"text": piece, "index": ch["index"], "logprobs": part,
+                          "finish_reason": ch["finish_reason"] if last else None}  # fmt: skip
+                events.append(_sse({**base, "choices": [choice]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(_sse({**base, "choices": [], "usage": usage}))
+        return StreamingResponse(_aiter([*events, b"data: [DONE]\n\n"]), media_type="text/event-stream")
 
     async def _embeddings(self, request: Request) -> Response:
         body = await self._record(request)
@@ -501,6 +544,57 @@ def _answer(body: dict[str, Any]) -> tuple[list[str], str]:
     if isinstance(limit, int) and 0 < limit < len(pieces):
         return pieces[:limit], "length"
     return pieces, "stop"
+
+
+def legacy_text(prompt: str) -> str:
+    """The stand-in's deterministic continuation of a prompt (before `max_tokens` cuts it)."""
+    return " remote continuation of: " + prompt[:40]
+
+
+def legacy_problem(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a completions body it refuses, or None."""
+    if "messages" in body:
+        return "Unrecognized request argument supplied: messages"
+    prompt = body.get("prompt")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt)):
+        return "You must provide a prompt."
+    lp = body.get("logprobs")
+    if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= 5):
+        return f"{lp!r} is not valid under any of the given schemas - 'logprobs'"
+    return None
+
+
+def legacy_answer(body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`text_completion` choices (one per prompt and `n`, indexed prompt * n + j) and usage."""
+    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+    n, lp = int(body.get("n") or 1), body.get("logprobs")
+    limit = int(body.get("max_tokens") or 16)
+    choices, used = [], 0
+    for i, prompt in enumerate(prompts):
+        pieces = re.findall(r"\s*\S+", legacy_text(str(prompt)))
+        finish = "length" if len(pieces) > limit else "stop"
+        pieces = pieces[:limit]
+        for j in range(n):
+            text = "".join(pieces)
+            logprobs = None
+            if lp is not None:
+                at, offsets = len(str(prompt)), []
+                for piece in pieces:
+                    offsets.append(at)
+                    at += len(piece)
+                tops = [{q: -0.05, **{f"alt{k}": -3.0 - k for k in range(lp)}} for q in pieces]
+                logprobs = {"tokens": pieces, "token_logprobs": [-0.05] * len(pieces),
+                            "top_logprobs": tops, "text_offset": offsets}  # fmt: skip
+            if body.get("echo"):
+                text = str(prompt) + text
+            choices.append({"text": text, "index": i * n + j, "logprobs": logprobs, "finish_reason": finish})
+            used += len(pieces)
+    prompt_tokens = sum(len(str(p).split()) for p in prompts)
+    return choices, {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": used,
+        "total_tokens": prompt_tokens + used,
+    }
 
 
 def _logprobs(body: dict[str, Any], pieces: list[str]) -> dict[str, Any] | None:

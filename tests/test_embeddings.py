@@ -9,11 +9,15 @@ Vectors from both stand-ins are `fake_vllm.vector(text, model)`, so a test knows
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
 import os
+import socket
 import struct
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +27,27 @@ import httpx
 import openai
 import pytest
 
+from localroute.config.models import RemoteModel
+from localroute.config.privacy import ALL_KINDS
 from localroute.config.schema import parse_config
-from localroute.errors import ConfigError
+from localroute.errors import ConfigError, InvalidRequestError, UpstreamError
+from localroute.privacy.detect import Detector
+from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
+from localroute.protocol import embeddings as shape
+from localroute.rungs import vllm_embed
+from localroute.rungs.remote_embed import RemoteEmbedder
 from localroute.rungs.vllm import task_args
-from tests.conftest import ROOT, Server, answering, config_text, free_port, start_gateway, wait_until
+from tests import fake_vllm
+from tests.conftest import (
+    ROOT,
+    Server,
+    answering,
+    config_text,
+    free_port,
+    repo_rung,
+    start_gateway,
+    wait_until,
+)
 from tests.fake_vllm import install, vector
 from tests.standin_provider import StandinProvider
 
@@ -275,6 +296,8 @@ def test_a_named_remote_rung_and_its_price(gw: Server, standin: StandinProvider)
     assert rec["privacy"]["class"] == "public"
     metrics = httpx.get(gw.url + "/metrics", timeout=10).text
     assert 'api="embeddings"' in metrics
+    stats = httpx.get(gw.url + "/v1/localroute/stats", timeout=30)
+    assert stats.status_code == 200 and "minilm-remote" in stats.text
 
 
 # -- privacy: the tripwire ----------------------------------------------------------------------------------
@@ -424,3 +447,193 @@ def test_vllm_task_flag_yields_to_the_operators() -> None:
     a, b = cfg.embedders()
     assert task_args(a) == ["--runner", "pooling"]  # type: ignore[arg-type]
     assert task_args(b) == []  # type: ignore[arg-type]
+
+
+# -- the real local engine (all-MiniLM-L6-v2 in a llama.cpp worker) in a space with a vLLM rung -------------
+
+LOCAL = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider) -> Iterator[Server]:
+    """The repo's MiniLM rung, cheapest in space `minilm`; the vLLM stand-in and the provider behind it."""
+    tmp = tmp_path_factory.mktemp("embed-real")
+    rungs = models(provider.base_url, {"launch": True})
+    rungs.insert(1, {**repo_rung(LOCAL), "space": "minilm", "threads": 1})
+    bin_dir = tmp / "bin"
+    install(bin_dir)
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "LOCALROUTE_ASSUME_GPU": "1",
+        KEY_ENV: KEY,
+    }
+    ready = lambda h: h["engines"].get(LOCAL, {}).get("state") == "ready"  # noqa: E731
+    srv = start_gateway(tmp, config_text(models=rungs, cascade={"enabled": False}), env, until=ready)
+    yield srv
+    srv.stop()
+
+
+def test_the_real_local_rung_serves_its_space_and_is_charged_its_compute(
+    real: Server, standin: StandinProvider
+) -> None:
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+    raw = sdk(real).embeddings.with_raw_response.create(model="auto", input=texts)  # base64, decoded
+    res = raw.parse()
+    assert res.model == LOCAL and raw.headers["x-localroute-route"] == "embed:minilm"
+    vecs = [d.embedding for d in res.data]
+    assert all(len(v) == 384 and abs(norm(v) - 1) < 1e-3 for v in vecs)
+    sim = [sum(a * b for a, b in zip(vecs[0], v, strict=True)) for v in vecs[1:]]
+    assert sim[0] > sim[1]  # the real model: eating food is nearer eating bread than carrying a baby
+    floats = post(real, {"model": "minilm", "input": texts, "encoding_format": "float"}).json()
+    assert all(close(f["embedding"], v, 1e-5) for f, v in zip(floats["data"], vecs, strict=True))
+    rec = audit(real, raw.headers["x-request-id"])
+    assert rec["api"] == "embeddings" and rec["local"] is True and rec["model"] == LOCAL
+    assert rec["tokens"]["prompt"] == res.usage.prompt_tokens > len(texts)
+    assert rec["compute_s"] > 0 and rec["cost_usd"] == pytest.approx(rec["compute_s"] * 0.02 / 3600, rel=1e-3)
+    # The baseline: the same tokens at the dearest embedding rung's input price (minilm-remote's 0.5/M).
+    assert rec["baseline_usd"] == pytest.approx(res.usage.prompt_tokens * 0.5 / 1e6)
+    assert embedded(standin) == []
+
+
+def test_the_real_local_rung_keeps_private_token_ids_and_refuses_other_sizes(
+    real: Server, standin: StandinProvider
+) -> None:
+    ids = [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]  # BERT's ids for "a man is eating food."
+    r = post(real, {"model": "minilm-remote", "input": [ids], "encoding_format": "float"})
+    assert r.status_code == 200 and r.json()["model"] == LOCAL, r.text
+    text = post(
+        real, {"model": "minilm", "input": "A man is eating food.", "encoding_format": "float"}
+    ).json()
+    assert close(r.json()["data"][0]["embedding"], text["data"][0]["embedding"], 1e-4)
+    r = post(real, {"model": LOCAL, "input": "x", "dimensions": 128})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+    assert embedded(standin) == []
+
+
+# -- the rungs on their own ----------------------------------------------------------------------------------
+
+
+def _remote_embedder(base_url: str, **over: object) -> RemoteEmbedder:
+    cfg = RemoteModel.model_validate(remote("r", "text-embedding-3-small", 1536, base_url=base_url, **over))
+    return RemoteEmbedder(cfg, egress_guard=EgressGuard(Detector(ALL_KINDS)), env={KEY_ENV: KEY})
+
+
+def test_remote_rung_retries_what_cannot_have_answered_and_maps_errors(standin: StandinProvider) -> None:
+    rung = _remote_embedder(standin.base_url, max_retries=1)
+    wrong = RemoteEmbedder(
+        rung.cfg, egress_guard=EgressGuard(Detector(ALL_KINDS)), env={KEY_ENV: "sk-wrong-1"}
+    )
+    body = {"model": "r", "input": ["one", "two"]}
+
+    async def scenario() -> None:
+        CURRENT.set(Privacy(False, "public-header"))  # as the gateway marks a public request
+        try:
+            standin.set("fail", status=503, times=1)
+            result = await rung.embed(body)
+            assert [len(d["embedding"]) for d in result["data"]] == [1536, 1536]
+            assert len(embedded(standin)) == 2  # the 503, then the retry
+            assert embedded(standin)[-1] == {"model": "text-embedding-3-small", "input": ["one", "two"]}
+            standin.set("fail", status=400, message="'$.input' is invalid.", times=1)
+            with pytest.raises(InvalidRequestError):
+                await rung.embed(body)
+            with pytest.raises(UpstreamError) as ei:
+                await wrong.embed(body)
+            assert ei.value.code == "remote_auth_failed" and "sk-wrong-1" not in ei.value.message
+        finally:
+            await rung.aclose()
+            await wrong.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_remote_rung_body_passes_the_egress_guard(standin: StandinProvider) -> None:
+    rung = _remote_embedder(standin.base_url)
+
+    async def scenario() -> None:
+        try:
+            CURRENT.set(Privacy(False, "public-header"))
+            with pytest.raises(PrivacyViolationError):  # public, yet it carries an email
+                await rung.embed({"model": "r", "input": ["fine", EMAIL]})
+            CURRENT.set(Privacy(True, "header"))
+            with pytest.raises(PrivacyViolationError):
+                await rung.embed({"model": "r", "input": ["nothing detectable"]})
+        finally:
+            await rung.aclose()
+
+    asyncio.run(scenario())
+    assert embedded(standin) == []
+
+
+def test_vllm_server_that_is_not_a_pooling_runner_is_an_upstream_error(tmp_path: Path) -> None:
+    port = free_port()
+    with (tmp_path / "fake.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(fake_vllm.__file__)), "serve", MINILM, "--host", "127.0.0.1",
+             "--port", str(port), "--runner", "generate"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        cfg = parse_config(_config(_rung("g", url=f"http://127.0.0.1:{port}/v1")))
+        rung = vllm_embed.from_config(cfg, cfg.embedders()[0], tmp_path)  # type: ignore[arg-type]
+        up = wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+                        if _listening(port) else False, timeout=30, every=0.1)  # fmt: skip
+        assert up, (tmp_path / "fake.log").read_text()
+
+        async def call() -> None:
+            try:
+                await rung.embed({"model": "g", "input": ["x"]})
+            finally:
+                await rung.aclose()
+
+        with pytest.raises(UpstreamError) as ei:
+            asyncio.run(call())
+        assert ei.value.code == "upstream_not_embedding" and ei.value.status == 502
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_tier_header_narrows_the_rungs_within_the_space(gw: Server, standin: StandinProvider) -> None:
+    r = post(
+        gw, {"model": "auto", "input": "hello", "encoding_format": "float"}, **{"X-LocalRoute-Tier": "remote"}
+    )
+    assert r.status_code == 200 and r.json()["model"] == "minilm-remote"
+    assert [b["model"] for b in embedded(standin)] == [MINILM]
+    r = post(gw, {"model": "ada", "input": "hello"}, **{"X-LocalRoute-Tier": "local"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-LocalRoute-Tier"
+    assert len(embedded(standin)) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ([{"index": 0, "embedding": [0.1, 0.2]}], "one vector for two inputs"),
+        ([{"index": 0, "embedding": [0.1, 0.2]}, {"index": 0, "embedding": [0.3, 0.4]}], "index twice"),
+        ([{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": [0.3, 0.4]}], "wrong size"),
+        ([{"index": 0, "embedding": [0.1, math.nan]}, {"index": 1, "embedding": [0.3, 0.4]}], "NaN"),
+        ([{"index": 0, "embedding": [0.1, "0.2"]}, {"index": 1, "embedding": [0.3, 0.4]}], "a string"),
+        ([{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": [0.3, 0.4]}], "not floats"),
+    ],
+)
+def test_a_rungs_malformed_vectors_are_a_502(data: list[dict[str, Any]], why: str) -> None:
+    with pytest.raises(UpstreamError) as ei:
+        shape.vectors({"data": data}, 2, 2, "Model 'm'")
+    assert ei.value.status == 502 and ei.value.code == "upstream_malformed", why
+
+
+def test_vectors_come_back_in_input_order_and_shaped() -> None:
+    got = shape.vectors(
+        {"data": [{"index": 1, "embedding": [0.0, 2]}, {"index": 0, "embedding": [3.0, 4.0]}]}, 2, 2, "m"
+    )
+    assert got == [[3.0, 4.0], [0.0, 2]]
+    body = shape.answer(got, model="m", size=1, fmt="float", prompt_tokens=7)
+    assert [d["embedding"] for d in body["data"]] == [
+        [1.0],
+        [0.0],
+    ]  # truncated to 1, re-normalised (0 stays 0)
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7} and body["model"] == "m"

@@ -151,9 +151,9 @@ class LlamaCppModel(Serves):
     default_max_tokens: Annotated[int, Field(ge=1)] = 512
     max_queue: Annotated[int, Field(ge=0, le=10_000)] = 16
     preload: bool = True
-    # Reuse the KV cache of a shared prompt prefix (as llama.cpp's server does). Faster for shared
-    # system prompts and multi-turn chat, but logits are not bit-identical across batch shapes, so
-    # temperature-0 output may differ from a cold run. False: every request evaluates from scratch.
+    # Reuse the KV cache of a shared prompt prefix, in whole `n_batch` chunks evaluated as a cold run
+    # evaluates them, and an exact repeat's own logits: faster for long shared system prompts and
+    # multi-turn chat, with the same greedy answer as a cold run. False: every prompt from scratch.
     cache_prompt: bool = True
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
@@ -162,7 +162,8 @@ class LlamaCppModel(Serves):
     price: Price = Price()
     # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -185,11 +186,14 @@ class LlamaCppModel(Serves):
 
 
 class RemoteModel(Serves):
-    """An OpenAI-compatible provider: the only rung whose traffic leaves the machine."""
+    """A remote provider: the only rung whose traffic leaves the machine. `api` is the API it speaks:
+    OpenAI's chat completions (`base_url` + /chat/completions) or Anthropic's Messages (`base_url` +
+    /messages, e.g. base_url = "https://api.anthropic.com/v1"; docs/anthropic.md)."""
 
     model_config = FORBID
     name: ModelName
     engine: Literal["remote"]
+    api: Literal["openai", "anthropic"] = "openai"
     tier: Annotated[int, Field(ge=0, le=100)] = 10
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -206,7 +210,8 @@ class RemoteModel(Serves):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -235,7 +240,8 @@ class VllmModel(Serves):
     idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -263,12 +269,17 @@ _ENGINE_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "remote": frozenset(CAPABILITIES),
 }
 
+# The Messages API has tools and images; no JSON mode, logprobs or several choices.
+_ANTHROPIC_CAPABILITIES: frozenset[Capability] = frozenset({"tools", "vision"})
+
 
 def capabilities(m: ModelConfig) -> frozenset[Capability]:
     """What rung `m` can do: its `capabilities`, else its engine's defaults."""
     if m.capabilities is not None:
         return frozenset(m.capabilities)
     caps = _ENGINE_CAPABILITIES[m.engine]
+    if isinstance(m, RemoteModel) and m.api == "anthropic":
+        caps = _ANTHROPIC_CAPABILITIES
     if isinstance(m, VllmModel) and "--enable-auto-tool-choice" in m.extra_args:
         caps |= {"tools"}
     return caps

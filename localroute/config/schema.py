@@ -245,7 +245,7 @@ def parse_config(text: str, *, source: str = "models.toml", base_dir: Path | Non
         for err in exc.errors(include_url=False):
             key = _describe_loc(tuple(err["loc"]), data)
             got = err.get("input")
-            whole = isinstance(got, dict) or tuple(err["loc"]) == ("models",)  # too big to echo
+            whole = isinstance(got, dict) or (isinstance(got, list) and err["loc"] == ("models",))  # too big
             got_s = "" if err["type"] == "missing" or whole else f" (got {got!r})"
             if _may_hold_secret(err["loc"]):
                 got_s = ""  # someone may have pasted a key where its variable's name belongs

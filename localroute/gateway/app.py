@@ -26,10 +26,11 @@ from starlette.routing import Route
 
 from localroute.config.schema import Config
 from localroute.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
-from localroute.gateway import embeddings
+from localroute.gateway import completions, embeddings, messages
 from localroute.gateway.dashboard import dashboard, dashboard_asset
 from localroute.gateway.handlers import Gateway
 from localroute.gateway.openapi import openapi_json
+from localroute.gateway.responses import handler as responses
 from localroute.gateway.security import Guard, KeyRing
 from localroute.host.lifecycle import Managed, Placement
 from localroute.privacy.audit import AuditLog
@@ -153,7 +154,10 @@ def create_app(
     return Starlette(
         routes=[
             Route("/v1/chat/completions", _on(Gateway.chat), methods=["POST"]),
+            Route("/v1/responses", _on(responses), methods=["POST"]),
+            Route("/v1/completions", _on(completions.handler), methods=["POST"]),
             Route("/v1/embeddings", _on(embeddings.handler), methods=["POST"]),
+            Route("/v1/messages", _on(messages.handler), methods=["POST"]),
             Route("/v1/models", _on(Gateway.models), methods=["GET"]),
             Route("/v1/models/{model:str}", _on(Gateway.model), methods=["GET"]),
             Route("/v1/route/explain", _on(Gateway.explain), methods=["POST"]),

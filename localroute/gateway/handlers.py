@@ -27,6 +27,7 @@ from localroute.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    UnsupportedMediaTypeError,
 )
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
@@ -48,6 +49,7 @@ from localroute.routing.router import Router
 
 log = logging.getLogger("localroute")
 STATS_CACHE_S = 1.0
+_READ_AS_JSON = frozenset({"", "application/json", "application/x-www-form-urlencoded", "text/plain"})
 EMBEDDINGS_OWNER = "localroute:embeddings"  # `owned_by` of embedding models in GET /v1/models
 
 
@@ -143,7 +145,15 @@ class Gateway:
         return None if key is None else key.privacy
 
     async def receive(self, request: Request, deadline: float) -> bytes:
-        """The request body, within the size limit and the request's deadline."""
+        """The JSON request body, within the size limit and the request's deadline. A body declared
+        as another format (XML, multipart, binary, ...) is refused with 415 before it is read. What
+        tools send when the header was forgotten (none, curl -d's form type, fetch's text/plain) is
+        read as JSON and judged on that."""
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind not in _READ_AS_JSON and not kind.endswith("+json"):
+            raise UnsupportedMediaTypeError(
+                f"Content-Type must be application/json, not '{kind[:64]}'.", param="Content-Type"
+            )
         limit = self.config.server.request_timeout_s
         try:
             async with asyncio.timeout_at(deadline):  # a client trickling its body holds nothing forever
@@ -284,8 +294,7 @@ class Gateway:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def explain(self, request: Request) -> Response:
-        raw = await read_body(request, self.config.server.max_body_bytes)
-        req = parse_chat_request(raw)
+        req = parse_chat_request(await self.receive(request, self.deadline()))
         decision = self.router.decide(req, parse_hints(request.headers))
         return JSONResponse(decision.as_json())
 

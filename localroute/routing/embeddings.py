@@ -145,7 +145,8 @@ class EmbeddingRouter:
             except APIError as exc:
                 route = failure_route(exc)
                 trace.attempt(m, outcome(exc), exc.code or exc.type, t0)
-                if route != "fallback:engine_error" or last:  # a client's fault is the same everywhere
+                # A client's fault (too long, bad ids) is the same on every rung: only failures move on.
+                if route is None or not route.startswith("fallback:") or last:
                     if privacy.private and route is not None:
                         raise fail_closed(exc) from None
                     raise

@@ -7,7 +7,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from localroute.config.models import ModelConfig
+from localroute.config.models import ModelConfig, RemoteModel
 from localroute.config.schema import Config
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol.backend import Backend, Embedder
@@ -18,6 +18,8 @@ ENGINES: dict[str, str] = {
     "remote": "localroute.rungs.remote:from_config",
     "vllm": "localroute.rungs.vllm:from_config",
 }
+# A remote rung that speaks Anthropic's Messages API (`api = "anthropic"`).
+ANTHROPIC = "localroute.rungs.anthropic:from_config"
 
 
 # Each entry builds an Embedder (a `task = "embed"` rung) the same way.
@@ -36,7 +38,8 @@ def _load(spec: str) -> Any:
 def build_backend(
     config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
 ) -> Backend:
-    factory = _load(ENGINES[model.engine])
+    anthropic = isinstance(model, RemoteModel) and model.api == "anthropic"
+    factory = _load(ANTHROPIC if anthropic else ENGINES[model.engine])
     if model.engine == "remote":  # the only rung that leaves the machine gets the guard
         backend: Backend = factory(config, model, runtime_dir, egress_guard=egress_guard)
     else:
