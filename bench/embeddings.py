@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.common import append_result
 from bench.servers import free_port
@@ -54,10 +55,25 @@ def workload(requests: int, per: int, words: int) -> Workload:
     return [[sentence(r * per + i, words) for i in range(per)] for r in range(requests)]
 
 
-async def timed(fn: Callable[[Workload], Awaitable[None]], w: Workload) -> float:
-    t0 = time.perf_counter()
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU-seconds (user + system, all threads) of these processes and their children so far."""
+    total = 0.0
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in (proc, *proc.children(recursive=True)):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+async def timed(
+    fn: Callable[[Workload], Awaitable[None]], w: Workload, pids: list[int]
+) -> tuple[float, float]:
+    """Wall seconds and server-side CPU-seconds of one run: the CPU figure is what a shared, busy box
+    cannot blur (other processes stretch the wall time, not the work done)."""
+    c0, t0 = cpu_seconds(pids), time.perf_counter()
     await fn(w)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds(pids) - c0
 
 
 async def bench(reps: int) -> tuple[str, str]:
@@ -112,7 +128,12 @@ async def bench(reps: int) -> tuple[str, str]:
 
         sides: dict[str, Callable[[Workload], Awaitable[None]]] = {
             "raw": raw, "engine": via_engine, "router": via_router}  # fmt: skip
-        times: dict[tuple[str, str], list[float]] = {}
+        me = os.getpid()
+        worker = engine.health()["pid"]
+        assert worker is not None
+        # raw: this process; engine: this process (the gateway side) and the worker; router: the gateway
+        pids = {"raw": [me], "engine": [me, worker], "router": [gw.pid]}
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for cell, n_req, per, words in CELLS:
             w = workload(n_req, per, words)
             for fn in sides.values():  # warm-up: first-use costs stay out of the figures
@@ -120,17 +141,21 @@ async def bench(reps: int) -> tuple[str, str]:
             for rep in range(reps):
                 order = list(sides)[rep % 3 :] + list(sides)[: rep % 3]
                 for side in order:
-                    times.setdefault((cell, side), []).append(await timed(sides[side], w))
+                    times.setdefault((cell, side), []).append(await timed(sides[side], w, pids[side]))
         rows = [
-            "| workload | inputs | raw emb/s | engine emb/s | router emb/s | engine ÷ raw | router ÷ raw |",
-            "|---|---|---|---|---|---|---|",
+            "| workload | inputs | raw emb/s | engine emb/s | router emb/s | engine ÷ raw | router ÷ raw "
+            "| raw CPU ms/emb | engine CPU ms/emb | router CPU ms/emb | raw ÷ engine, CPU "
+            "| raw ÷ router, CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for cell, n_req, per, _ in CELLS:
             n = n_req * per
-            rate = {s: n / statistics.median(times[(cell, s)]) for s in sides}
-            cells = [f"{rate[s]:.1f}" for s in sides] + [
-                f"{rate[s] / rate['raw']:.2f}" for s in ("engine", "router")
-            ]
+            rate = {s: n / statistics.median(t for t, _ in times[(cell, s)]) for s in sides}
+            cpu = {s: 1000 * statistics.median(c for _, c in times[(cell, s)]) / n for s in sides}
+            cells = [f"{rate[s]:.1f}" for s in sides]
+            cells += [f"{rate[s] / rate['raw']:.2f}" for s in ("engine", "router")]
+            cells += [f"{cpu[s]:.1f}" for s in sides]
+            cells += [f"{cpu['raw'] / cpu[s]:.2f}" for s in ("engine", "router")]
             rows.append(f"| {cell} | {n} | " + " | ".join(cells) + " |")
         tokens = [len(llm.tokenize(workload(1, 1, words)[0][0].encode())) for *_, words in CELLS]
         load = os.getloadavg()[0]
@@ -142,7 +167,11 @@ async def bench(reps: int) -> tuple[str, str]:
             "side that goes first rotating, after one warm-up each. raw: `Llama.embed` in the bench "
             "process, request after request; engine: `LlamaCppEmbedder.embed` (worker process, Unix "
             "socket, JSON), concurrent requests gathered; router: the same through `localroute serve` over "
-            f"HTTP (float encoding). 1-minute load average at the end: {load:.2f} (the box is shared)."
+            "HTTP (float encoding). CPU ms/emb: user + system CPU-seconds of the serving side per "
+            "embedding (raw: the bench process; engine: the bench process and the worker; router: the "
+            "gateway and its workers), which a busy box does not blur as it does wall time; a ratio "
+            "above 1 means less CPU than raw. 1-minute load average at the end: "
+            f"{load:.2f} (the box is shared)."
         )
         return "\n".join(rows), notes
     finally:

@@ -177,7 +177,7 @@ BAD_FILES = [
         "bad-source-kind",
         edit('kind = "pypi"', 'kind = "s3"'),
         f"{M0}.source.kind",
-        "expected one of 'hf', 'path', 'pypi' (got 's3')",
+        "expected one of 'hf', 'path', 'pypi', 'convert' (got 's3')",
     ),
     (
         "source-kind-missing",

@@ -6,8 +6,8 @@ packed into the next decodes, up to `pack_tokens` tokens each (a longer sequence
 attends both ways, so a sequence is never split across micro-batches: the context runs with n_ubatch at
 least the model's context, and an input longer than that is refused (OpenAI refuses too, rather than
 truncate silently), naming its index. Decodes are kept small on purpose: llama.cpp attends over the
-whole micro-batch (masked between sequences), so the cost per input grows with the decode's size;
-on this CPU 64-token decodes embed ~1.6x as many inputs per second as 512-token ones (bench/RESULTS.md).
+whole micro-batch (masked between sequences), so the cost per input grows with the decode's size:
+short inputs took 17.4 CPU-ms each in 64-token decodes, 30.6 in 512-token ones (docs/local-embeddings.md).
 Vectors come back L2-normalised, as sentence-transformers gives them.
 """
 
@@ -94,7 +94,8 @@ class EmbedRunner:
 
     async def embed(self, seqs: list[Tokens]) -> tuple[list[list[float]], float]:
         """The unit vectors of `seqs`, in order, and this request's share of the CPU-seconds spent."""
-        if self._loop_task is None or self._loop_task.done():
+        if self._loop_task is None or self._loop_task.done():  # first use, or a new event loop
+            self._wake = asyncio.Event()
             self._loop_task = asyncio.create_task(self._run(), name="embed-batcher")
         job = _Job(seqs, asyncio.get_running_loop().create_future())
         self._pending.append(job)
