@@ -1,8 +1,10 @@
-"""PII detector cost per request: `python -m bench.pii_cost [--tokens 2000] [--seconds 3]`.
+"""PII detector cost, recall and false positives: `python -m bench.pii_cost [--tokens 2000] [--seconds 3]`.
 
 Scans whole prompts (privacy cannot use a window: a secret anywhere counts) of ~N tokens (4 chars a
 token) of three kinds: prose with a few numbers, source code, and a digit-dense log excerpt. Reports
 p50/p99 of `Detector.kinds_in` — what the gateway runs on every request — with all kinds enabled.
+Then recall per kind over `bench.pii_corpus.positives()` (the value's kind found, overlapping the value)
+and the false-positive rate per family of `bench.pii_corpus.negatives()` (any finding at all).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import random
 import time
 
 from bench.common import append_result, pct
+from bench.pii_corpus import negatives, positives
 from localroute.config.privacy import ALL_KINDS
 from localroute.privacy.detect import Detector
 
@@ -69,6 +72,33 @@ def main() -> None:
         "Goal: ≤ 0.5 ms per request for a 2,000-token prompt."
     )
     append_result("bench.pii_cost", "PII detector cost per request", table, notes, ("localroute",))
+    append_result(
+        "bench.pii_cost", "PII detector recall and false positives", quality(det), QUALITY_NOTES, ()
+    )
+
+
+QUALITY_NOTES = (
+    "Corpus: bench/pii_corpus.py, generated with a fixed seed (no real data). Recall: the value's kind "
+    "is reported for it. False positives: texts of ordinary prose, code, logs, config and version strings "
+    "with any finding at all (each would make a public request private, never the reverse)."
+)
+
+
+def quality(det: Detector) -> str:
+    hit: dict[str, list[bool]] = {}
+    for kind, text in positives():
+        hit.setdefault(kind, []).append(kind in {f.kind for f in det.scan(text)})
+    rows = [f"| {k} | {len(v)} | {sum(v)} | {sum(v) / len(v):.1%} |" for k, v in sorted(hit.items())]
+    fp: dict[str, list[bool]] = {}
+    for family, text in negatives():
+        fp.setdefault(family, []).append(bool(det.scan(text)))
+    fp_rows = [f"| {f} | {len(v)} | {sum(v)} | {sum(v) / len(v):.1%} |" for f, v in fp.items()]
+    return (
+        "| kind | values | found | recall |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\n| ordinary text | texts | flagged | false-positive rate |\n|---|---|---|---|\n"
+        + "\n".join(fp_rows)
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ against parsing the equivalent chat body (the work `/v1/chat/completions` does a
 token: the Responses translator's `feed` for one content chunk (JSON encoding of one
 `response.output_text.delta` event), against the chat surface's (the chunk encoded as it is). Each
 round times every cell once, in a shuffled order, so background load hits all alike; single calls,
-the GC on as in the server. The reference is measured in the same run: read the differences, not the absolute numbers;
+the GC on as in the server. The reference is measured in the same run: read the differences, not the
+absolute numbers;
 on a loaded machine the minimum is the steadier figure for CPU-bound work like this.
 """
 

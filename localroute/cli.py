@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from localroute.gateway.app import create_app
+    from localroute.gateway.edge import EdgeProtocol
     from localroute.gateway.security import exposure_problem, is_loopback
     from localroute.observe.logs import configure as configure_logs
     from localroute.observe.logs import level_from
@@ -71,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=level_from(cfg.server.log_level),
         access_log=False,
         timeout_graceful_shutdown=cfg.server.shutdown_grace_s,
+        http=EdgeProtocol,  # malformed HTTP is answered in the OpenAI error shape too
     )
     return 0
 

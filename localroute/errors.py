@@ -105,6 +105,7 @@ _ANTHROPIC_TYPE = {
 _PARAM_OF = {
     "tools": "tools", "json_object": "response_format", "json_schema": "response_format",
     "vision": "messages", "logprobs": "logprobs", "top_logprobs": "top_logprobs", "n": "n",
+    "suffix": "suffix", "best_of": "best_of",
 }  # fmt: skip
 
 
@@ -128,6 +129,12 @@ class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(APIError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
 
 
 class OverloadedError(APIError):

@@ -2,7 +2,12 @@
 """A stand-in for the `vllm` executable on a box without a GPU: `vllm serve MODEL [flags]` parses its
 flags as vLLM's CLI does (an unknown one exits 2), then serves vLLM's OpenAI API on loopback with
 uvicorn: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (JSON and SSE, logprobs, usage,
-vLLM's 404 for a model it does not serve and its 400 when prompt + max_tokens passes --max-model-len).
+vLLM's 404 for a model it does not serve and its 400 when prompt + max_tokens passes --max-model-len),
+and `POST /v1/completions` (a prompt or a list, `n`, legacy logprobs, `echo`, SSE; vLLM's 400 for
+`suffix`, which it does not support); with `--runner pooling` `POST /v1/embeddings` instead of chat
+(strings or token ids, float or base64, vLLM's 400 for an input past --max-model-len and for
+`dimensions` on a non-matryoshka model). Vectors are `vector(text, model)`: a bag of hashed words,
+unit length, the same for the same model.
 
 Tests put an executable `vllm` wrapper that runs this file first on the gateway's PATH (`install`).
 
@@ -11,13 +16,19 @@ Environment:
   FAKE_VLLM_MODE        comma-separated: crash_at_start | hang_at_start | slow_start=SECONDS |
                         crash_after=N (the request after the N-th kills the server with SIGKILL)
   FAKE_VLLM_MODES       a JSON object {model: mode}, overriding FAKE_VLLM_MODE per served model
+  FAKE_VLLM_DIMS        a JSON object {model: embedding size}; default 384
 """
 
 from __future__ import annotations
 
 import argparse
+import array
+import base64
+import hashlib
 import json
+import math
 import os
+import random
 import re
 import signal
 import sys
@@ -62,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument("--trust-remote-code", action="store_true")
     serve.add_argument("--enable-prefix-caching", action="store_true")
     serve.add_argument("--distributed-executor-backend", choices=["ray", "mp", "uni"], default=None)
+    serve.add_argument("--runner", choices=["auto", "generate", "pooling", "draft"], default="auto")
+    serve.add_argument("--convert", choices=["auto", "none", "embed", "classify"], default="auto")
     args = parser.parse_args(argv)  # unknown flags: usage on stderr, exit 2, as vLLM does
     if not 0 < args.gpu_memory_utilization <= 1:
         parser.error("--gpu-memory-utilization must be in (0, 1]")
@@ -128,6 +141,8 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
     served = args.served_model_name or [args.model_tag]
     limit = args.max_model_len
     count = {"chat": 0}
+    pooling = args.runner == "pooling"
+    dims = int(json.loads(os.environ.get("FAKE_VLLM_DIMS", "{}")).get(args.model_tag, 384))
 
     async def health(request: Request) -> Response:
         return Response(status_code=200)
@@ -145,6 +160,8 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
         if crash_after is not None and count["chat"] > crash_after:
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
         body = await request.json()
+        if pooling:
+            return error(400, "The model does not support Chat Completions API", "BadRequestError")
         if body.get("model") not in served:
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         prompt = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages", []))
@@ -183,6 +200,87 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
             events(base, pieces, finish, want, usage, include_usage), media_type="text/event-stream"
         )
 
+    async def completions(request: Request) -> Response:
+        count["chat"] += 1
+        body = await request.json()
+        if body.get("model") not in served:
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        if body.get("suffix") is not None:
+            return error(400, "suffix is not currently supported", "BadRequestError")
+        prompts = body["prompt"] if isinstance(body.get("prompt"), list) else [str(body.get("prompt", ""))]
+        n, lp, max_tokens = int(body.get("n") or 1), body.get("logprobs"), int(body.get("max_tokens") or 16)
+        base = {"id": f"cmpl-fake{count['chat']}", "object": "text_completion", "created": int(time.time()),
+                "model": body["model"]}  # fmt: skip
+        choices, used = [], 0
+        for i, prompt in enumerate(prompts):
+            pieces = WORD.findall(" vllm continuation of: " + prompt[:60])
+            finish = "length" if len(pieces) > max_tokens else "stop"
+            pieces = pieces[:max_tokens]
+            for j in range(n):
+                logp = None
+                if lp is not None:
+                    tops = [{p: -0.125, **{f"alt{k}": -4.0 - k for k in range(lp)}} for p in pieces]
+                    offsets = [len(prompt) + len("".join(pieces[:k])) for k in range(len(pieces))]
+                    logp = {"tokens": pieces, "token_logprobs": [-0.125] * len(pieces), "top_logprobs": tops,
+                            "text_offset": offsets}  # fmt: skip
+                text = (prompt if body.get("echo") else "") + "".join(pieces)
+                choices.append({"index": i * n + j, "text": text, "logprobs": logp, "finish_reason": finish})
+                used += len(pieces)
+        prompt_tokens = sum(len(p.split()) + 1 for p in prompts)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": used,
+            "total_tokens": prompt_tokens + used,
+        }
+        if not body.get("stream"):
+            return JSONResponse({**base, "choices": choices, "usage": usage})
+
+        async def stream() -> AsyncIterator[bytes]:
+            for ch in choices:
+                yield b"data: " + json.dumps({**base, "choices": [ch]}).encode() + b"\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        count["chat"] += 1
+        if crash_after is not None and count["chat"] > crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        body = await request.json()
+        if not pooling:
+            return error(400, "The model does not support Embeddings API", "BadRequestError")
+        if body.get("model") not in served:
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        raw = body.get("input")
+        items = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw or [])
+        if not items:
+            return error(400, "Input cannot be empty", "BadRequestError")
+        if body.get("dimensions") is not None:
+            message = (
+                f'Model "{args.model_tag}" does not support matryoshka representation, '
+                "changing output dimensions will lead to poor results."
+            )
+            return error(400, message, "BadRequestError")
+        data, total = [], 0
+        for i, item in enumerate(items):
+            text = item if isinstance(item, str) else " ".join(f"t{t}" for t in item)
+            n = len(text.split()) + 2 if isinstance(item, str) else len(item)  # [CLS] ... [SEP]
+            if n > limit:
+                return error(400, f"This model's maximum context length is {limit} tokens. However, you "
+                             f"requested {n} tokens in the input for embedding generation. Please reduce "
+                             "the length of the input.", "BadRequestError")  # fmt: skip
+            total += n
+            vec: Any = vector(text, args.model_tag, dims)
+            if body.get("encoding_format") == "base64":
+                vec = base64.b64encode(array.array("f", vec).tobytes()).decode()
+            data.append({"index": i, "object": "embedding", "embedding": vec})
+        return JSONResponse({"id": f"embd-fake{count['chat']}", "object": "list", "created": int(time.time()),
+                             "model": body["model"], "data": data,
+                             "usage": {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0,
+                                       "prompt_tokens_details": None}})  # fmt: skip
+
     async def events(
         base: dict[str, Any],
         pieces: list[str],
@@ -210,11 +308,25 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
             Route("/health", health, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
         ]
     )
     say(f"Starting vLLM API server on http://{args.host or '0.0.0.0'}:{args.port}")
     sys.stdout.flush()
     uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level="warning", lifespan="off")
+
+
+def vector(text: str, model: str, dims: int) -> list[float]:
+    """A unit vector for `text` in `model`'s space: the sum of one dense pseudo-random vector per word
+    (seeded by model and word), so texts sharing words are close, a truncated vector still carries the
+    text, and the same model gives the same vector on any server."""
+    vec = [0.0] * dims
+    for word in re.findall(r"\w+", text.lower()):
+        rng = random.Random(hashlib.sha256(f"{model}\0{word}".encode()).digest())
+        vec = [x + rng.gauss(0.0, 1.0) for x in vec]
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
 
 
 def logprobs(pieces: list[str], want: bool) -> dict[str, Any] | None:

@@ -6,6 +6,9 @@ in a stream's first delta), and it serves tools and structured outputs the way O
 `_reply`): a tool call when `tool_choice` names a tool or is "required", or when the tools are offered
 and the last user message names one; JSON of the requested schema for `response_format`. Tool-call
 arguments and JSON answers are built from the schema the request carries, so they validate against it.
+It also serves `POST /v1/embeddings` as OpenAI does (`_embeddings`): its models and their sizes in
+`EMBEDDING_MODELS`, vectors from `fake_vllm.vector` (the same model gives the same vectors as the vLLM
+stand-in), base64 on request, `dimensions` only for text-embedding-3 models, and OpenAI's 400s.
 
     with StandinProvider(api_key="sk-test") as provider:
         provider.set("fail", status=503, times=2)
@@ -16,6 +19,7 @@ arguments and JSON answers are built from the schema the request carries, so the
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import re
@@ -34,7 +38,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fake_vllm import vector
+
 MODES = frozenset({"ok", "slow", "drip", "fail", "reset", "stream_break", "hang"})
+# The embedding models the stand-in serves, with their native sizes. MiniLM stands for a provider that
+# hosts open weights (the same space as a local copy of them).
+EMBEDDING_MODELS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+    "sentence-transformers/all-MiniLM-L6-v2": 384,
+}
+EMBEDDING_PARAMS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+_BAD_INPUT = (
+    "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,8 @@ class Recorded:
 
 
 class StandinProvider:
-    """Speaks `POST /v1/chat/completions` and `GET /v1/models`; see `set` for the failure modes."""
+    """Speaks `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models`; see `set` for
+    the failure modes."""
 
     def __init__(self, *, api_key: str | None = None, model: str = "standin-frontier") -> None:
         self.api_key = api_key
@@ -64,17 +83,21 @@ class StandinProvider:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
-        app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-            ]
-        )
+        app = Starlette(routes=self._routes())
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", loop="asyncio", timeout_graceful_shutdown=2
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, args=([self._sock],), daemon=True)
+
+    def _routes(self) -> list[Route]:
+        """What it serves (a stand-in for another API overrides this)."""
+        return [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ]
 
     @property
     def base_url(self) -> str:
@@ -183,6 +206,108 @@ class StandinProvider:
                 self._break(request, events[: int(p.get("chunks", 2))]), media_type="text/event-stream"
             )
         return StreamingResponse(_aiter(events), media_type="text/event-stream")
+
+    async def _completions(self, request: Request) -> Response:
+        """The legacy `POST /v1/completions` as OpenAI serves it (see `legacy_answer`); the failure
+        modes `fail`, `slow` and `hang` apply as to chat."""
+        body = await self._record(request)
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        mode, p = self._take()
+        if mode == "fail":
+            status = int(p.get("status", 503))
+            return _error(status, p.get("message", f"stand-in failure {status}"), p.get("code"))
+        if mode == "hang":
+            await self._sleep(float("inf"))
+            return _error(503, "stand-in shutting down", None)
+        if mode == "slow":
+            await self._sleep(float(p.get("delay_s", 1.0)))
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+        problem = legacy_problem(body)
+        if problem is not None:
+            return _error(400, problem, "invalid_request_error")
+        base = {"id": f"cmpl-standin{next(self._ids)}", "object": "text_completion",
+                "created": int(time.time()), "model": body.get("model", self.model)}  # fmt: skip
+        choices, usage = legacy_answer(body)
+        if not body.get("stream"):
+            return JSONResponse({**base, "choices": choices, "usage": usage, "system_fingerprint": None})
+        events = []
+        for ch in choices:
+            pieces = re.findall(r"\s*\S+", ch["text"]) or [""]
+            lp = ch["logprobs"]
+            for k, piece in enumerate(pieces):
+                part = None if lp is None else {key: lp[key][k : k + 1] for key in lp}
+                last = k == len(pieces) - 1
+                choice = {"text": piece, "index": ch["index"], "logprobs": part,
+                          "finish_reason": ch["finish_reason"] if last else None}  # fmt: skip
+                events.append(_sse({**base, "choices": [choice]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(_sse({**base, "choices": [], "usage": usage}))
+        return StreamingResponse(_aiter([*events, b"data: [DONE]\n\n"]), media_type="text/event-stream")
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._record(request)
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        mode, p = self._take()
+        if mode == "fail":
+            status = int(p.get("status", 503))
+            headers = {"Retry-After": str(p["retry_after"])} if "retry_after" in p else None
+            return _error(status, p.get("message", f"stand-in failure {status}"), p.get("code"), headers)
+        if mode == "reset":
+            await self._drop(request, reset=True)
+            return Response(status_code=500)
+        if mode == "hang":
+            await self._sleep(float("inf"))
+            return _error(503, "stand-in shutting down", None)
+        if mode == "slow":
+            await self._sleep(float(p.get("delay_s", 1.0)))
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.", None)
+        extra = sorted(set(body) - EMBEDDING_PARAMS)
+        if extra:
+            return _error(400, f"Unrecognized request argument supplied: {extra[0]}", None)
+        model = body.get("model")
+        if model not in EMBEDDING_MODELS:
+            return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                          "model_not_found")  # fmt: skip
+        raw = body.get("input")
+        items = (
+            [raw] if isinstance(raw, str) or (isinstance(raw, list) and raw and type(raw[0]) is int) else raw
+        )
+        if not isinstance(items, list) or not 0 < len(items) <= 2048 or any(i in ("", []) for i in items):
+            return _error(400, _BAD_INPUT, None)
+        size = EMBEDDING_MODELS[model]
+        dims = body.get("dimensions")
+        if dims is not None and not model.startswith("text-embedding-3"):
+            return _error(400, "This model does not support specifying dimensions.", None)
+        if dims is not None and not (isinstance(dims, int) and 1 <= dims <= size):
+            return _error(
+                400, f"Invalid value for 'dimensions' = {dims}. Must be between 1 and {size}.", None
+            )
+        data, total = [], 0
+        for i, item in enumerate(items):
+            text = item if isinstance(item, str) else " ".join(f"t{t}" for t in item)
+            n = len(text.split()) if isinstance(item, str) else len(item)
+            if n > 8192:
+                message = (
+                    f"This model's maximum context length is 8192 tokens, however you requested {n} "
+                    f"tokens ({n} in your prompt; 0 for the completion). Please reduce your prompt; "
+                    "or completion length."
+                )
+                return _error(400, message, None)
+            total += n
+            vec: Any = vector(text, model, size)
+            if dims is not None:
+                head = vec[:dims]
+                norm = sum(x * x for x in head) ** 0.5 or 1.0
+                vec = [x / norm for x in head]
+            if body.get("encoding_format") == "base64":
+                vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        usage = {"prompt_tokens": total, "total_tokens": total}
+        return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
 
     # -- bodies --------------------------------------------------------------------------------------
 
@@ -419,6 +544,57 @@ def _answer(body: dict[str, Any]) -> tuple[list[str], str]:
     if isinstance(limit, int) and 0 < limit < len(pieces):
         return pieces[:limit], "length"
     return pieces, "stop"
+
+
+def legacy_text(prompt: str) -> str:
+    """The stand-in's deterministic continuation of a prompt (before `max_tokens` cuts it)."""
+    return " remote continuation of: " + prompt[:40]
+
+
+def legacy_problem(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a completions body it refuses, or None."""
+    if "messages" in body:
+        return "Unrecognized request argument supplied: messages"
+    prompt = body.get("prompt")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt)):
+        return "You must provide a prompt."
+    lp = body.get("logprobs")
+    if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= 5):
+        return f"{lp!r} is not valid under any of the given schemas - 'logprobs'"
+    return None
+
+
+def legacy_answer(body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`text_completion` choices (one per prompt and `n`, indexed prompt * n + j) and usage."""
+    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+    n, lp = int(body.get("n") or 1), body.get("logprobs")
+    limit = int(body.get("max_tokens") or 16)
+    choices, used = [], 0
+    for i, prompt in enumerate(prompts):
+        pieces = re.findall(r"\s*\S+", legacy_text(str(prompt)))
+        finish = "length" if len(pieces) > limit else "stop"
+        pieces = pieces[:limit]
+        for j in range(n):
+            text = "".join(pieces)
+            logprobs = None
+            if lp is not None:
+                at, offsets = len(str(prompt)), []
+                for piece in pieces:
+                    offsets.append(at)
+                    at += len(piece)
+                tops = [{q: -0.05, **{f"alt{k}": -3.0 - k for k in range(lp)}} for q in pieces]
+                logprobs = {"tokens": pieces, "token_logprobs": [-0.05] * len(pieces),
+                            "top_logprobs": tops, "text_offset": offsets}  # fmt: skip
+            if body.get("echo"):
+                text = str(prompt) + text
+            choices.append({"text": text, "index": i * n + j, "logprobs": logprobs, "finish_reason": finish})
+            used += len(pieces)
+    prompt_tokens = sum(len(str(p).split()) for p in prompts)
+    return choices, {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": used,
+        "total_tokens": prompt_tokens + used,
+    }
 
 
 def _logprobs(body: dict[str, Any], pieces: list[str]) -> dict[str, Any] | None:

@@ -459,3 +459,42 @@ def test_the_worker_renders_a_gguf_template_in_the_sandbox(
         client.close()
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
+
+
+def test_the_file_checked_is_the_file_loaded_even_if_swapped_in_between(
+    smollm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check and the load read one open file: a file renamed over the path after the check
+    (a time-of-check / time-of-use swap) is not what llama.cpp loads."""
+    from localroute.config.models import LlamaCppModel
+    from localroute.rungs.llamacpp import engine as engine_mod
+
+    path = tmp_path / "checked.gguf"
+    shutil.copyfile(smollm2, path)
+    bad = tmp_path / "swapped-in.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)  # llama.cpp cannot load this
+    real_verify = engine_mod.gguf.verify
+
+    async def verify_then_swap(held: Path, *args: object, **kwargs: object) -> object:
+        summary = await real_verify(held, *args, **kwargs)  # type: ignore[arg-type]
+        os.replace(bad, path)  # the swap, right after the check passed
+        return summary
+
+    monkeypatch.setattr(engine_mod.gguf, "verify", verify_then_swap)
+    source = {"kind": "path", "path": str(path)}
+    cfg = LlamaCppModel(name="swap", engine="llama_cpp", source=source, n_ctx=512, default_max_tokens=8)
+    eng = engine_mod.LlamaCppEngine(cfg, path, tmp_path)
+
+    async def run() -> dict[str, object]:
+        try:
+            await eng.start()
+            answer = await eng.complete(
+                {"model": "swap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            )
+            return dict(answer)
+        finally:
+            await eng.aclose()
+
+    answer = asyncio.run(run())
+    assert answer["choices"], answer  # the checked (real) model answered
+    assert path.read_bytes()[:8] == b"GGUF" + b"\x00" * 4  # the path really was swapped

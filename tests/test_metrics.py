@@ -128,7 +128,14 @@ def test_engines_are_read_at_scrape_time() -> None:
 
 def test_a_bare_record_gets_placeholder_labels() -> None:
     s = scrape(metrics({}, {"status": 400}))
-    labels = {"model": "none", "tier": "", "route": "none", "privacy": "unknown", "status": "400", "api": "chat"}
+    labels = {
+        "model": "none",
+        "tier": "",
+        "route": "none",
+        "privacy": "unknown",
+        "status": "400",
+        "api": "chat",
+    }
     assert value(s, "localroute_requests_total", **labels) == 1.0
     assert value(s, "localroute_request_duration_seconds_count", model="none", stream="false") == 0.0
 

@@ -83,7 +83,45 @@ TRUE_POSITIVES = [
     ("secret", "password = hunter2hunter2"),
     ("secret", "api_key: abcd1234efgh"),
     ("secret", "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    # Forms the detector used to miss (issue 15).
+    ("phone", "415.555.0132"),
+    ("phone", "030 12345678"),
+    ("phone", "01 23 45 67 89"),
+    ("phone", "06-12345678"),
+    ("card", "4111.1111.1111.1111"),
+    ("iban", "de89 3704 0044 0532 0130 00"),
+    ("iban", "gb82 west 1234 5698 7654 32"),
+    ("secret", "postgres://admin:pa55word@db.internal:5432/app"),
+    ("secret", "https://deploy:s3cretvalue@git.example.com/repo.git"),
+    ("secret", '"password": "correcthorse"'),
+    ("ssn", "AB 12 34 56 C"),
+    ("ssn", "JK123456A"),
 ]
+
+# Written so that a plain regex over the raw text misses them: full-width digits, a zero-width space.
+DISGUISED = [
+    (
+        "card",
+        "\uff14\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11",
+    ),
+    ("card", "4111\u200b1111\u200b1111\u200b1111"),
+    ("email", "alice\u200b@example.com"),
+    ("ssn", "\uff11\uff12\uff13-\uff14\uff15-\uff16\uff17\uff18\uff19"),
+]
+
+
+@pytest.mark.parametrize(("kind", "value"), DISGUISED, ids=[k + str(i) for i, (k, _) in enumerate(DISGUISED)])
+def test_detects_disguised_values_and_spans_what_was_written(kind: str, value: str) -> None:
+    text = f"note: {value} (end)"
+    hits = EVERYTHING.scan(text)
+    assert [h.kind for h in hits] == [kind]
+    assert text[hits[0].start : hits[0].end] == value  # the span is the original's, for redaction
+    assert kind.upper() in redact(text, EVERYTHING) and value not in redact(text, EVERYTHING)
+
+
+def test_a_dotenv_file_and_an_exported_token_are_secrets() -> None:
+    env = "DEBUG=1\nDB_PASSWORD=correcthorse\nexport GITHUB_TOKEN='abcdefgh'\nPORT=8000\n"
+    assert [f.kind for f in EVERYTHING.scan(env)] == ["secret", "secret"]
 
 
 @pytest.mark.parametrize(("kind", "value"), TRUE_POSITIVES, ids=[f"{k}:{v[:24]}" for k, v in TRUE_POSITIVES])
@@ -156,6 +194,15 @@ FALSE_POSITIVES = [
     "Password: see the vault",
     "token = request.headers.get('x-token')",
     "password=short",
+    # versions, placeholders and code that only look like the new forms
+    "Upgrade to version 1.2.3.4 or v10.0.0.1 tonight.",
+    "DB_PASSWORD=${DB_PASSWORD}",
+    "API_TOKEN=<your token here>",
+    'login(password="******")',
+    "Clone https://github.com/org/repo.git and run it.",
+    "The ratio was 0.123 4567 in the table.",
+    "Order number 000-12-3456 shipped.",
+    "Chapter 12 34 56 of the book.",
 ]
 
 

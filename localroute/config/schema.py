@@ -23,11 +23,13 @@ from pydantic import (
 from localroute.config.models import (
     DEFAULT_MODELS_DIR,
     FORBID,
+    ConvertSource,
     LlamaCppModel,
     ModelConfig,
     ModelName,
     PathSource,
     PyPISource,
+    space_of,
 )
 from localroute.config.privacy import APIKey, PrivacyConfig
 from localroute.config.routing import RoutingConfig
@@ -126,6 +128,32 @@ class Config(BaseModel):
             seen |= {ident, k.name}
         return keys
 
+    @field_validator("models")
+    @classmethod
+    def _spaces_agree(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        chat = {m.name for m in models if m.task == "chat"}
+        if not chat:
+            raise ValueError('at least one chat rung (task = "chat", the default) is needed')
+        by_name = {m.name: m for m in models}
+        seen: dict[str, ModelConfig] = {}
+        for m in (m for m in models if m.task == "embed"):
+            space = space_of(m)
+            if space in chat:
+                raise ValueError(f"embedding space '{space}' of model '{m.name}' is the name of a chat model")
+            owner = by_name.get(space)
+            if owner is not None and space_of(owner) != space:  # `model = space` must mean one thing
+                raise ValueError(
+                    f"embedding space '{space}' of model '{m.name}' is the name of model '{space}', "
+                    f"which is in space '{space_of(owner)}'"
+                )
+            first = seen.setdefault(space, m)
+            if (first.dimensions, first.dimensions_flexible) != (m.dimensions, m.dimensions_flexible):
+                raise ValueError(
+                    f"models '{first.name}' and '{m.name}' share the embedding space '{space}' but not "
+                    "its `dimensions` / `dimensions_flexible`: one space is one set of vectors"
+                )
+        return models
+
     @model_validator(mode="after")
     def _baseline_exists(self) -> Config:
         if self.cost.baseline is not None and self.model(self.cost.baseline) is None:
@@ -136,8 +164,19 @@ class Config(BaseModel):
         return next((m for m in self.models if m.name == name), None)
 
     def ladder(self) -> list[ModelConfig]:
-        """Models from the cheapest rung up (by tier, then file order)."""
-        return sorted(self.models, key=lambda m: m.tier)
+        """Chat models from the cheapest rung up (by tier, then file order). Embedding rungs are never
+        on it: the chat policy cannot pick one."""
+        return sorted((m for m in self.models if m.task == "chat"), key=lambda m: m.tier)
+
+    def embedders(self) -> list[ModelConfig]:
+        """Embedding rungs (`task = "embed"`), cheapest first (by tier, then file order)."""
+        return sorted((m for m in self.models if m.task == "embed"), key=lambda m: m.tier)
+
+    def default_space(self) -> str | None:
+        """What `model: "auto"` embeds in: the cheapest embedding rung's space, fixed by the config
+        (never another space because a rung is down). None without embedding rungs."""
+        rungs = self.embedders()
+        return space_of(rungs[0]) if rungs else None
 
     def audit_path(self) -> Path:
         env = os.environ.get("LOCALROUTE_AUDIT_PATH")
@@ -156,7 +195,7 @@ class Config(BaseModel):
         if isinstance(src, PathSource):
             p = Path(src.path).expanduser()
             return p if p.is_absolute() else (self.base_dir / p).resolve()
-        if isinstance(src, PyPISource):
+        if isinstance(src, PyPISource | ConvertSource):
             return self.models_dir() / src.filename
         return self.models_dir() / "hf" / src.repo.replace("/", "--") / src.file
 
@@ -206,7 +245,8 @@ def parse_config(text: str, *, source: str = "models.toml", base_dir: Path | Non
         for err in exc.errors(include_url=False):
             key = _describe_loc(tuple(err["loc"]), data)
             got = err.get("input")
-            got_s = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+            whole = isinstance(got, dict) or (isinstance(got, list) and err["loc"] == ("models",))  # too big
+            got_s = "" if err["type"] == "missing" or whole else f" (got {got!r})"
             if _may_hold_secret(err["loc"]):
                 got_s = ""  # someone may have pasted a key where its variable's name belongs
             msg = err["msg"]

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from localroute.config.schema import Config
 from localroute.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
+from localroute.gateway import completions, embeddings, messages
 from localroute.gateway.dashboard import dashboard, dashboard_asset
 from localroute.gateway.handlers import Gateway
 from localroute.gateway.openapi import openapi_json
@@ -35,8 +36,8 @@ from localroute.host.lifecycle import Managed, Placement
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
-from localroute.protocol.backend import Backend
-from localroute.rungs.registry import build_backends
+from localroute.protocol.backend import Backend, Embedder
+from localroute.rungs.registry import build_backends, build_embedders
 
 log = logging.getLogger("localroute")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -92,7 +93,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(NotFoundError(f"No such endpoint: {request.url.path[:200]}"), path)
 
 
-def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None) -> Starlette:
+def create_app(
+    config: Config,
+    *,
+    backends: Mapping[str, Backend] | None = None,
+    embedders: Mapping[str, Embedder] | None = None,
+) -> Starlette:
     """Build the gateway. Engines are created (from config, unless given) and started in the lifespan."""
 
     @contextlib.asynccontextmanager
@@ -102,18 +108,21 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
         guard = EgressGuard(detector, redacting=config.privacy.redact)
         live = build_backends(config, runtime, guard) if backends is None else backends
+        owned_embedders = embedders is None
+        vectors = build_embedders(config, runtime, guard) if embedders is None else embedders
         audit = AuditLog(config.audit_path()) if config.privacy.audit_enabled else None
         placement = Placement.from_config(config)
-        for b in live.values():
+        for b in (*live.values(), *vectors.values()):
             if isinstance(b, Managed):
                 placement.manage(b)
-        gateway = Gateway(config, live, detector, audit, placement)
+        gateway = Gateway(config, live, detector, audit, placement, vectors)
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
-            for m in config.ladder():
+            rungs: dict[str, Backend | Embedder] = {**live, **vectors}
+            for m in (*config.ladder(), *config.embedders()):
                 if getattr(m, "preload", True):
                     try:
-                        await live[m.name].start()
+                        await rungs[m.name].start()
                     except APIError as exc:
                         log.warning("model %s not started: %s", m.name, exc.message)
             yield {"gateway": gateway}  # Starlette copies it into each request's state
@@ -124,6 +133,9 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
             if owned:
                 for b in live.values():
                     await b.aclose()
+            if owned_embedders:
+                for e in vectors.values():
+                    await e.aclose()
             if audit is not None:
                 audit.close()
             shutil.rmtree(runtime, ignore_errors=True)
@@ -143,6 +155,9 @@ def create_app(config: Config, *, backends: Mapping[str, Backend] | None = None)
         routes=[
             Route("/v1/chat/completions", _on(Gateway.chat), methods=["POST"]),
             Route("/v1/responses", _on(responses), methods=["POST"]),
+            Route("/v1/completions", _on(completions.handler), methods=["POST"]),
+            Route("/v1/embeddings", _on(embeddings.handler), methods=["POST"]),
+            Route("/v1/messages", _on(messages.handler), methods=["POST"]),
             Route("/v1/models", _on(Gateway.models), methods=["GET"]),
             Route("/v1/models/{model:str}", _on(Gateway.model), methods=["GET"]),
             Route("/v1/route/explain", _on(Gateway.explain), methods=["POST"]),

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -26,6 +27,7 @@ from localroute.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    UnsupportedMediaTypeError,
 )
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
@@ -36,16 +38,19 @@ from localroute.observe.stats import parse_since, summarize_timed
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts, resolve
-from localroute.protocol.backend import Backend
+from localroute.protocol.backend import Backend, Embedder
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 from localroute.protocol.records import Attempt, Stats
 from localroute.protocol.surface import CHAT, Surface
-from localroute.protocol.wire import Health, Model, ModelList
+from localroute.protocol.wire import EngineHealth, Health, Model, ModelList
+from localroute.routing.embeddings import EmbeddingRouter
 from localroute.routing.policy import Hints
 from localroute.routing.router import Router
 
 log = logging.getLogger("localroute")
 STATS_CACHE_S = 1.0
+_READ_AS_JSON = frozenset({"", "application/json", "application/x-www-form-urlencoded", "text/plain"})
+EMBEDDINGS_OWNER = "localroute:embeddings"  # `owned_by` of embedding models in GET /v1/models
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -101,18 +106,26 @@ class Gateway:
         detector: Detector,
         audit: AuditLog | None,
         placement: Placement | None = None,
+        embedders: Mapping[str, Embedder] | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
+        self.embedders: Mapping[str, Embedder] = embedders or {}
+        self.embedding_router = EmbeddingRouter(config, self.embedders, detector)
         self.placement = placement
         self.detector = detector
         self.router = Router(config, backends, detector)
         self.created = int(time.time())
         self._stats_cache: dict[str, tuple[float, Stats]] = {}
-        self.metrics = Metrics(lambda: {name: b.health() for name, b in self.backends.items()})
+        self.metrics = Metrics(self.engines)
         self.recorder = Recorder(config, audit, self.metrics)
 
-    def classify(self, request: Request, req: ChatCompletionRequest) -> Privacy:
+    def engines(self) -> dict[str, EngineHealth]:
+        """Every rung's health, chat and embedding rungs alike."""
+        out = {name: b.health() for name, b in self.backends.items()}
+        return out | {name: e.health() for name, e in self.embedders.items()}
+
+    def classify(self, request: Request, req: BaseModel, unreadable: Sequence[str] = ()) -> Privacy:
         """The request's privacy class: header, API key policy, detected data, config default."""
         header = request.headers.get("x-localroute-privacy")
         if header is not None and header.strip().lower() not in ("private", "public"):
@@ -122,7 +135,7 @@ class Gateway:
                 code="invalid_header_value",
             )
         texts = tuple(body_texts(req.model_dump(exclude_none=True, by_alias=True)))  # as it would be sent
-        kinds = self.detector.kinds_in(texts)
+        kinds = (*self.detector.kinds_in(texts), *unreadable)  # what no scan can read counts as found
         if not kinds:
             SCANNED_CLEAN.set(texts)  # the egress guard need not scan these very strings again
         return resolve(self.config.privacy, header, self._key_policy(request), kinds)
@@ -132,7 +145,15 @@ class Gateway:
         return None if key is None else key.privacy
 
     async def receive(self, request: Request, deadline: float) -> bytes:
-        """The request body, within the size limit and the request's deadline."""
+        """The JSON request body, within the size limit and the request's deadline. A body declared
+        as another format (XML, multipart, binary, ...) is refused with 415 before it is read. What
+        tools send when the header was forgotten (none, curl -d's form type, fetch's text/plain) is
+        read as JSON and judged on that."""
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind not in _READ_AS_JSON and not kind.endswith("+json"):
+            raise UnsupportedMediaTypeError(
+                f"Content-Type must be application/json, not '{kind[:64]}'.", param="Content-Type"
+            )
         limit = self.config.server.request_timeout_s
         try:
             async with asyncio.timeout_at(deadline):  # a client trickling its body holds nothing forever
@@ -273,8 +294,7 @@ class Gateway:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def explain(self, request: Request) -> Response:
-        raw = await read_body(request, self.config.server.max_body_bytes)
-        req = parse_chat_request(raw)
+        req = parse_chat_request(await self.receive(request, self.deadline()))
         decision = self.router.decide(req, parse_hints(request.headers))
         return JSONResponse(decision.as_json())
 
@@ -284,19 +304,26 @@ class Gateway:
             {"id": name, "object": "model", "created": self.created, "owned_by": "localroute"}
             for name in names
         ]
+        # Embedding models and spaces say what they are where the SDKs keep, and ignore, the owner.
+        data += [
+            {"id": name, "object": "model", "created": self.created, "owned_by": EMBEDDINGS_OWNER}
+            for name in self.embedding_router.names()[1:]
+        ]
         models: ModelList = {"object": "list", "data": data}
         return JSONResponse(models)
 
     async def model(self, request: Request) -> Response:
         """`GET /v1/models/{id}`: one model in OpenAI's shape, `auto` included; unknown ids are a 404."""
         name = str(request.path_params["model"])
-        if name != "auto" and self.config.model(name) is None:
+        if name != "auto" and self.config.model(name) is None and name not in self.embedding_router.spaces:
             raise ModelNotFoundError(f"The model '{name[:64]}' does not exist.", param="model")
-        found: Model = {"id": name, "object": "model", "created": self.created, "owned_by": "localroute"}
+        embeds = name != "auto" and name not in (m.name for m in self.config.ladder())
+        owner = EMBEDDINGS_OWNER if embeds else "localroute"
+        found: Model = {"id": name, "object": "model", "created": self.created, "owned_by": owner}
         return JSONResponse(found)
 
     async def health(self, request: Request) -> Response:
-        engines = {name: b.health() for name, b in self.backends.items()}
+        engines = self.engines()
         ok = any(e["state"] in ("ready", "stopped") for e in engines.values())
         body: Health = {
             "status": "ok" if ok else "degraded",

@@ -19,6 +19,7 @@ from localroute import __version__
 from localroute.gateway import openapi_responses
 from localroute.gateway.dashboard import ASSETS, CSP
 from localroute.gateway.openapi_schemas import STR, Schema, components, obj, ref
+from localroute.protocol.embeddings import MAX_INPUTS, MAX_TOKEN_ID, EmbeddingRequest
 
 _ERRORS = {
     400: "The request is invalid: bad JSON, an unknown or out-of-range parameter, a bad routing "
@@ -43,8 +44,8 @@ def _json(schema: Schema) -> Schema:
     return {"application/json": {"schema": schema}}
 
 
-def _error(status: int) -> Schema:
-    out: Schema = {"description": _ERRORS[status], "content": _json(ref("Error"))}
+def _error(status: int, shape: str = "Error") -> Schema:
+    out: Schema = {"description": _ERRORS[status], "content": _json(ref(shape))}
     if status == 429:
         out["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}}
     if status == 401:
@@ -52,8 +53,9 @@ def _error(status: int) -> Schema:
     return out
 
 
-def _op(summary: str, ok: Schema, errors: tuple[int, ...], **extra: Any) -> Schema:
-    responses = {"200": ok, **{str(s): _error(s) for s in sorted(errors)}}
+def _op(summary: str, ok: Schema, errors: tuple[int, ...], shape: str = "Error", **extra: Any) -> Schema:
+    """An operation; its errors have the `shape` schema (Anthropic's under /v1/messages)."""
+    responses = {"200": ok, **{str(s): _error(s, shape) for s in sorted(errors)}}
     return {"summary": summary, **extra, "responses": responses}
 
 
@@ -103,7 +105,7 @@ def _answer_headers() -> Schema:
     }
 
 
-def _sse_event() -> Schema:
+def _sse_event(chunk: str = "ChatCompletionChunk") -> Schema:
     """One server-sent event: a chunk, an error (after the headers are gone), or the closing [DONE]."""
     return obj(
         {
@@ -111,7 +113,7 @@ def _sse_event() -> Schema:
                 "if": {"const": "[DONE]"},
                 "else": {
                     "contentMediaType": "application/json",
-                    "contentSchema": {"anyOf": [ref("ChatCompletionChunk"), ref("Error")]},
+                    "contentSchema": {"anyOf": [ref(chunk), ref("Error")]},
                 },
             },
             "event": {"const": "message"},
@@ -125,6 +127,45 @@ def _page_headers() -> Schema:
 
 
 _TEXT: Schema = {"schema": STR}
+
+
+def _embeddings() -> Schema:
+    """`POST /v1/embeddings`: OpenAI's request (validated by `EmbeddingRequest`) and answer."""
+    request = EmbeddingRequest.model_json_schema()
+    text: Schema = {"type": "string", "minLength": 1}
+    token: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
+    tokens: Schema = {"type": "array", "items": token, "minItems": 1}
+    lists = [
+        {"type": "array", "items": i, "minItems": 1, "maxItems": MAX_INPUTS} for i in (text, token, tokens)
+    ]
+    request["properties"]["input"] = {
+        "anyOf": [text, *lists],
+        "description": "A string, a list of strings, a list of token ids, or a list of lists of token ids.",
+    }
+    request["properties"]["model"]["examples"] = ["auto"]
+    vector = {"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]}
+    index = {"type": "integer", "minimum": 0}
+    item = obj({"object": {"const": "embedding"}, "index": index, "embedding": vector})
+    usage = obj({"prompt_tokens": index, "total_tokens": index})
+    answer = obj(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": item}, "model": STR, "usage": usage}
+    )
+    body = {"schema": request, "example": {"model": "auto", "input": "Hi!"}}
+    ok = {
+        "description": "The vectors, in input order.",
+        "headers": _answer_headers(),
+        "content": _json(answer),
+    }
+    return {
+        "post": _op(
+            "Embeddings, from the cheapest available rung of the requested vector space",
+            ok,
+            (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
+            operationId="createEmbedding",
+            parameters=[_hints()[0], _privacy()],
+            requestBody={"required": True, "content": {"application/json": body}},
+        )
+    }
 
 
 def _paths() -> Schema:
@@ -148,8 +189,38 @@ def _paths() -> Schema:
         "headers": _answer_headers(),
         "content": {**_json(ref("ChatCompletion")), "text/event-stream": {"schema": _sse_event()}},
     }
+    legacy_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": ref("CompletionRequest"),
+                "example": {"model": "auto", "prompt": "The capital of France is", "max_tokens": 4},
+            }
+        },
+    }
+    legacy_answer = {
+        "description": "The answer: a `text_completion` object (one choice per prompt and `n`, index "
+        "`prompt index * n + j`), or with `stream: true` an event stream of `text_completion` chunks "
+        "ending in `data: [DONE]`. A list of prompts is one routed request per prompt; each routing "
+        "header then lists one value per prompt, in order.",
+        "headers": _answer_headers(),
+        "content": {
+            **_json(ref("TextCompletion")),
+            "text/event-stream": {"schema": _sse_event("TextCompletion")},
+        },
+    }
     public: Schema = {"security": []}
     paths: Schema = {
+        "/v1/completions": {
+            "post": _op(
+                "Legacy text completion of a raw prompt (no chat template), routed like chat",
+                legacy_answer,
+                (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
+                operationId="createCompletion",
+                parameters=[*_hints(), _privacy()],
+                requestBody=legacy_body,
+            )
+        },
         "/v1/chat/completions": {
             "post": _op(
                 "Chat completion, routed to the cheapest rung that can serve it",
@@ -170,6 +241,8 @@ def _paths() -> Schema:
                 requestBody=openapi_responses.body(),
             )
         },
+        "/v1/embeddings": _embeddings(),
+        "/v1/messages": {"post": _messages_op()},
         "/v1/route/explain": {
             "post": _op(
                 "The routing decision for a request, without running it",
@@ -282,6 +355,52 @@ def _schemas() -> Schema:
     return {**shared, **responses}
 
 
+def _messages_event() -> Schema:
+    """One event of an Anthropic stream: its name, and its data (one of the stream's event objects)."""
+    names = ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
+             "message_delta", "message_stop", "error"]  # fmt: skip
+    data = {"contentMediaType": "application/json", "contentSchema": {"type": "object", "required": ["type"]}}
+    return obj({"event": {"enum": names}, "data": data})
+
+
+def _messages_op() -> Schema:
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": ref("MessagesRequest"),
+                "example": {
+                    "model": "auto",
+                    "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "Hi!"}],
+                },
+            }
+        },
+    }
+    answer = {
+        "description": "An Anthropic `message`, or with `stream: true` Anthropic's event stream "
+        "(message_start, ping, content_block_start/_delta/_stop, message_delta, message_stop; an error "
+        "mid-stream is an `error` event).",
+        "headers": _answer_headers(),
+        "content": {**_json(ref("AnthropicMessage")), "text/event-stream": {"schema": _messages_event()}},
+    }
+    version = _header(
+        "anthropic-version",
+        {"type": "string", "examples": ["2023-06-01"]},
+        "Accepted whatever it says, or absent: the answer always has the 2023-06-01 shape.",
+    )
+    return _op(
+        "Anthropic Messages API, translated to the chat form and routed like a chat completion",
+        answer,
+        (400, 404, 408, 413, 502, 503, 504, *_GUARDED),
+        shape="AnthropicError",
+        operationId="createMessage",
+        parameters=[*_hints(), _privacy(), version],
+        requestBody=body,
+        security=[{"bearerAuth": []}, {"apiKeyHeader": []}, {}],
+    )
+
+
 def build_document() -> Schema:
     """The OpenAPI 3.1 document, a fresh copy on each call."""
     document = {
@@ -290,7 +409,8 @@ def build_document() -> Schema:
             "title": "localroute",
             "version": __version__,
             "description": "A local-first, OpenAI-compatible router. Errors have OpenAI's shape "
-            '`{"error": {"message", "type", "param", "code"}}`; a method a path does not serve is a '
+            '`{"error": {"message", "type", "param", "code"}}` (Anthropic\'s under /v1/messages); a method '
+            "a path does not serve is a "
             "405 and an unknown path a 404, in that shape too.",
         },
         "paths": _paths(),
@@ -303,7 +423,13 @@ def build_document() -> Schema:
                     "description": "An API key from the config's [[keys]]. Without [[keys]] (loopback "
                     "only) no key is needed; with them every path but /health, /openapi.json and the "
                     "dashboard's static files needs one.",
-                }
+                },
+                "apiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "The same key in Anthropic's header (any path takes either).",
+                },
             },
         },
         "security": [{"bearerAuth": []}, {}],

@@ -15,8 +15,11 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from localroute.observe.stats import LATENCY_BOUNDS_MS
-from localroute.protocol import records, wire
+from localroute.protocol import records, text_completion, wire
+from localroute.protocol.anthropic import MessagesRequest
+from localroute.protocol.anthropic_answer import AnthropicError, AnthropicMessage
 from localroute.protocol.chat import ChatCompletionRequest
+from localroute.protocol.completions import CompletionRequest
 
 Schema = dict[str, Any]
 STR: Schema = {"type": "string"}
@@ -58,7 +61,26 @@ def _request_schemas() -> dict[str, Schema]:
     for branch in props["seed"]["anyOf"]:  # a validator, not a type, holds this range: say it here
         if branch.get("type") == "integer":
             branch.update(minimum=-(2**63), maximum=2**64 - 1)
-    return {**defs, "ChatCompletionRequest": schema}
+    legacy = CompletionRequest.model_json_schema(ref_template=_REF)
+    defs.update(legacy.pop("$defs", {}))
+    legacy["properties"]["model"]["examples"] = ["auto"]
+    for branch in legacy["properties"]["seed"]["anyOf"]:
+        if branch.get("type") == "integer":
+            branch.update(minimum=-(2**63), maximum=2**64 - 1)
+    return {
+        **defs,
+        "ChatCompletionRequest": schema,
+        "CompletionRequest": legacy,
+        **_messages_request_schemas(),
+    }
+
+
+def _messages_request_schemas() -> dict[str, Schema]:
+    """Anthropic's `MessagesRequest` and its models, named `Messages...` (chat's `Tool` is another)."""
+    template = _REF.format(model="Messages{model}")
+    schema = MessagesRequest.model_json_schema(ref_template=template)
+    defs: dict[str, Schema] = {"Messages" + k: v for k, v in schema.pop("$defs", {}).items()}
+    return {**defs, "MessagesRequest": schema}
 
 
 def _answers() -> dict[str, TypeAdapter[Any]]:
@@ -69,10 +91,13 @@ def _answers() -> dict[str, TypeAdapter[Any]]:
         "Usage": TypeAdapter(wire.Usage),
         "ChatCompletion": TypeAdapter(wire.ChatCompletion),
         "ChatCompletionChunk": TypeAdapter(wire.ChatCompletionChunk),
+        "TextCompletion": TypeAdapter(text_completion.TextCompletion),
         "ModelList": TypeAdapter(wire.ModelList),
         "Decision": TypeAdapter(wire.Explanation),
         "Health": TypeAdapter(wire.Health),
         "Stats": TypeAdapter(records.Stats),
+        "AnthropicMessage": TypeAdapter(AnthropicMessage),
+        "AnthropicError": TypeAdapter(AnthropicError),
     }
 
 

@@ -116,7 +116,9 @@ class Recorder:
             },
             "compute_s": round(trace.compute_s, 6),
             "cost_usd": round(trace.cost_usd, 10),
-            "baseline_usd": round(baseline_cost(self.baseline, usage), 10),
+            "baseline_usd": round(
+                baseline_cost(self.baseline, usage) if trace.baseline_usd is None else trace.baseline_usd, 10
+            ),
             # Whether the JSON or tool-call answer kept the request's contract (None: none was asked).
             "output_valid": trace.output_valid,
         }

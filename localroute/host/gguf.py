@@ -283,12 +283,14 @@ def _tensor(r: GGUFReader, i: int, alignment: int) -> tuple[str, int, int]:
     return name, offset, elements // block * block_bytes
 
 
-async def verify(path: Path, limit_s: float = CHECK_TIMEOUT_S) -> GGUFSummary:
+async def verify(path: Path, limit_s: float = CHECK_TIMEOUT_S, pass_fds: tuple[int, ...] = ()) -> GGUFSummary:
     """`check` in a child process (`python -m localroute.host.gguf`), killed after `limit_s` seconds.
-    Raises InvalidModelFileError: the file's problem, or that the check hung or died."""
+    `pass_fds`: an open file the child reads as `/proc/self/fd/N`. Raises InvalidModelFileError: the
+    file's problem, or that the check hung or died."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "localroute.host.gguf", str(path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        pass_fds=pass_fds,
     )  # fmt: skip
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), limit_s)

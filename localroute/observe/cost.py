@@ -29,7 +29,7 @@ def baseline_model(config: Config) -> ModelConfig:
         named = config.model(config.cost.baseline)
         if named is not None:
             return named
-    return max(config.models, key=lambda m: (m.price.output_per_mtok, m.price.input_per_mtok, m.tier))
+    return max(config.ladder(), key=lambda m: (m.price.output_per_mtok, m.price.input_per_mtok, m.tier))
 
 
 def baseline_cost(baseline: ModelConfig, usage: Mapping[str, int]) -> float:

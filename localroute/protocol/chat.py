@@ -26,9 +26,12 @@ MAX_TOKENS = 2**31 - 1
 MAX_STOP_CHARS = 1024
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Capability = Literal["tools", "json_object", "json_schema", "vision", "logprobs", "top_logprobs", "n"]
+# `suffix` and `best_of`: legacy completions only (protocol/completions.py).
+Capability = Literal[
+    "tools", "json_object", "json_schema", "vision", "logprobs", "top_logprobs", "n", "suffix", "best_of"
+]
 CAPABILITIES: tuple[Capability, ...] = (
-    "tools", "json_object", "json_schema", "vision", "logprobs", "top_logprobs", "n",
+    "tools", "json_object", "json_schema", "vision", "logprobs", "top_logprobs", "n", "suffix", "best_of",
 )  # fmt: skip
 
 

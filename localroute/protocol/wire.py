@@ -250,6 +250,7 @@ class EngineHealth(TypedDict):
     served: NotRequired[Count]
     rss_mib: NotRequired[float | None]
     last_error: NotRequired[str | None]
+    retry_in_s: NotRequired[float]
 
 
 @closed

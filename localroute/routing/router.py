@@ -81,6 +81,12 @@ class Router:
                 + ", ".join(m.name for m in self.config.models) + ".",
                 param="model",
             )  # fmt: skip
+        if req.model != "auto" and self.config.model(req.model) not in self.policy.ladder:
+            raise InvalidRequestError(
+                f"The model '{req.model}' is an embedding model; use it with /v1/embeddings.",
+                param="model",
+                code="model_not_supported",
+            )
         unavailable, cold = self._rungs()
         if not private:
             return self.policy.decide(req, hints, unavailable, cold)

@@ -28,6 +28,7 @@ class Trace:
     cost_usd: float = 0.0  # every rung tried, escalated ones included
     compute_s: float = 0.0  # local compute measured by the engines (CPU- or GPU-seconds)
     output_valid: bool | None = None  # the answer kept the JSON / tool-call contract; None: none asked
+    baseline_usd: float | None = None  # set by a router whose baseline is not the chat one (embeddings)
 
     def attempt(
         self,

@@ -1,4 +1,6 @@
-"""An OpenAI chat-completions client over httpx: the wire every engine speaks to the gateway."""
+"""An OpenAI chat-completions client over httpx: the wire every engine speaks to the gateway. A body
+carrying `prompt` (a legacy text completion, protocol/completions.py) goes to `/v1/completions`
+instead, and its answer comes back in the chat form the router judges."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import httpx
 
 from localroute.errors import APIError, EngineUnavailableError, api_error_from_body
 from localroute.protocol import sse
+from localroute.protocol.completions import is_completion, wire_body
+from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
 from localroute.rungs.transport_errors import TRANSPORT_ERRORS, Peer, transport_error
 
@@ -26,16 +30,24 @@ class EngineTimeoutError(EngineUnavailableError):
 class OpenAIHTTP:
     """POSTs to `/v1/chat/completions` on one base URL and maps every failure to an APIError."""
 
-    def __init__(self, client: httpx.AsyncClient, path: str = "/v1/chat/completions") -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        path: str = "/v1/chat/completions",
+        completions_path: str = "/v1/completions",
+    ) -> None:
         self.client = client
         self.path = path
+        self.completions_path = completions_path
         read = client.timeout.read
         deadline = "in time" if read is None else f"within request_timeout_s={read:g}s"
         self.peer = Peer("The engine", deadline, EngineTimeoutError, ConnectionLostError)
 
     async def complete(self, body: dict[str, Any]) -> ChatCompletion:
+        text = is_completion(body)
+        path, body = (self.completions_path, wire_body(body)) if text else (self.path, body)
         try:
-            resp = await self.client.post(self.path, json=body)
+            resp = await self.client.post(path, json=body)
             content = resp.content
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.peer) from None
@@ -47,10 +59,14 @@ class OpenAIHTTP:
             raise ConnectionLostError("The engine sent a malformed response.") from None
         if not isinstance(data, dict):
             raise ConnectionLostError("The engine sent a malformed response.")
+        if text:
+            return as_chat(data)
         return cast(ChatCompletion, data)  # the engine's JSON, trusted as its wire shape: not validated
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
-        req = self.client.build_request("POST", self.path, json=body)
+        text = is_completion(body)
+        path, body = (self.completions_path, wire_body(body)) if text else (self.path, body)
+        req = self.client.build_request("POST", path, json=body)
         try:
             resp = await self.client.send(req, stream=True)
         except TRANSPORT_ERRORS as exc:
@@ -62,7 +78,7 @@ class OpenAIHTTP:
                 async for chunk in chunks:
                     if "error" in chunk:
                         raise api_error_from_body(500, chunk)
-                    yield cast(ChatCompletionChunk, chunk)  # as for `complete`: not validated
+                    yield as_chat_chunk(chunk) if text else cast(ChatCompletionChunk, chunk)  # not validated
         except sse.IncompleteStreamError:
             raise ConnectionLostError("The engine closed the stream before it finished.") from None
         except TRANSPORT_ERRORS as exc:

@@ -7,16 +7,26 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from localroute.config.models import ModelConfig
+from localroute.config.models import ModelConfig, RemoteModel
 from localroute.config.schema import Config
 from localroute.privacy.guard import EgressGuard
-from localroute.protocol.backend import Backend
+from localroute.protocol.backend import Backend, Embedder
 
 # Each entry builds a Backend from (config, model config, runtime dir).
 ENGINES: dict[str, str] = {
     "llama_cpp": "localroute.rungs.llamacpp.engine:from_config",
     "remote": "localroute.rungs.remote:from_config",
     "vllm": "localroute.rungs.vllm:from_config",
+}
+# A remote rung that speaks Anthropic's Messages API (`api = "anthropic"`).
+ANTHROPIC = "localroute.rungs.anthropic:from_config"
+
+
+# Each entry builds an Embedder (a `task = "embed"` rung) the same way.
+EMBEDDERS: dict[str, str] = {
+    "llama_cpp": "localroute.rungs.llamacpp.embedder:from_config",
+    "remote": "localroute.rungs.remote_embed:from_config",
+    "vllm": "localroute.rungs.vllm_embed:from_config",
 }
 
 
@@ -28,7 +38,8 @@ def _load(spec: str) -> Any:
 def build_backend(
     config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
 ) -> Backend:
-    factory = _load(ENGINES[model.engine])
+    anthropic = isinstance(model, RemoteModel) and model.api == "anthropic"
+    factory = _load(ANTHROPIC if anthropic else ENGINES[model.engine])
     if model.engine == "remote":  # the only rung that leaves the machine gets the guard
         backend: Backend = factory(config, model, runtime_dir, egress_guard=egress_guard)
     else:
@@ -37,5 +48,21 @@ def build_backend(
 
 
 def build_backends(config: Config, runtime_dir: Path, egress_guard: EgressGuard) -> dict[str, Backend]:
-    """One backend per configured model, keyed by model name, not yet started."""
-    return {m.name: build_backend(config, m, runtime_dir, egress_guard) for m in config.models}
+    """One backend per chat model, keyed by model name, not yet started."""
+    return {m.name: build_backend(config, m, runtime_dir, egress_guard) for m in config.ladder()}
+
+
+def build_embedder(
+    config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
+) -> Embedder:
+    factory = _load(EMBEDDERS[model.engine])
+    if model.engine == "remote":  # as for chat: the rung that leaves the machine gets the guard
+        embedder: Embedder = factory(config, model, runtime_dir, egress_guard=egress_guard)
+    else:
+        embedder = factory(config, model, runtime_dir)
+    return embedder
+
+
+def build_embedders(config: Config, runtime_dir: Path, egress_guard: EgressGuard) -> dict[str, Embedder]:
+    """One embedder per embedding rung (`task = "embed"`), keyed by model name, not yet started."""
+    return {m.name: build_embedder(config, m, runtime_dir, egress_guard) for m in config.embedders()}

@@ -14,7 +14,7 @@ import os
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import httpx
 
@@ -31,6 +31,8 @@ from localroute.errors import (
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
 from localroute.protocol.backend import Brief
+from localroute.protocol.completions import is_completion, wire_body
+from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 from localroute.rungs import lean_http
 from localroute.rungs.transport_errors import Peer, transport_error
@@ -66,7 +68,11 @@ class RemoteBackend:
     """One model of one OpenAI-compatible provider, reached at `base_url + /chat/completions`.
 
     `egress_guard` is required: it sees every outgoing body right before it is sent, and nothing can
-    build a rung that leaves the machine without one."""
+    build a rung that leaves the machine without one. A subclass speaking another API (rungs/anthropic.py)
+    overrides `path`, `retry_statuses`, `_outgoing`, `_auth_headers`, `_answer` and `_events`."""
+
+    path: ClassVar[str] = "/chat/completions"
+    retry_statuses: ClassVar[frozenset[int]] = RETRY_STATUSES
 
     def __init__(
         self,
@@ -81,8 +87,10 @@ class RemoteBackend:
         self.who = f"Remote provider '{model.name}'"  # how every message names the provider
         self.peer = Peer(self.who, f"within read_timeout_s={model.read_timeout_s:g}s", RemoteTimeoutError,
                          _unavailable)  # fmt: skip
-        self.url = model.base_url.rstrip("/") + "/chat/completions"
+        self.url = model.base_url.rstrip("/") + self.path
         self._url = httpx.URL(self.url)  # parsed once, not per request
+        # A legacy text completion (its body carries `prompt`) goes to the provider's /completions.
+        self._completions_url = httpx.URL(model.base_url.rstrip("/") + "/completions")
         self._host = self._url.host
         self.attempts = 0  # network sends, retries included
         self.served = 0
@@ -160,7 +168,7 @@ class RemoteBackend:
                 raise
             raise self._late() from None
         self.served += 1
-        return result
+        return as_chat(result) if is_completion(out) else result
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         out = self._outgoing(body, stream=True)
@@ -173,9 +181,10 @@ class RemoteBackend:
             if not scope.expired():
                 raise
             raise self._late() from None
+        text = is_completion(out)
         try:
             while chunk is not None:
-                yield chunk
+                yield as_chat_chunk(chunk) if text else chunk
                 try:
                     async with asyncio.timeout_at(deadline) as scope:
                         chunk = await self._next_chunk(chunks)
@@ -195,7 +204,8 @@ class RemoteBackend:
             raise EngineUnavailableError(
                 f"Remote model '{self.name}' is disabled: {self._disabled}.", code="remote_disabled"
             )
-        return {**body, "model": self.cfg.model, "stream": stream}
+        out = wire_body(body) if is_completion(body) else body
+        return {**out, "model": self.cfg.model, "stream": stream}
 
     def _deadline_at(self) -> float:
         return asyncio.get_running_loop().time() + self.cfg.total_timeout_s
@@ -223,11 +233,11 @@ class RemoteBackend:
     async def _send(self, out: dict[str, Any]) -> httpx.Response:
         """One network attempt; returns a 200 response whose body is not yet read."""
         client = self._http()
-        headers = {"Accept": "text/event-stream" if out["stream"] else "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers = {"Accept": "text/event-stream" if out.get("stream") else "application/json"}
+        headers.update(self._auth_headers())
         self._egress_guard(out)  # the last word before any byte leaves the machine
-        request = client.build_request("POST", self._url, json=out, headers=headers)
+        url = self._completions_url if is_completion(out) else self._url
+        request = client.build_request("POST", url, json=out, headers=headers)
         self.attempts += 1
         try:
             resp = await client.send(request, stream=True)
@@ -245,7 +255,7 @@ class RemoteBackend:
             await resp.aclose()
         retry_after = _retry_after(resp.headers)
         error = self._status_error(resp.status_code, content, retry_after)
-        if resp.status_code in RETRY_STATUSES:
+        if resp.status_code in self.retry_statuses:
             raise _Retry(error, retry_after)
         raise self._failed(error)
 
@@ -257,15 +267,25 @@ class RemoteBackend:
             raise self._failed(transport_error(exc, self.peer, started=True)) from None
         finally:
             await resp.aclose()
-        data = _json(content)
+        return self._answer(_json(content))
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _answer(self, data: Any) -> ChatCompletion:
+        """The provider's answer (decoded JSON) as a chat completion."""
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise self._failed(self._malformed("response"))
         return cast(ChatCompletion, data)  # the provider's JSON, trusted as its wire shape: not validated
 
+    def _events(self, resp: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+        """The stream's chat chunks; raises `sse.IncompleteStreamError` if it ends before its end marker."""
+        return sse.decode(resp.aiter_lines())
+
     async def _open_stream(self, out: dict[str, Any]) -> _Opened:
         """Send, and read up to the first chunk: every failure until then may be retried."""
         resp = await self._send(out)
-        chunks = sse.decode(resp.aiter_lines())
+        chunks = self._events(resp)
         try:
             return resp, chunks, await self._next_chunk(chunks)
         except BaseException:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -53,6 +54,9 @@ class SupervisedEngine(Generic[C]):
     STOP_GRACE_S: ClassVar[float] = 5.0  # SIGTERM, then SIGKILL
     HEALTH_EVERY_S: ClassVar[float] = 0.05
     OUTPUT_LINES: ClassVar[int] = 20  # the last lines of its output kept: the reason of a failed load
+    # A load that keeps failing is retried after 1, 2, 4, ... 60 s; meanwhile requests get a fast 503.
+    BACKOFF_FIRST_S: ClassVar[float] = 1.0
+    BACKOFF_MAX_S: ClassVar[float] = 60.0
     LINE_CHARS: ClassVar[int] = 500
 
     def __init__(self, cfg: C, *, max_in_flight: int, max_queue: int, unavailable: str | None = None) -> None:
@@ -80,6 +84,8 @@ class SupervisedEngine(Generic[C]):
         self._share = TimeShare()  # each request's share of the engine's time, for its cost
         self._attempts = 0
         self._closing = False
+        self._failures = 0  # failed loads in a row
+        self._retry_at = 0.0  # time.monotonic() before which no new load is tried
 
     # -- what a subclass specialises ---------------------------------------------------------------
 
@@ -165,6 +171,12 @@ class SupervisedEngine(Generic[C]):
                 raise EngineUnavailableError(f"Model '{self.name}' is shutting down.")
             if self._attempts != attempt and self.state == "failed":
                 raise EngineUnavailableError(f"Model '{self.name}' failed to start; see the server log.")
+            wait = self._retry_at - time.monotonic()
+            if self.state == "failed" and wait > 0:  # backing off: no process is started for this
+                raise EngineUnavailableError(
+                    f"Model '{self.name}' failed to start; the next attempt is in {math.ceil(wait)} s.",
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
             self._attempts += 1
             try:
                 await self._load()
@@ -235,6 +247,7 @@ class SupervisedEngine(Generic[C]):
         self.load_seconds = time.monotonic() - t0
         self.idle_since = time.monotonic()
         self.state, self.last_error = "ready", None
+        self._failures, self._retry_at = 0, 0.0
 
     def _fail(self, reason: str) -> NoReturn:
         """Record a failed start (the log gets the whole reason, /health one without paths) and raise
@@ -243,7 +256,13 @@ class SupervisedEngine(Generic[C]):
         if self.last_error != clean:  # one line per distinct failure, not one per retry
             self.log.warning("%s %s failed to start: %s", self.label, self.name, reason)
         self.state, self.last_error = "failed", clean
-        raise EngineUnavailableError(f"Model '{self.name}' failed to start; see the server log.")
+        self._failures += 1
+        backoff = min(self.BACKOFF_MAX_S, self.BACKOFF_FIRST_S * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + backoff
+        raise EngineUnavailableError(
+            f"Model '{self.name}' failed to start; see the server log.",
+            headers={"Retry-After": str(math.ceil(backoff))},
+        )
 
     async def aclose(self) -> None:
         self._closing = True
@@ -392,6 +411,10 @@ class SupervisedEngine(Generic[C]):
                 "restarts": self.restarts,
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
                 "last_error": self.last_error,
+                # Seconds until a failed load is tried again (0: the next request tries it).
+                "retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 1)
+                if self.state == "failed"
+                else 0,
                 **self._health_extra(pid),
             },
         )

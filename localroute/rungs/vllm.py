@@ -53,7 +53,7 @@ STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: vLLM frees GPU memory on a clean e
 _CONTEXT = re.compile(r"maximum context length|longer than the maximum model length", re.IGNORECASE)
 
 Mode = Literal["launch", "url"]
-__all__ = ["VllmEngine", "from_config", "gpu_problem", "sanitize"]
+__all__ = ["VllmEngine", "from_config", "gpu_problem", "sanitize", "task_args"]
 
 
 def gpu_problem(need: int = 1) -> str | None:
@@ -98,6 +98,13 @@ def _root(url: str) -> str:
 def _display(url: str) -> str:
     """`url` without any user:password part, for logs and /health."""
     return re.sub(r"^([a-z]+://)[^/@]*@", r"\1", url)
+
+
+def task_args(cfg: VllmModel) -> list[str]:
+    """`--runner pooling` for an embedding rung: vLLM's flag since 0.10 (`--task embed` before, now
+    removed). An operator on an older vLLM gives `--task embed` in `extra_args`, which then wins."""
+    given = {a.split("=", 1)[0] for a in cfg.extra_args}
+    return ["--runner", "pooling"] if cfg.task == "embed" and not given & {"--runner", "--task"} else []
 
 
 class VllmEngine(SupervisedEngine[VllmModel]):
@@ -183,7 +190,8 @@ class VllmEngine(SupervisedEngine[VllmModel]):
             self.executable, "serve", self.cfg.model, "--host", "127.0.0.1", "--port", str(port),
             "--max-model-len", str(self.cfg.n_ctx),
             "--gpu-memory-utilization", str(self.cfg.gpu_memory_utilization),
-            "--tensor-parallel-size", str(self.cfg.tensor_parallel_size), *self.cfg.extra_args,
+            "--tensor-parallel-size", str(self.cfg.tensor_parallel_size), *task_args(self.cfg),
+            *self.cfg.extra_args,
         ]  # fmt: skip
         self.state = "starting"
         self._output.clear()
@@ -262,11 +270,12 @@ def from_config(
     *,
     which: Callable[[str], str | None] = shutil.which,
     gpu_probe: Callable[[int], str | None] = gpu_problem,
+    engine: type[VllmEngine] = VllmEngine,
 ) -> VllmEngine:
     """Build the rung. A launched rung that cannot run on this box (no `vllm`, too few GPUs) is
     `unavailable`, and the log says why in one line."""
     if not model.launch:
-        return VllmEngine(model, cwd=config.base_dir)
+        return engine(model, cwd=config.base_dir)
     executable = which("vllm")
     problems = [p for p in (gpu_probe(model.tensor_parallel_size),) if p]
     if executable is None:
@@ -274,4 +283,4 @@ def from_config(
     reason = "; ".join(problems) or None
     if reason is not None:
         log.warning("vllm model %s unavailable: %s", model.name, reason)
-    return VllmEngine(model, cwd=config.base_dir, executable=executable, unavailable=reason)
+    return engine(model, cwd=config.base_dir, executable=executable, unavailable=reason)

@@ -39,6 +39,7 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
     label = "engine"
     noun = "worker"
     log: ClassVar[logging.Logger] = logging.getLogger("localroute.engine")
+    worker_module: ClassVar[str] = "localroute.rungs.llamacpp.worker"  # embedder.py runs another
 
     def __init__(self, cfg: LlamaCppModel, model_path: Path, runtime_dir: Path) -> None:
         super().__init__(cfg, max_in_flight=1, max_queue=cfg.max_queue)  # llama.cpp is not re-entrant
@@ -68,13 +69,26 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
             )
         await self._reserve()
         self.state = "starting"
-        await self._check_file()
+        # One open file for the check and the load: the file checked is the file llama.cpp loads, even
+        # if the path is swapped in between (rename, symlink). The children read it as /proc/self/fd/N.
+        try:
+            fd = os.open(self.model_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._reject(f"cannot read the file: {exc.strerror}")
+        try:
+            await self._spawn(fd)
+        finally:
+            os.close(fd)  # the worker holds its own copy
+
+    async def _spawn(self, fd: int) -> None:
+        held = Path(f"/proc/self/fd/{fd}") if sys.platform == "linux" else self.model_path
+        await self._check_file(fd, held)
         self._output.clear()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         cmd = [
-            sys.executable, "-m", "localroute.rungs.llamacpp.worker",
-            "--socket", str(self.socket), "--model-path", str(self.model_path),
+            sys.executable, "-m", self.worker_module,
+            "--socket", str(self.socket), "--model-path", str(held),
             "--name", self.name, "--n-ctx", str(self.cfg.n_ctx),
             "--n-batch", str(self.cfg.n_batch), "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
@@ -91,6 +105,7 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches the gateway, which stops us in order
+            pass_fds=(fd,),
         )
         if self._starts:
             self.restarts += 1
@@ -110,18 +125,16 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
             self.name, self.load_seconds, proc.pid, _mib(self.rss_at_load), fp and fp.total_mib,
         )  # fmt: skip
 
-    async def _check_file(self) -> None:
-        """The GGUF passes our structural check (`host.gguf`) before llama.cpp parses it; checked once
-        per version of the file. A failure names the problem in the log and /health, never the path."""
-        try:
-            st = self.model_path.stat()
-        except OSError as exc:
-            self._reject(f"cannot read the file: {exc.strerror}")
+    async def _check_file(self, fd: int, held: Path) -> None:
+        """The GGUF open on `fd` (read as `held`) passes our structural check (`host.gguf`) before
+        llama.cpp parses it; checked once per version of the file. A failure names the problem in the
+        log and /health, never the path."""
+        st = os.fstat(fd)
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         now = time.monotonic()
         if self._checked is None or self._checked[0] != stamp or now >= self._checked[2]:
             try:
-                await gguf.verify(self.model_path)
+                await gguf.verify(held, pass_fds=(fd,))
                 self._checked = (stamp, None, math.inf)
             except ModelCheckInconclusiveError as exc:  # a hung or killed checker: try again soon
                 self._checked = (stamp, str(exc), now + INCONCLUSIVE_RETRY_S)

@@ -37,6 +37,8 @@ class Generation:
     """Per-request state shared with llama.cpp's sampling loop (runs in a worker thread)."""
 
     want_logprobs: bool = False
+    top_n: int = 0  # alternatives to record at each position (legacy completions' `logprobs`)
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = -1
     tokens: list[int] = field(default_factory=list)
@@ -117,6 +119,64 @@ class Runner:
 
         self.llm.tokenize = bounded_tokenize
         self._install_sampler_hook()
+        self._install_prompt_hook()
+
+    def _install_prompt_hook(self) -> None:
+        """Evaluate every prompt as a cold run would, so that greedy answers do not depend on what
+        was served before (issue 15).
+
+        llama.cpp's logits depend on how a prompt is split into batches: a kernel for one token is
+        not bit-identical to one for many. llama-cpp-python reuses the cached prefix and evaluates
+        only the rest, and on an exact repeat it re-evaluates the last token alone, which flipped
+        `temperature: 0` answers. Here a prompt is always evaluated in the chunks a cold run uses
+        (`n_batch` tokens from position 0): the cache is reused up to a chunk boundary, and only
+        where it was filled by such an evaluation of the same tokens (never by generated tokens,
+        whose KV entries come from one-token decodes). An exact repeat of the last prompt reuses
+        that prompt's own logits, so it costs no evaluation at all.
+        """
+        import llama_cpp
+        import numpy as np
+
+        llm = self.llm
+        original = llm.generate
+        n_vocab = llm.n_vocab()
+        state: dict[str, Any] = {"tokens": (), "logits": None}  # the last prompt evaluated, and its logits
+
+        def last_logits() -> Any:
+            ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+        def place(tokens: list[int]) -> None:
+            n, nb = len(tokens), int(llm.n_batch)
+            held = np.asarray(llm.input_ids[: llm.n_tokens])
+            last: tuple[int, ...] = state["tokens"]
+            canon = min(len(last), len(held))
+            same = 0
+            if canon:
+                diff = np.flatnonzero(held[:canon] != np.asarray(last[:canon]))
+                canon = int(diff[0]) if diff.size else canon  # what the cache holds of the last prompt
+                want = np.asarray(tokens[:canon])
+                diff = np.flatnonzero(np.asarray(last[: len(want)]) != want)
+                same = int(diff[0]) if diff.size else len(want)
+            if same == n == len(last) and state["logits"] is not None:
+                llm._ctx.kv_cache_seq_rm(-1, n, -1)  # drop the last answer; keep the prompt
+                llm.n_tokens = n
+                last_logits()[:] = state["logits"]  # the sampler reads these
+                llm._requires_eval = False
+                return
+            keep = min(same // nb * nb, (n - 1) // nb * nb)  # the last chunk is always evaluated
+            llm.n_tokens = keep  # eval() drops the cache from here
+            for start in range(keep, n, nb):
+                llm.eval(tokens[start : start + nb])
+            state["tokens"], state["logits"] = tuple(tokens), last_logits().copy()
+
+        def generate(tokens: Any, *args: Any, reset: bool = True, **kwargs: Any) -> Any:
+            if not reset or not tokens:
+                return original(tokens, *args, reset=reset, **kwargs)
+            place(list(tokens))
+            return original([], *args, reset=False, **kwargs)  # sample from the prompt's logits
+
+        llm.generate = generate
 
     def _refuse_beyond_context(self, size: int) -> None:
         """Refuse a prompt of `size` bytes that cannot fit the context whatever its tokens, before
@@ -167,6 +227,10 @@ class Runner:
                 top = float(logits.max())
                 lse = top + math.log(float(np.exp(logits - top).sum()))
                 gen.logprobs.append(float(logits[token]) - lse)
+                if gen.top_n:  # the most likely tokens of the row already read: no extra decode
+                    best = np.argpartition(logits, -gen.top_n)[-gen.top_n :]
+                    ranked = sorted(best.tolist(), key=lambda i: -float(logits[i]))
+                    gen.tops.append([(int(i), float(logits[i]) - lse) for i in ranked])
             return token
 
         llm.sample = sample
@@ -205,7 +269,7 @@ class Runner:
         kw.update(messages=flat, stream=stream, model=self.name)
         self.current = gen
         if not self.cache_prompt:
-            self.llm.reset()  # evaluate the whole prompt: same batch shapes, same logits, every time
+            self.llm.reset()  # nothing reused: the whole prompt is evaluated every time
         return kw
 
     def _grammar(self, plan: Structured) -> Any:
@@ -234,13 +298,13 @@ class Runner:
             self._grammars.pop(next(iter(self._grammars)))
         return grammar
 
-    def _translate(self, exc: Exception) -> APIError:
+    def _translate(self, exc: Exception, param: str = "messages") -> APIError:
         m = _CTX_RE.search(str(exc))
         if m:
             return ContextLengthExceededError(
-                f"This model's maximum context length is {m.group(2)} tokens, but the messages "
-                f"resulted in {m.group(1)} tokens. Shorten the messages or use a larger model.",
-                param="messages",
+                f"This model's maximum context length is {m.group(2)} tokens, but the {param} "
+                f"resulted in {m.group(1)} tokens. Shorten the {param} or use a larger model.",
+                param=param,
             )
         return InternalError(f"llama.cpp failed: {exc.__class__.__name__}")
 

@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from localroute.errors import APIError, InternalError, InvalidRequestError
+from localroute.rungs.llamacpp import text
 from localroute.rungs.llamacpp.runner import Generation, Runner
 
 __all__ = ["Generation", "Runner", "build_app", "load_llama", "main"]
 
 
 def build_app(runner: Runner) -> Any:
-    """The worker's HTTP surface: /health and /v1/chat/completions, nothing else."""
+    """The worker's HTTP surface: /health, /v1/chat/completions and /v1/completions, nothing else."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -49,18 +50,28 @@ def build_app(runner: Runner) -> Any:
         )
 
     async def chat(request: Request) -> Response:
+        return await serve(request, raw=False)
+
+    async def completions(request: Request) -> Response:
+        return await serve(request, raw=True)
+
+    async def serve(request: Request, raw: bool) -> Response:
+        """A chat completion, or (`raw`) a text completion of the prompt as it is."""
         try:
             body = json.loads(await request.body())
         except ValueError:
             return error(InvalidRequestError("Request body is not valid JSON."))
         if not isinstance(body, dict):
             return error(InvalidRequestError("Request body must be a JSON object."))
-        gen = Generation(want_logprobs=body.get("logprobs") is True)
+        try:
+            gen = text.generation(body) if raw else Generation(want_logprobs=body.get("logprobs") is True)
+        except APIError as exc:
+            return error(exc)
         # Watch from the start: a client that leaves while queued must not cost a prompt evaluation.
         watch = asyncio.create_task(_watch_disconnect(request, gen.cancel))
         try:
             if body.get("stream"):
-                agen = runner.stream(body, gen)
+                agen = text.stream(runner, body, gen) if raw else runner.stream(body, gen)
                 try:
                     first = await agen.__anext__()  # surface errors before headers go out
                 finally:
@@ -73,7 +84,8 @@ def build_app(runner: Runner) -> Any:
 
                 return StreamingResponse(rest(), media_type="text/event-stream")
             try:
-                return JSONResponse(await runner.complete(body, gen))
+                done = text.complete(runner, body, gen) if raw else runner.complete(body, gen)
+                return JSONResponse(await done)
             finally:
                 watch.cancel()
         except APIError as exc:
@@ -86,6 +98,7 @@ def build_app(runner: Runner) -> Any:
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
         ]
     )
 
