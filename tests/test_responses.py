@@ -429,11 +429,12 @@ def test_store_false_and_echoed_defaults_are_accepted(gateway: Server) -> None:
 # -- privacy ---------------------------------------------------------------------------------------------
 
 
-def _with_call_output(output: str) -> list[dict[str, Any]]:
+def _turn(output: str | list[dict[str, str]] = '{"temp": 21}', city: str = "Paris") -> list[dict[str, Any]]:
+    """A tool round trip as Responses input items."""
     return [
         {"role": "user", "content": ASK_WEATHER},
         {"type": "function_call", "call_id": "call_1", "name": "get_weather",
-         "arguments": json.dumps({"city": "Paris", "unit": "celsius"})},
+         "arguments": json.dumps({"city": city, "unit": "celsius"})},
         {"type": "function_call_output", "call_id": "call_1", "output": output},
     ]  # fmt: skip
 
@@ -457,24 +458,44 @@ def test_a_private_request_never_reaches_the_provider(
     assert [r["privacy"]["class"] for r in records] == ["public", "private", "private"], records
 
 
-def test_personal_data_in_a_function_call_output_stays_local(
-    gateway: Server, provider: StandinProvider, audit: Audit
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"input": _turn(output=json.dumps({"temp": 21, "owner": EMAIL}))},
+        {"input": _turn(city=EMAIL)},
+        {"input": _turn(), "instructions": f"Copy {EMAIL} on every answer."},
+        {"input": _turn(output=[{"type": "input_text", "text": f"owner: {EMAIL}"}])},
+    ],
+    ids=["function-call-output", "function-call-arguments", "instructions", "output-parts"],
+)
+def test_personal_data_in_a_tool_round_trip_stays_local(
+    gateway: Server, provider: StandinProvider, audit: Audit, where: dict[str, Any]
 ) -> None:
     body = {**BASE, "tools": [WEATHER], "tool_choice": "none"}
-    twin = post(gateway, {**body, "input": _with_call_output('{"temp": 21}')}, PIN_REMOTE)
+    twin = post(gateway, {**body, "input": _turn()}, PIN_REMOTE)  # the clean twin does go out...
     assert twin.status_code == 200 and twin.json()["model"] == REMOTE
     provider.requests.clear()
-    for headers in ({}, PIN_REMOTE):
-        r = post(
-            gateway, {**body, "input": _with_call_output(json.dumps({"temp": 21, "owner": EMAIL}))}, headers
-        )
-        assert r.status_code in (200, 400), r.text
-        if r.status_code == 200:
-            assert r.json()["model"] == LOCAL
+    local = post(gateway, {**body, **where})  # ...this one is served here...
+    assert local.status_code == 200 and local.json()["model"] == LOCAL, local.text
+    pinned = post(gateway, {**body, **where}, PIN_REMOTE)  # ...and fails closed when pinned remote
+    assert pinned.status_code == 400 and pinned.json()["error"]["code"] == "private_request_unservable"
     assert provider.requests == []
     records = audit.new(3)
     assert [r["privacy"]["class"] for r in records] == ["public", "private", "private"], records
+    assert [r["privacy"]["kinds"] for r in records] == [[], ["email"], ["email"]], records
+    assert [r["api"] for r in records] == ["responses"] * 3
     assert EMAIL not in gateway.audit.read_text()
+
+
+def test_developer_and_system_items_are_served_locally(sdk: OpenAI) -> None:
+    resp = sdk.responses.create(
+        model="auto", max_output_tokens=16, temperature=0,
+        input=[{"role": "system", "content": "You are terse."},
+               {"type": "message", "role": "developer",
+                "content": [{"type": "input_text", "text": "No lists."}]},
+               {"role": "user", "content": [{"type": "input_text", "text": "Say hi"}]}],
+    )  # fmt: skip
+    assert resp.model == LOCAL and resp.output_text.strip()
 
 
 def test_a_stream_that_breaks_ends_with_error_and_response_failed(
