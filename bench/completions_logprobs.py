@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=0.3)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: stop the gateway too
     tmp = Path(tempfile.mkdtemp(prefix="lr-bench-"))
     env = {**os.environ, "LOCALROUTE_AUDIT_PATH": str(tmp / "audit.jsonl"), "HF_HUB_OFFLINE": "1"}
     env.pop("OPENAI_API_KEY", None)  # never reach a provider
