@@ -165,6 +165,11 @@ CASES = [
         Want(415, "unsupported_media_type", "Content-Type"),
         id="multipart-content-type",
     ),
+    pytest.param(  # a cross-site page's "simple" request: no CORS preflight guards it
+        Req(body(), headers={"content-type": "text/plain", "origin": "https://evil.example"}),
+        Want(415, "unsupported_media_type", "Content-Type"),
+        id="cross-site-text-plain",
+    ),
     # -- fields
     pytest.param(Req(body(foo=1)), Want(400, UNSUPPORTED, "foo"), id="unknown-field"),
     pytest.param(

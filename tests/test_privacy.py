@@ -110,6 +110,20 @@ DISGUISED = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("x\u200b4111 1111 1111 1111", "card", "4111 1111 1111 1111"),  # no word joined to it
+        ("\u30ab\u30fc\u30c9\u200b4111 1111 1111 1111", "card", "4111 1111 1111 1111"),
+        ("4111 1111 1111 1111\u00b2 see note", "card", "4111 1111 1111 1111"),  # NFKC's 2 breaks no Luhn
+        ("Hauptstra\u00dfe 5, de89 3704 0044 0532 0130 00", "iban", "de89 3704 0044 0532 0130 00"),
+    ],
+)
+def test_normalising_finds_no_less_than_the_raw_text(text: str, kind: str, value: str) -> None:
+    assert (kind, value) in found(text)
+    assert value not in redact(text, EVERYTHING)
+
+
 @pytest.mark.parametrize(("kind", "value"), DISGUISED, ids=[k + str(i) for i, (k, _) in enumerate(DISGUISED)])
 def test_detects_disguised_values_and_spans_what_was_written(kind: str, value: str) -> None:
     text = f"note: {value} (end)"

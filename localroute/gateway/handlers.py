@@ -150,6 +150,17 @@ class Gateway:
         tools send when the header was forgotten (none, curl -d's form type, fetch's text/plain) is
         read as JSON and judged on that."""
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        origin = request.headers.get("origin")
+        if (
+            kind != "application/json"
+            and origin is not None
+            and origin not in self.config.server.cors_origins
+        ):
+            # A web page may send text/plain or a form to this address without asking first (no CORS
+            # preflight): from a page this gateway does not trust, only real JSON is read.
+            raise UnsupportedMediaTypeError(
+                "A request from a web page must have Content-Type: application/json.", param="Content-Type"
+            )
         if kind not in _READ_AS_JSON and not kind.endswith("+json"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type must be application/json, not '{kind[:64]}'.", param="Content-Type"

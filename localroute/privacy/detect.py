@@ -52,14 +52,6 @@ _SECRET_FORMS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
         ("://",),
         re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s/:@]{1,64}:(?![*xX]+@)[^\s/@]{1,128}@[^\s/@]"),
     ),
-    # `.env` and shell lines: DB_PASSWORD=..., export GITHUB_TOKEN="..." (not ${VAR} or <placeholder>).
-    (
-        ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "APIKEY"),
-        re.compile(
-            r"(?m)^[ \t]*(?:export[ \t]+)?[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY)"
-            r"[A-Z0-9_]*[ \t]*=[ \t]*[\"']?(?![$<{*])[^\s\"'#]{6,}"
-        ),
-    ),
     # A quoted password value, as in JSON or code: "password": "correcthorse", pwd = 'hunter22'.
     (
         ("password", "Password", "PASSWORD", "passwd", "pwd"),
@@ -68,6 +60,15 @@ _SECRET_FORMS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
         ),
     ),
 )
+# `.env` and shell lines: DB_PASSWORD=..., export GITHUB_TOKEN="..." (not ${VAR} or <placeholder>). The
+# name is bounded and its keyword checked after the match: a keyword between two unbounded runs
+# backtracked quadratically on a long line of capitals.
+_ENV_WORDS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "APIKEY")
+_ENV_LINE = re.compile(
+    r"(?m)^[ \t]{0,16}(?:export[ \t]{1,8})?([A-Z][A-Z0-9_]{0,63})"
+    r"[ \t]{0,8}=[ \t]{0,8}[\"']?(?![$<{*])[^\s\"'#]{6,}"
+)
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The UK's National Insurance number (its social-security number): AB 12 34 56 C. Reported as `ssn`.
 # No look-around in the pattern: it runs over the whole text, and a leading character class is the
 # cheapest start (0.06 ms per 8,000 characters); the boundaries and excluded prefixes are checked after.
@@ -82,7 +83,7 @@ _ASSIGN = re.compile(
     r"(?i:(?<![A-Za-z0-9])(?:api[_-]?key|secret(?:[_-]?(?:access[_-]?)?key)?|access[_-]?(?:key|token)|auth[_-]?token|token|password|passwd)\b)"
     # The value must look like a credential (letters and digits, no call or attribute syntax), so
     # that `token = request.headers.get(...)` in code is not a secret but `password = hunter2x9z` is.
-    r"[\"']?\s*[:=]\s*[\"']?(?=[A-Za-z_+/=-]*[0-9])(?=[0-9_+/=-]*[A-Za-z])[A-Za-z0-9_+/=-]{8,}(?![\w(]|\.[\w(])"
+    r"[\"']?\s*[:=]\s*[\"']?(?=[A-Za-z_+/=-]{0,256}[0-9])(?=[0-9_+/=-]{0,256}[A-Za-z])[A-Za-z0-9_+/=-]{8,}(?![\w(]|\.[\w(])"
 )
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 _RUN_SEPARATORS = str.maketrans("", "", " .()/+-")
@@ -159,8 +160,11 @@ class Detector:
         found = self._scan(norm)
         if where is None:
             return found
-        # A finding's end is the position after its last character, in the original text.
-        return [Finding(f.kind, where[f.start], where[f.end - 1] + 1) for f in found if f.end > f.start]
+        # A finding's end is the position after its last character, in the original text. The raw
+        # text is scanned too: dropping an invisible separator can join a value to the word before it
+        # (`x\u200b4111...`), and NFKC can turn `²` into a digit that breaks a checksum.
+        mapped = [Finding(f.kind, where[f.start], where[f.end - 1] + 1) for f in found if f.end > f.start]
+        return _merged(mapped + self._scan(text))
 
     def _scan(self, text: str) -> list[Finding]:
         """Costs one regex pass over digit runs at most, plus local matches around literal hints
@@ -232,7 +236,8 @@ class Detector:
         lo = max(0, start - 16)
         back = text[lo:start]
         if _IBAN_HEAD_TYPED.search(back):
-            f = Detector._iban_upper(text[lo : start + 42].upper(), start - lo)
+            # ASCII only: "ß".upper() is "SS", which would shift every offset after it.
+            f = Detector._iban_upper(text[lo : start + 42].translate(_ASCII_UPPER), start - lo)
             found = None if f is None else Finding("iban", lo + f.start, lo + f.end)
         return found
 
@@ -326,6 +331,9 @@ class Detector:
             if any(lit in text for lit in literals)
             for m in rx.finditer(text)
         ]
+        if "=" in text and any(w in text for w in _ENV_WORDS):
+            out += [Finding("secret", m.start(), m.end()) for m in _ENV_LINE.finditer(text)
+                    if any(w in m.group(1) for w in _ENV_WORDS)]  # fmt: skip
         low = text.lower()
         for word in _ASSIGN_WORDS:
             at = low.find(word)
@@ -358,6 +366,18 @@ def _ipv6_shaped(addr: str) -> bool:
     """`a[1::3]` (a slice) and `Db::Add` (C++) parse as IPv6 too; an address written by a person has
     three or more colons, or a four-digit group with a digit in it (`fe80::1`, `2001::1`)."""
     return addr.count(":") >= 3 or any(len(g) == 4 and not g.isalpha() for g in addr.split(":"))
+
+
+def _merged(findings: list[Finding]) -> list[Finding]:
+    """Overlapping findings as one span (the first one's kind), so redaction leaves no tail behind."""
+    out: list[Finding] = []
+    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if out and f.start < out[-1].end:
+            if f.end > out[-1].end:
+                out[-1] = Finding(out[-1].kind, out[-1].start, f.end)
+            continue
+        out.append(f)
+    return out
 
 
 def _nino_ok(text: str, m: re.Match[str]) -> bool:

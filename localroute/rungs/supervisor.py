@@ -257,7 +257,7 @@ class SupervisedEngine(Generic[C]):
             self.log.warning("%s %s failed to start: %s", self.label, self.name, reason)
         self.state, self.last_error = "failed", clean
         self._failures += 1
-        backoff = min(self.BACKOFF_MAX_S, self.BACKOFF_FIRST_S * 2 ** (self._failures - 1))
+        backoff = min(self.BACKOFF_MAX_S, self.BACKOFF_FIRST_S * 2 ** min(self._failures - 1, 16))
         self._retry_at = time.monotonic() + backoff
         raise EngineUnavailableError(
             f"Model '{self.name}' failed to start; see the server log.",

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -71,11 +72,13 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
         self.state = "starting"
         # One open file for the check and the load: the file checked is the file llama.cpp loads, even
         # if the path is swapped in between (rename, symlink). The children read it as /proc/self/fd/N.
-        try:
-            fd = os.open(self.model_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # non-blocking: a FIFO swapped in for the file must not hang the event loop
+            fd = os.open(self.model_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             self._reject(f"cannot read the file: {exc.strerror}")
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self._reject("not a regular file")
             await self._spawn(fd)
         finally:
             os.close(fd)  # the worker holds its own copy

@@ -138,6 +138,8 @@ class Runner:
         import numpy as np
 
         llm = self.llm
+        if getattr(llm, "_is_recurrent", False) or getattr(llm, "_is_hybrid", False):
+            return  # their state cannot be cut back to a prefix: llama-cpp-python's own path resets it
         original = llm.generate
         n_vocab = llm.n_vocab()
         state: dict[str, Any] = {"tokens": (), "logits": None}  # the last prompt evaluated, and its logits
@@ -158,13 +160,16 @@ class Runner:
                 want = np.asarray(tokens[:canon])
                 diff = np.flatnonzero(np.asarray(last[: len(want)]) != want)
                 same = int(diff[0]) if diff.size else len(want)
-            if same == n == len(last) and state["logits"] is not None:
-                llm._ctx.kv_cache_seq_rm(-1, n, -1)  # drop the last answer; keep the prompt
+            if same == n == len(last) and state["logits"] is not None and llm._ctx.kv_cache_seq_rm(-1, n, -1):
+                # the last answer dropped, the prompt kept
                 llm.n_tokens = n
                 last_logits()[:] = state["logits"]  # the sampler reads these
                 llm._requires_eval = False
                 return
             keep = min(same // nb * nb, (n - 1) // nb * nb)  # the last chunk is always evaluated
+            if keep and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):  # a cache that cannot be cut
+                llm.reset()
+                keep = 0
             llm.n_tokens = keep  # eval() drops the cache from here
             for start in range(keep, n, nb):
                 llm.eval(tokens[start : start + nb])
