@@ -160,15 +160,20 @@ class RemoteBackend:
 
     async def complete(self, body: dict[str, Any]) -> ChatCompletion:
         out = self._outgoing(body, stream=False)
+        result = await self._served(self._complete_once, out)
+        return as_chat(result) if is_completion(out) else result
+
+    async def _served(self, once: Callable[[dict[str, Any]], Awaitable[T]], out: dict[str, Any]) -> T:
+        """One non-streamed call (`once`, retried as `_retrying` allows) within the total deadline."""
         try:
             async with asyncio.timeout_at(self._deadline_at()) as scope:
-                result = await self._retrying(self._complete_once, out)
+                result = await self._retrying(once, out)
         except TimeoutError:
             if not scope.expired():
                 raise
             raise self._late() from None
         self.served += 1
-        return as_chat(result) if is_completion(out) else result
+        return result
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         out = self._outgoing(body, stream=True)

@@ -4,7 +4,6 @@ body, right before it is sent), bounded retries and error mapping, by inheritanc
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,7 @@ class RemoteEmbedder(RemoteBackend):
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
         out = self._outgoing(body, stream=False)
         del out["stream"]  # not a parameter of the embeddings API: OpenAI refuses unknown ones
-        try:
-            async with asyncio.timeout_at(self._deadline_at()) as scope:
-                result = await self._retrying(self._embed_once, out)
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise self._late() from None
-        self.served += 1
-        return result
+        return await self._served(self._embed_once, out)
 
     async def _embed_once(self, out: dict[str, Any]) -> dict[str, Any]:
         resp = await self._send(out)
