@@ -19,7 +19,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar, cast
 
 import anyio
@@ -350,10 +350,14 @@ class SupervisedEngine(Generic[C]):
         return EngineUnavailableError(f"The connection to model '{self.name}' was lost.")
 
     async def complete(self, body: dict[str, Any]) -> ChatCompletion:
+        return cast(ChatCompletion, await self._served(lambda http: http.complete(self._body(body))))
+
+    async def _served(self, send: Callable[[OpenAIHTTP], Awaitable[Any]]) -> Any:
+        """One non-streamed call: admitted, its share of the engine's time accounted, errors mapped."""
         async with self._admit() as http:
             mark = self._share.enter()
             try:
-                result = await http.complete(self._body(body))
+                result = await send(http)
             except ConnectionLostError:
                 raise await self._lost() from None
             except APIError as exc:

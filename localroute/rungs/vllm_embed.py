@@ -5,6 +5,7 @@ existing pooling server at `url`, called on `/v1/embeddings`."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,7 +13,7 @@ from localroute.config.models import VllmModel
 from localroute.config.schema import Config
 from localroute.errors import APIError, ContextLengthExceededError, InvalidRequestError, UpstreamError
 from localroute.rungs import vllm
-from localroute.rungs.openai_http import ConnectionLostError, OpenAIHTTP
+from localroute.rungs.openai_http import OpenAIHTTP
 
 # vLLM's answer when the server runs a generative model (no `--runner pooling`).
 _NOT_POOLING = re.compile(r"does not support (the )?embeddings? api", re.IGNORECASE)
@@ -22,21 +23,10 @@ class VllmEmbedder(vllm.VllmEngine):
     """One vLLM pooling server. Implements `Embedder`."""
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        async with self._admit() as http:
-            mark = self._share.enter()
-            try:
-                sent = OpenAIHTTP(http.client, "/v1/embeddings").complete(self._body(body))
-                result = cast(dict[str, Any], await sent)  # the wire's JSON object, checked by the gateway
-            except ConnectionLostError:
-                raise await self._lost() from None
-            except APIError as exc:
-                raise self._mapped(exc) from None
-            finally:
-                share = self._share.leave(mark)
-            self.served += 1
-            if (accounting := self._accounting(share)) is not None:
-                result["x_localroute"] = accounting
-            return result
+        def send(http: OpenAIHTTP) -> Awaitable[Any]:
+            return OpenAIHTTP(http.client, "/v1/embeddings").complete(self._body(body))
+
+        return cast(dict[str, Any], await self._served(send))  # the wire's JSON, checked by the gateway
 
     def _mapped(self, exc: APIError) -> APIError:
         if isinstance(exc, InvalidRequestError) and _NOT_POOLING.search(exc.message):
