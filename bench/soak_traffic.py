@@ -83,7 +83,7 @@ class Traffic:
             prompt = HARD + prompt
             headers["x-localroute-privacy"] = "private"
         stream = kind.startswith(("stream", "leave")) or kind == "private_stream"
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24,
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16,
                 "temperature": 0.7, "stream": stream}  # fmt: skip
         return body, headers
 
