@@ -83,12 +83,15 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
 def accounting(outcomes: list[Outcome], records: list[dict[str, Any]]) -> dict[str, Any]:
     """Match the client's requests with the audit log by request id."""
     by_id = Counter(r["id"] for r in records)
+    max_gen = max((o.gen for o in outcomes), default=0)
     rec_of = {r["id"]: r for r in records}
     seen = {o.rid for o in outcomes if o.rid}
     answered = [o for o in outcomes if o.fate == "answered" and o.rid]
     left = [o for o in outcomes if o.fate == "left" and o.rid]
     cut = [o for o in outcomes if o.fate == "cut"]
-    missing = [o.rid for o in answered + left if by_id[o.rid] == 0]
+    # A client that hung up is noticed at the gateway's next send: a kill before that leaves no record.
+    left_unnoticed = [o.rid for o in left if by_id[o.rid] == 0 and o.gen < max_gen]
+    missing = [o.rid for o in answered + left if by_id[o.rid] == 0 and o.rid not in left_unnoticed]
     dupes = [rid for rid, n in by_id.items() if n > 1]
     # The gateway writes a non-streamed answer's record just before sending it: a kill in between
     # leaves a record the client never saw the id of. Only a kill can explain one.
@@ -106,7 +109,8 @@ def accounting(outcomes: list[Outcome], records: list[dict[str, Any]]) -> dict[s
     return {
         "requests": len(outcomes), "answered_with_id": len(answered), "answered_without_id": sum(
             1 for o in outcomes if o.fate == "answered" and not o.rid),
-        "left_mid_stream": len(left), "left_statuses": dict(left_statuses), "cut_by_gateway_kill": len(cut),
+        "left_mid_stream": len(left), "left_statuses": dict(left_statuses),
+        "left_before_the_kill_unrecorded": len(left_unnoticed), "cut_by_gateway_kill": len(cut),
         "cut_with_id": sum(1 for o in cut if o.rid), "records": len(records),
         "missing": missing[:20], "missing_count": len(missing), "duplicates": dupes[:20],
         "records_unseen_by_client": len(unseen), "status_mismatch": wrong_status[:20],

@@ -45,6 +45,7 @@ class Outcome:
     shaped: bool = True  # an error body had the OpenAI shape
     stream_error: bool = False
     done: bool = False  # a stream reached [DONE]
+    gen: int = 0  # gateway kills before it started
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Traffic:
         while not until():
             await self.go.wait()
             kind = rng.choices(kinds, weights)[0]
-            out = Outcome(kind, kind in PRIVATE_KINDS)
+            out = Outcome(kind, kind in PRIVATE_KINDS, gen=self.kills)
             kills, self.in_flight = self.kills, self.in_flight + 1
             self.idle.clear()
             try:

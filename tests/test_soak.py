@@ -23,6 +23,7 @@ def test_the_gateway_comes_through_a_soak_with_faults(tmp_path: Path, smollm2: P
     minutes = float(os.environ.get("LOCALROUTE_SOAK_MINUTES", "3"))
     summary = run_soak(minutes, tmp_path)
     report = "\n".join(summary["lines"])
+    print(report)  # the figures, with `pytest -s`
     assert summary["passed"], report
     # The faults happened and the traffic was mixed, or the verdicts above would be vacuous.
     assert summary["events"]["flaps"] > 0 and sum(summary["events"]["worker_kills"]) > 0, report
