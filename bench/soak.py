@@ -270,6 +270,7 @@ class Soak:
         self.events["verify_at_kill"] = await asyncio.to_thread(verify_cli, snapshot)
         self.gw = Gateway(self.config, self.port, self.audit, 1)
         await self.gw.ready()
+        self.events["torn_tail_dropped_on_restart"] = "dropped a torn" in self.gw.log.read_text()
         t.down = False
         self.idle["gen1_start"] = await self.snapshot()
         t.go.set()

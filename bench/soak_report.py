@@ -63,8 +63,10 @@ def summarize(soak: Soak, final: dict[str, Any], canary: int, provider_requests:
          f"missing, {len(acc['duplicates'])} duplicated, {len(acc['status_mismatch'])} status mismatches, "
          f"{acc['records_unseen_by_client']} records the client never saw (<= "
          f"{acc['cut_by_gateway_kill']} cut by the kill)"),
-        ("audit verify after the kill", at_kill["rc"] == 0,
-         f"rc {at_kill['rc']}; {torn[0] if torn else 'no torn tail (the kill fell between writes)'}"),
+        ("audit verify after the kill",
+         at_kill["rc"] == 0 and bool(torn) == bool(ev.get("torn_tail_dropped_on_restart")),
+         f"rc {at_kill['rc']}; {torn[0] if torn else 'no torn tail (the kill fell between writes)'}; "
+         f"dropped on restart: {ev.get('torn_tail_dropped_on_restart')}"),
         ("audit verify at the end", final["rc"] == 0 and "chain intact" in final["report"],
          f"rc {final['rc']}; {'; '.join(final['report'])}"),
         ("private requests stayed local", stayed,
