@@ -131,7 +131,8 @@ def test_a_restart_after_a_torn_tail_drops_it_and_continues(
     hashes = write_log(path, GOOD[:3])
     text = path.read_text()
     path.write_text(text[: len(text) - len(lines(path)[-1]) // 2])  # a crash in the middle of a write
-    assert verify(path).broken_at == 3
+    torn = verify(path)
+    assert torn.ok and torn.torn_tail_at == 3 and torn.records == 2
     with caplog.at_level(logging.WARNING, logger="localroute.audit"):
         write_log(path, GOOD[3:4])
     assert "torn" in caplog.text
@@ -223,16 +224,46 @@ def test_verify_finds_reordered_records(tmp_path: Path) -> None:
     assert done.returncode == 1 and "chain BROKEN at line 2:" in done.stdout
 
 
-def test_verify_reports_a_truncated_tail(tmp_path: Path) -> None:
+def test_verify_reports_a_torn_tail_as_a_crash_not_as_tampering(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     write_log(path, GOOD)
     text = path.read_text()
-    path.write_text(text[: len(text) - len(lines(path)[-1]) // 2])
+    cut = len(lines(path)[-1]) // 2
+    path.write_text(text[: len(text) - cut])  # SIGKILL in the middle of the last write
     done = cli(str(path))
-    assert done.returncode == 1, done.stdout  # reported, and told apart from an edit
-    assert "chain BROKEN at line 5: truncated" in done.stdout
+    assert done.returncode == 0, done.stdout  # a crash is not tampering
+    assert "chain intact" in done.stdout and "BROKEN" not in done.stdout
+    assert f"torn tail at line 5: {len(lines(path)[-1])} bytes without a line end" in done.stdout
     assert counts(done.stdout) == (4, 2, 0)  # every whole record before it was still checked
     assert "Traceback" not in done.stderr
+
+
+def test_verify_still_fails_an_edit_before_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, GOOD)
+    all_lines = lines(path)
+    all_lines[1] = all_lines[1].replace('"status":200', '"status":201')
+    all_lines[-1] = all_lines[-1][: len(all_lines[-1]) // 2]
+    path.write_text("".join(all_lines))
+    done = cli(str(path))
+    assert done.returncode == 1, done.stdout
+    assert "chain BROKEN at line 2: content does not match its hash (edited)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["not a record", '{"id": "req-forged", "prev": "x", "hash": "y"}'],
+    ids=["junk", "whole-record-off-chain"],
+)
+def test_a_last_line_without_line_end_that_is_not_a_cut_record_breaks_the_chain(
+    tmp_path: Path, tail: str
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, GOOD)
+    path.write_text(path.read_text() + tail)  # appended by hand, not cut by a crash
+    done = cli(str(path))
+    assert done.returncode == 1, done.stdout
+    assert "chain BROKEN at line 6:" in done.stdout and "torn tail" not in done.stdout
 
 
 def test_verify_finds_a_line_that_is_not_a_record(tmp_path: Path) -> None:
