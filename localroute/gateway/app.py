@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from localroute import __version__
 from localroute.config.schema import Config
 from localroute.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
 from localroute.gateway import completions, embeddings, messages
@@ -33,6 +34,7 @@ from localroute.gateway.openapi import openapi_json
 from localroute.gateway.responses import handler as responses
 from localroute.gateway.security import Guard, KeyRing
 from localroute.host.lifecycle import Managed, Placement
+from localroute.observe import tracing
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
@@ -111,6 +113,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        tracing.setup(__version__)
         runtime = Path(tempfile.mkdtemp(prefix="localroute-"))  # 0700: only we reach the sockets
         owned = backends is None
         detector = Detector(config.privacy.detect, config.privacy.extra_patterns)
@@ -149,6 +152,7 @@ def create_app(
                 audit.close()
             await limiter.aclose()
             shutil.rmtree(runtime, ignore_errors=True)
+            tracing.shutdown()
 
     # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
     middleware = [

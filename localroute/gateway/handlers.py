@@ -32,6 +32,7 @@ from localroute.errors import (
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
 from localroute.host.lifecycle import Placement
+from localroute.observe import tracing
 from localroute.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from localroute.observe.metrics import Metrics
 from localroute.observe.stats import parse_since, summarize_timed
@@ -197,10 +198,16 @@ class Gateway:
                 code="too_many_messages",
             )
         privacy = self.classify(request, req)
+        api = surface.api
         CURRENT.set(privacy)  # this request's task: the egress guard reads it
+        path = request.url.path
+        tracing.start_request(
+            f"POST {path}", request.headers, privacy.private, t0,
+            {"http.request.method": "POST", "url.path": path, "localroute.request_id": rid,
+             "localroute.api": api, "gen_ai.operation.name": "chat", "gen_ai.request.model": req.model},
+        )  # fmt: skip
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
-        api = surface.api
         try:
             try:
                 async with asyncio.timeout_at(deadline):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from localroute.config.models import LOCAL_ENGINES
 from localroute.config.schema import Config
+from localroute.observe import tracing
 from localroute.observe.cost import baseline_cost, baseline_model
 from localroute.observe.logs import REQUEST_LOGGER
 from localroute.observe.metrics import Metrics
@@ -82,6 +83,7 @@ class Recorder:
         rec: RequestRecord = {**head, **tail}
         self.records.append((now, rec))
         self.metrics.observe(rec)
+        tracing.finish(rec)
         if request_log.isEnabledFor(logging.INFO):
             request_log.info("request", extra={"fields": rec})
         if self.audit is None:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig
+from localroute.observe import tracing
 from localroute.observe.cost import attempt_cost
 from localroute.protocol.records import Attempt, Outcome
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
@@ -30,6 +31,9 @@ class Trace:
     output_valid: bool | None = None  # the answer kept the JSON / tool-call contract; None: none asked
     baseline_usd: float | None = None  # set by a router whose baseline is not the chat one (embeddings)
 
+    def __post_init__(self) -> None:
+        tracing.mark("decide", time.monotonic())
+
     def attempt(
         self,
         m: ModelConfig,
@@ -41,6 +45,7 @@ class Trace:
         """Record a rung's call; `result` (its answer, or its last stream chunk) carries what it used."""
         ms = round((time.monotonic() - t0) * 1000, 1)
         remote = m.engine not in LOCAL_ENGINES
+        tracing.mark("attempt", t0, getattr(m, "model", None) if remote else None)
         self.attempts.append(
             {"model": m.name, "outcome": outcome, "reason": reason, "ms": ms, "remote": remote,
              "tokens": {"prompt": 0, "completion": 0}, "compute_s": 0.0, "cost_usd": 0.0}
@@ -71,6 +76,7 @@ class Trace:
         )
 
     def moved(self, route: str) -> None:
+        tracing.mark("move", time.monotonic(), route)
         self.route = route
         self.escalations += 1
         self.moves.append(route)

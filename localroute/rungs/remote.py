@@ -28,6 +28,7 @@ from localroute.errors import (
     UpstreamError,
     api_error_from_body,
 )
+from localroute.observe import tracing
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
 from localroute.protocol.backend import Brief
@@ -240,6 +241,7 @@ class RemoteBackend:
         client = self._http()
         headers = {"Accept": "text/event-stream" if out.get("stream") else "application/json"}
         headers.update(self._auth_headers())
+        headers.update(tracing.outgoing())  # W3C trace context, for a public request only
         self._egress_guard(out)  # the last word before any byte leaves the machine
         url = self._completions_url if is_completion(out) else self._url
         request = client.build_request("POST", url, json=out, headers=headers)
