@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     missing = [
         m.name
         for m in cfg.models
-        if isinstance(m, LlamaCppModel) and m.preload and not cfg.model_path(m).is_file()
+        if isinstance(m, LlamaCppModel) and m.preload and not m.endpoints and not cfg.model_path(m).is_file()
     ]
     if missing:
         print(
