@@ -29,7 +29,8 @@ class Endpoint:
     """One engine server of a rung, as the gateway sees it."""
 
     def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
+        url = url.rstrip("/")
+        self.url = url.removesuffix("/v1")  # the server's root, given with or without its /v1
         self.name = display(url)
         self.outstanding = 0  # requests sent and not yet finished
         self.served = 0
