@@ -89,16 +89,15 @@ class EndpointsBackend:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Probe every endpoint once, then keep probing in the background. Idempotent."""
+        """Start probing every endpoint in the background (a first round now). Idempotent."""
         if self._disabled is not None or self._prober is not None:
             return
-        await self.probe()
         self._prober = asyncio.create_task(self._probe_forever(), name=f"localroute-probe-{self.name}")
 
     async def _probe_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.balance.health_every_s)
             await self.probe()
+            await asyncio.sleep(self.balance.health_every_s)
 
     async def probe(self) -> None:
         """One health check of each endpoint that is due (rungs/balancer.py `due_probes`)."""
@@ -159,6 +158,7 @@ class EndpointsBackend:
 
     async def complete(self, body: dict[str, Any]) -> ChatCompletion:
         out = self._outgoing(body)
+        await self.start()
 
         async def once(ep: Endpoint, check: PeerCheck) -> ChatCompletion:
             return await self._http[ep].complete(out, {PEER_CHECK: check})
@@ -169,6 +169,7 @@ class EndpointsBackend:
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         out = self._outgoing(body)
+        await self.start()
 
         async def opened(ep: Endpoint, check: PeerCheck) -> tuple[Endpoint, Any, ChatCompletionChunk | None]:
             chunks = self._http[ep].stream(out, {PEER_CHECK: check})
