@@ -32,10 +32,9 @@ WAIT_LIMIT = 120  # load rounds before a phase gives up: a bound against hanging
 
 
 def rung(urls: list[str], **over: Any) -> VllmModel:
-    return VllmModel(
-        name="lan", engine="vllm", model=MODEL, endpoints=urls, request_timeout_s=2.0,
-        balance={**BALANCE, **over.pop("balance", {})}, **over,
-    )  # fmt: skip
+    balance = {**BALANCE, **over.pop("balance", {})}
+    over = {"request_timeout_s": 2.0, **over}
+    return VllmModel(name="lan", engine="vllm", model=MODEL, endpoints=urls, balance=balance, **over)
 
 
 def backend(urls: list[str], **over: Any) -> EndpointsBackend:
@@ -221,3 +220,35 @@ def test_a_refused_secret_fails_over_and_the_secret_is_sent_as_a_bearer() -> Non
     finally:
         wrong.stop()
         right.stop()
+
+
+def test_a_request_waiting_on_a_hung_endpoint_fails_over_when_its_circuit_opens(
+    engines: list[FakeEngine],
+) -> None:
+    hung, healthy = engines[0], engines[1]
+
+    async def scenario() -> None:
+        # Reads may wait an hour: only the circuit opening can rescue the request in time.
+        lan = backend([hung.url, healthy.url], request_timeout_s=3600.0, balance={"health_every_s": 3600})
+        ep_hung, ep_ok = lan.balancer.endpoints
+        try:
+            hung.hang()
+            request = asyncio.create_task(lan.complete(body()))
+            for _ in range(10_000):  # the first pick is the first endpoint: the hung one
+                if ep_hung.outstanding:
+                    break
+                await asyncio.sleep(0.01)
+            assert ep_hung.outstanding == 1
+            for _ in range(20):  # probes time out; the second failure in a row opens the circuit
+                if ep_hung.circuit == "open":
+                    break
+                await lan.probe()
+            assert ep_hung.circuit == "open"
+            answer = await asyncio.wait_for(request, 60)  # a bound against hanging, not a timing claim
+            assert answer["choices"][0]["message"]["content"].startswith("vllm answer")
+            assert ep_ok.served == 1 and ep_hung.served == 0 and ep_hung.outstanding == 0
+        finally:
+            hung.resume()
+            await lan.aclose()
+
+    asyncio.run(scenario())

@@ -7,6 +7,7 @@ Pure bookkeeping, no I/O: rungs/endpoints.py sends the requests and the probes a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -43,6 +44,9 @@ class Endpoint:
         self.last_error: str | None = None
         self.peer: str | None = None  # the address its last connection reached
         self.trusted: bool | None = None  # ... and whether that is inside `trusted_networks`
+        # Attempts waiting for its first byte: cut (their scope expires) when its circuit opens, so
+        # that a hung endpoint's requests fail over now rather than at the read timeout.
+        self.waiting: set[asyncio.Timeout] = set()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -115,6 +119,8 @@ class Balancer:
             log.info("endpoint %s of %s: circuit closed", ep.name, self.name)
 
     def failed(self, ep: Endpoint, why: str, *, probe: bool = False) -> None:
+        """Count a failure; open the circuit after `failures_to_open` in a row (or at once when
+        half-open), and then cut the attempts still waiting on it."""
         ep.failures += 1
         ep.in_a_row += 1
         ep.last_error = why
@@ -128,3 +134,5 @@ class Balancer:
                 "endpoint %s of %s: circuit open for %gs after %d failure(s) in a row: %s",
                 ep.name, self.name, self.cfg.open_s, ep.in_a_row, why,
             )  # fmt: skip
+            for scope in ep.waiting:
+                scope.reschedule(asyncio.get_running_loop().time())  # expires on the next loop turn

@@ -216,8 +216,20 @@ class EndpointsBackend:
             ep.outstanding += 1
             done = False
             try:
-                result = await attempt(ep, check)
+                async with asyncio.timeout(None) as scope:
+                    ep.waiting.add(scope)
+                    try:
+                        result = await attempt(ep, check)
+                    finally:
+                        ep.waiting.discard(scope)
                 done = True
+            except TimeoutError:  # its circuit opened while this waited (Balancer.failed): go elsewhere
+                if not scope.expired():
+                    raise
+                failure = EngineUnavailableError(
+                    f"An endpoint of model '{self.name}' stopped answering.", code="endpoint_circuit_open"
+                )
+                continue
             except PrivacyViolationError as exc:  # nothing was sent: another endpoint may be trusted
                 refusal = exc
                 log.info("endpoint %s of %s refused for this request: untrusted peer", ep.name, self.name)
