@@ -32,7 +32,7 @@ class Endpoint:
     def __init__(self, url: str) -> None:
         url = url.rstrip("/")
         self.url = url.removesuffix("/v1")  # the server's root, given with or without its /v1
-        self.name = display(url)
+        self.name = display(self.url)
         self.outstanding = 0  # requests sent and not yet finished
         self.served = 0
         self.failures = 0  # every failed request or health check
