@@ -12,9 +12,10 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection
-from typing import Any, Literal
+from typing import Literal
 
 from localroute.config.models import Balance
+from localroute.protocol.wire import EndpointHealth
 
 log = logging.getLogger("localroute.endpoints")
 
@@ -48,7 +49,7 @@ class Endpoint:
         # that a hung endpoint's requests fail over now rather than at the read timeout.
         self.waiting: set[asyncio.Timeout] = set()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> EndpointHealth:
         return {
             "url": self.name,
             "state": "up" if self.healthy else ("unknown" if self.healthy is None else "down"),
