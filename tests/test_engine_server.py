@@ -107,3 +107,27 @@ def test_a_gateway_serves_a_rung_from_the_engine_and_shows_its_endpoints(
         )
     finally:
         srv.stop()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+def test_a_crashed_worker_is_restarted_by_health_probes_alone(engine: Engine) -> None:
+    """Behind an open circuit no request arrives to restart a crashed engine; the probes must."""
+    (worker,) = _children(engine.proc.pid)
+    os.kill(worker, signal.SIGKILL)
+    seen: list[int] = []
+
+    def status() -> int:
+        code = httpx.get(engine.url + "/health", timeout=5).status_code
+        seen.append(code)
+        return code
+
+    assert wait_until(lambda: status() == 503, timeout=30)  # the crash is seen, and a restart starts
+    assert wait_until(lambda: status() == 200, timeout=120, every=0.2), seen[-5:]
+    assert _children(engine.proc.pid) != [worker]
+    sdk = openai.OpenAI(base_url=engine.url + "/v1", api_key=TOKEN, max_retries=0)
+    answer = sdk.chat.completions.create(model="smollm2-135m", messages=GREETING, max_tokens=8)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content

@@ -11,6 +11,7 @@ engine does not classify or route: the gateway did, and judged this host by its 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -53,6 +54,7 @@ class EngineServer:
         self.backend = backend
         self.model = model
         self._digest = hashlib.sha256(token.encode()).digest()
+        self._restart: asyncio.Task[None] | None = None
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -68,7 +70,16 @@ class EngineServer:
     async def health(self, request: Request) -> Response:
         state = self.backend.brief().state
         ok = state in ("ready", "stopped")  # stopped: loads on the first request (preload off)
+        if state in ("crashed", "failed") and (self._restart is None or self._restart.done()):
+            # Under a gateway's open circuit no request comes to restart it: the probes do.
+            self._restart = asyncio.create_task(self._start())
         return JSONResponse({"status": "ok" if ok else state, "model": self.model.name}, 200 if ok else 503)
+
+    async def _start(self) -> None:
+        try:
+            await self.backend.start()
+        except APIError as exc:  # logged by the supervisor; the next probe tries again (after its backoff)
+            log.info("model %s not restarted yet: %s", self.model.name, exc.message)
 
     async def models(self, request: Request) -> Response:
         if (refused := self._refused(request)) is not None:
