@@ -21,7 +21,7 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
 from localroute.privacy.trust import PeerCheck, TrustedNetworks
 from localroute.rungs.endpoints import EndpointsBackend
-from tests.conftest import config_text, start_gateway
+from tests.conftest import DEFAULT_MODEL, config_text, repo_routing, repo_rung, start_gateway
 from tests.endpoint_servers import MODEL, HostedStandin, standins_on_one_port
 
 SECRET_TEXT = "the merger closes on friday"
@@ -194,5 +194,30 @@ def test_with_the_default_loopback_trust_the_private_request_is_served(
             extra_headers={"X-LocalRoute-Privacy": "private"},
         )
         assert answer.choices[0].message.content and tripwire.chats() == 1
+    finally:
+        srv.stop()
+
+
+def test_a_private_request_refused_by_an_untrusted_endpoint_rung_falls_back_to_a_local_rung(
+    tmp_path: Path, tripwire: HostedStandin
+) -> None:
+    lan = {"name": "lan", "engine": "vllm", "model": MODEL, "tier": 0, "endpoints": [tripwire.url],
+           "balance": {"health_path": "/v1/models"}}  # fmt: skip
+    text = config_text(
+        models=[lan, repo_rung(tier=1, cache_prompt=False)],
+        routing=repo_routing(),
+        privacy={"audit_enabled": False, "trusted_networks": ["10.0.0.0/8"]},
+    )
+    srv = start_gateway(tmp_path, text)
+    try:
+        raw = _client(srv.url).chat.completions.with_raw_response.create(
+            model="auto",
+            messages=[{"role": "user", "content": SECRET_TEXT}],
+            max_tokens=8,
+            extra_headers={"X-LocalRoute-Privacy": "private"},
+        )
+        assert raw.headers["x-localroute-model"] == DEFAULT_MODEL  # served here, by the worker
+        assert raw.headers["x-localroute-route"] == "fallback:engine_error"  # after `lan` refused it
+        assert tripwire.chats() == 0 and all(SECRET_TEXT not in str(r.body) for r in tripwire.requests)
     finally:
         srv.stop()
