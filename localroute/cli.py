@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     missing = [
         m.name
         for m in cfg.models
-        if isinstance(m, LlamaCppModel) and m.preload and not cfg.model_path(m).is_file()
+        if isinstance(m, LlamaCppModel) and m.preload and not m.endpoints and not cfg.model_path(m).is_file()
     ]
     if missing:
         print(
@@ -81,6 +81,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http=EdgeProtocol,  # malformed HTTP is answered in the OpenAI error shape too
     )
     return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from localroute.gateway.engine_app import run
+
+    return run(args, _load(args.config))
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -217,6 +223,13 @@ def format_status(health: dict[str, Any], url: str) -> str:
         ))  # fmt: skip
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for name, e in (health.get("engines") or {}).items():  # a rung served by engine servers elsewhere
+        for ep in e.get("endpoints") or []:
+            trust = {True: "trusted", False: "untrusted"}.get(ep.get("trusted"), "not reached yet")
+            lines.append(
+                f"  {name} -> {ep['url']}: {ep['state']}, circuit {ep['circuit']}, {ep['outstanding']} "
+                f"outstanding, {ep['served']} served, {ep['failures']} failures, peer {ep['peer']} ({trust})"
+            )
     return "\n".join(lines)
 
 
@@ -253,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow binding a non-loopback address without [[keys]] (only behind another auth layer)",
     )
     s.set_defaults(func=cmd_serve)
+    en = sub.add_parser("engine", help="serve one local rung on its own, for gateways on other hosts")
+    en.add_argument("--config", help="path to models.toml")
+    en.add_argument("--model", required=True, help="the rung to serve (a llama_cpp or vllm model)")
+    en.add_argument("--listen", required=True, help="HOST:PORT to bind, e.g. 10.0.0.5:9000")
+    en.add_argument("--token-env", help="variable with the shared secret (default LOCALROUTE_ENGINE_TOKEN)")
+    en.add_argument("--token-file", help="file holding the shared secret (instead of the variable)")
+    en.set_defaults(func=cmd_engine)
     pl = sub.add_parser("pull", help="download every model the config names")
     pl.add_argument("--config", help="path to models.toml")
     pl.add_argument("models", nargs="*", help="only these models (default: all)")

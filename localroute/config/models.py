@@ -136,7 +136,44 @@ class Price(BaseModel):
         return self.per_hour + self.watts / 1000 * self.per_kwh
 
 
-class LlamaCppModel(Serves):
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+
+
+class Balance(BaseModel):
+    """How a rung's `endpoints` are reached and judged (rungs/endpoints.py, docs/scale-out.md).
+
+    `key_env` names the variable holding the engines' shared secret (sent as a bearer token; None: no
+    auth header). Each endpoint is probed at `health_path` every `health_every_s`; after
+    `failures_to_open` failures in a row its circuit opens for `open_s`, then one probe may close it."""
+
+    model_config = FORBID
+    key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    health_path: Annotated[str, Field(pattern=r"^/[\w./-]*$")] = "/health"
+    health_every_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    health_timeout_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+    failures_to_open: Annotated[int, Field(ge=1, le=100)] = 3
+    open_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+
+class Endpoints(BaseModel):
+    """`endpoints`: the rung is served by these OpenAI-compatible engine servers (llama-server,
+    `vllm serve`, `localroute engine`) instead of a process of ours. Private traffic reaches one only
+    when its connected address is inside `[privacy] trusted_networks`."""
+
+    endpoints: Annotated[list[Url], Field(max_length=64)] = []
+    balance: Balance = Balance()
+
+    @model_validator(mode="after")
+    def _chat_only(self) -> Endpoints:
+        if self.endpoints and getattr(self, "task", "chat") != "chat":
+            raise ValueError('`endpoints` serve chat rungs only (not task = "embed")')
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("`endpoints` lists the same URL twice")
+        return self
+
+
+class LlamaCppModel(Endpoints, Serves):
     """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
 
     model_config = FORBID
@@ -216,7 +253,7 @@ class RemoteModel(Serves):
     capabilities: list[Capability] | None = None
 
 
-class VllmModel(Serves):
+class VllmModel(Endpoints, Serves):
     """A model served by vLLM on a GPU: launched and supervised by localroute (`launch = true`), or an
     existing `vllm serve` reached at `url`. Local: private traffic may use it."""
 
@@ -255,8 +292,8 @@ class VllmModel(Serves):
 
     @model_validator(mode="after")
     def _launch_or_url(self) -> VllmModel:
-        if self.launch == (self.url is not None):
-            raise ValueError(f"vllm model '{self.name}' needs either `launch = true` or a `url`, not both")
+        if self.launch + (self.url is not None) + bool(self.endpoints) != 1:
+            raise ValueError(f"vllm model '{self.name}' needs one of `launch = true`, a `url` or `endpoints`")
         if self.ray_address is not None and self.distributed_executor_backend != "ray":
             raise ValueError(
                 f"vllm model '{self.name}': `ray_address` needs `distributed_executor_backend = \"ray\"`"

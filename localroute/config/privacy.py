@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -20,6 +21,18 @@ def _patterns_compile(patterns: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"pattern name {name!r} must be lowercase letters, digits or _")
         check_regex(p, f"pattern {name!r}:")
     return patterns
+
+
+def _networks_parse(nets: list[str]) -> list[str]:
+    for n in nets:
+        try:
+            ipaddress.ip_network(n, strict=False)
+        except ValueError:
+            raise ValueError(f"trusted_networks: {n!r} is not a CIDR such as 10.0.0.0/8") from None
+    return nets
+
+
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
 
 
 class APIKey(BaseModel):
@@ -54,3 +67,7 @@ class PrivacyConfig(BaseModel):
     audit_enabled: bool = True
     # Store prompt and answer text in the audit log. Off by default: the log proves, it does not keep.
     audit_content: bool = False
+    # Where an engine endpoint may be for private traffic to reach it: judged by the connected peer
+    # address of each connection (privacy/trust.py), never by a name in the config. Loopback only by
+    # default; a LAN of engine hosts is added here (e.g. "10.0.0.0/24").
+    trusted_networks: Annotated[list[str], AfterValidator(_networks_parse)] = LOOPBACK_NETWORKS

@@ -23,6 +23,7 @@ _TYPES = {
     "dashboard.html": "text/html; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "endpoints.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 ASSETS = frozenset(name for name in _TYPES if name != "dashboard.html")

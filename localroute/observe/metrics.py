@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from localroute.observe.stats import LATENCY_BOUNDS_MS
@@ -30,7 +30,7 @@ class _Engines(Collector):
     def __init__(self, health: Callable[[], Mapping[str, EngineHealth]]) -> None:
         self._health = health
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = GaugeMetricFamily(
             "localroute_engine_state", "1 for the engine's current state", labels=["model", "state"]
         )
@@ -52,6 +52,37 @@ class _Engines(Collector):
             if (rss_mib := h.get("rss_mib")) is not None:
                 rss.add_metric([name], float(rss_mib) * 1024 * 1024)
         yield from (state, queue, in_flight, rss)
+        yield from _endpoints(self._health())
+
+
+CIRCUITS = ("closed", "open", "half_open")
+
+
+def _endpoints(health: Mapping[str, EngineHealth]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Per engine endpoint of a rung (`endpoints = [...]`): its URL from the config is the label."""
+    labels = ["model", "endpoint"]
+    up = GaugeMetricFamily("localroute_endpoint_up", "1 if its last health check passed", labels=labels)
+    outstanding = GaugeMetricFamily(
+        "localroute_endpoint_outstanding", "Requests sent to the endpoint and not finished", labels=labels
+    )
+    circuit = GaugeMetricFamily(
+        "localroute_endpoint_circuit", "1 for the endpoint's circuit state", labels=[*labels, "circuit"]
+    )
+    served = CounterMetricFamily("localroute_endpoint_served", "Requests it answered", labels=labels)
+    failures = CounterMetricFamily(
+        "localroute_endpoint_failures", "Failed requests and health checks of the endpoint", labels=labels
+    )
+    for name, h in health.items():
+        listed = h.get("endpoints")
+        for ep in listed if isinstance(listed, list) else []:
+            key = [name, str(ep["url"])]
+            up.add_metric(key, 1.0 if ep["state"] == "up" else 0.0)
+            outstanding.add_metric(key, float(ep["outstanding"]))
+            for c in CIRCUITS:
+                circuit.add_metric([*key, c], 1.0 if ep["circuit"] == c else 0.0)
+            served.add_metric(key, float(ep["served"]))
+            failures.add_metric(key, float(ep["failures"]))
+    yield from (up, outstanding, circuit, served, failures)
 
 
 class Metrics:

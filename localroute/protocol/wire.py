@@ -237,6 +237,23 @@ class Explanation(TypedDict):
 
 
 @extensible
+@closed
+class EndpointHealth(TypedDict):
+    """One engine server of a rung with `endpoints` (rungs/balancer.py), in `GET /health`."""
+
+    url: str  # as configured, without any user:password
+    state: Literal["up", "down", "unknown"]  # the last health check's verdict
+    circuit: Literal["closed", "open", "half_open"]
+    outstanding: Count
+    served: Count
+    failures: Count
+    failures_in_a_row: Count
+    opens: Count
+    peer: str | None  # the address its last connection reached
+    trusted: bool | None  # ... inside `[privacy] trusted_networks`; None: not reached yet
+    last_error: str | None
+
+
 class EngineHealth(TypedDict):
     """One engine's state in `GET /health`; each kind of engine adds keys of its own."""
 
@@ -251,6 +268,7 @@ class EngineHealth(TypedDict):
     rss_mib: NotRequired[float | None]
     last_error: NotRequired[str | None]
     retry_in_s: NotRequired[float]
+    endpoints: NotRequired[list[EndpointHealth]]  # a rung served by engine servers elsewhere
 
 
 @closed

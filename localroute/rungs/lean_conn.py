@@ -30,6 +30,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None  # the connected peer's address, as the socket reports it
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False  # the connection is gone (either side closed it, or it failed)
         self.active = False  # a request is in flight: bytes are expected
@@ -53,6 +54,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

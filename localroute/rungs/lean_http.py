@@ -11,15 +11,21 @@ fallback. Like httpcore, a pooled connection the server closed while idle is nev
 a request on a reused connection that gets a clean close (FIN) before any response byte (the server
 dropped the idle connection as we sent) is sent once more on a fresh one. A reset is not retried here.
 A body closed before its end may linger (lean_conn.LINGER_S) for the rest, so that its connection is kept.
+
+A request may carry a peer check (`request.extensions[PEER_CHECK]`, a callable that raises to refuse an
+address): then the name is resolved here, each address is checked before any connection is attempted,
+the connected socket's own peer address is checked again, and a pooled connection is reused only if its
+peer passes. The endpoints rung judges trust this way (privacy/trust.py), by where bytes really go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 
@@ -28,6 +34,23 @@ from localroute.rungs.lean_conn import Connection, encode_request
 MAX_CONNECTIONS = 100  # per origin, as httpx.Limits; all of them may stay alive (httpx keeps 20)
 KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
 _Origin = tuple[bytes, bytes, int]
+PEER_CHECK = "localroute.peer_check"  # request extension: Callable[[str], None], raises to refuse a peer
+PeerCheck = Callable[[str], None]
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to now, in the resolver's order (literals resolve to themselves)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _admits(check: PeerCheck, peer: str | None) -> bool:
+    try:
+        check(peer or "")
+    except Exception:
+        return False
+    return True
 
 
 def default_transport() -> httpx.AsyncBaseTransport | None:
@@ -164,7 +187,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         max_connections: int = MAX_CONNECTIONS,
         keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
         ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver = system_resolve,
     ) -> None:
+        self._resolve = resolver  # used only for requests that carry a peer check
         self._limit = max_connections
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
@@ -183,12 +208,20 @@ class LeanTransport(httpx.AsyncBaseTransport):
             pool = self._pools[origin] = _Pool(self._limit, self._expiry)
         timeouts = request.extensions.get("timeout") or {}
         data = await encode_request(request)
+        check: PeerCheck | None = request.extensions.get(PEER_CHECK)
         for retry in (False, True):
             conn = await pool.acquire(loop, timeouts.get("pool"))
+            if conn is not None and check is not None and not _admits(check, conn.peer):
+                conn.close()  # its peer is not for this request: the slot opens a checked connection
+                conn = None
             reused = conn is not None
             if conn is None:
+                limit = timeouts.get("connect")
                 try:
-                    conn = await self._connect(loop, origin, timeouts.get("connect"))
+                    if check is None:
+                        conn = await self._connect(loop, origin, limit)
+                    else:
+                        conn = await self._connect_checked(loop, origin, limit, check)
                 except BaseException:
                     pool.give_back(None)
                     raise
@@ -221,8 +254,50 @@ class LeanTransport(httpx.AsyncBaseTransport):
             )
         raise AssertionError("unreachable")
 
+    async def _connect_checked(
+        self, loop: asyncio.AbstractEventLoop, origin: _Origin, limit: float | None, check: PeerCheck
+    ) -> Connection:
+        """Resolve, refuse what `check` refuses before dialling it, connect to an address it admits, and
+        check the connected socket's peer again: a name that resolves elsewhere later gains nothing."""
+        host, port = origin[1].decode("ascii"), origin[2]
+        try:
+            async with asyncio.timeout(limit):
+                addresses = await self._resolve(host, port)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"Timed out resolving {host}.") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
+        refusal: Exception | None = None
+        failure: httpx.ConnectError | None = None
+        for address in addresses:
+            try:
+                check(address)
+            except Exception as exc:
+                refusal = refusal or exc
+                continue
+            try:
+                conn = await self._connect(loop, origin, limit, address)
+            except httpx.ConnectError as exc:
+                failure = exc
+                continue
+            try:
+                check(conn.peer or "")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        if failure is not None:
+            raise failure
+        if refusal is not None:
+            raise refusal
+        raise httpx.ConnectError(f"{host} resolved to no address.")
+
     async def _connect(
-        self, loop: asyncio.AbstractEventLoop, origin: _Origin, limit: float | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: _Origin,
+        limit: float | None,
+        address: str | None = None,
     ) -> Connection:
         scheme, raw_host, port = origin
         if scheme not in (b"http", b"https"):
@@ -233,7 +308,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(limit):
                 _, conn = await loop.create_connection(
                     lambda: Connection(loop),
-                    host,
+                    address or host,
                     port,
                     ssl=context,
                     server_hostname=host if context else None,

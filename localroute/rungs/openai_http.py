@@ -43,11 +43,14 @@ class OpenAIHTTP:
         deadline = "in time" if read is None else f"within request_timeout_s={read:g}s"
         self.peer = Peer("The engine", deadline, EngineTimeoutError, ConnectionLostError)
 
-    async def complete(self, body: dict[str, Any]) -> ChatCompletion:
+    async def complete(
+        self, body: dict[str, Any], extensions: dict[str, Any] | None = None
+    ) -> ChatCompletion:
+        """`extensions` go with the request to the transport (lean_http.PEER_CHECK)."""
         text = is_completion(body)
         path, body = (self.completions_path, wire_body(body)) if text else (self.path, body)
         try:
-            resp = await self.client.post(path, json=body)
+            resp = await self.client.post(path, json=body, extensions=extensions)
             content = resp.content
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.peer) from None
@@ -63,10 +66,12 @@ class OpenAIHTTP:
             return as_chat(data)
         return cast(ChatCompletion, data)  # the engine's JSON, trusted as its wire shape: not validated
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
+    async def stream(
+        self, body: dict[str, Any], extensions: dict[str, Any] | None = None
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         text = is_completion(body)
         path, body = (self.completions_path, wire_body(body)) if text else (self.path, body)
-        req = self.client.build_request("POST", path, json=body)
+        req = self.client.build_request("POST", path, json=body, extensions=extensions)
         try:
             resp = await self.client.send(req, stream=True)
         except TRANSPORT_ERRORS as exc:

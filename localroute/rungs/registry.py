@@ -18,6 +18,8 @@ ENGINES: dict[str, str] = {
     "remote": "localroute.rungs.remote:from_config",
     "vllm": "localroute.rungs.vllm:from_config",
 }
+# A local rung served by engine servers elsewhere (`endpoints = [...]`), whatever its engine.
+ENDPOINTS = "localroute.rungs.endpoints:from_config"
 # A remote rung that speaks Anthropic's Messages API (`api = "anthropic"`).
 ANTHROPIC = "localroute.rungs.anthropic:from_config"
 
@@ -39,8 +41,10 @@ def build_backend(
     config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
 ) -> Backend:
     anthropic = isinstance(model, RemoteModel) and model.api == "anthropic"
-    factory = _load(ANTHROPIC if anthropic else ENGINES[model.engine])
-    if model.engine == "remote":  # the only rung that leaves the machine gets the guard
+    endpoints = not isinstance(model, RemoteModel) and bool(model.endpoints)
+    factory = _load(ANTHROPIC if anthropic else ENDPOINTS if endpoints else ENGINES[model.engine])
+    # The rungs whose bytes may leave the machine get the guard: remote, and endpoints (judged per peer).
+    if model.engine == "remote" or endpoints:
         backend: Backend = factory(config, model, runtime_dir, egress_guard=egress_guard)
     else:
         backend = factory(config, model, runtime_dir)

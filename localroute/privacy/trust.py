@@ -1,0 +1,76 @@
+"""The trust boundary for engine endpoints: `[privacy] trusted_networks`, judged by address.
+
+An endpoint is local, for privacy, only while the address its connection really reaches is inside one
+of the trusted networks. The check is made by the HTTP transport (rungs/lean_http.py) on every address
+a name resolves to before dialling it, again on the connected socket's peer address, and on a pooled
+connection before it is reused, so a name that resolves elsewhere later (DNS rebinding) gains nothing.
+A request that may not reach an untrusted peer is refused there, before a byte is sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from localroute.privacy.guard import EgressGuard, PrivacyViolationError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedNetworks:
+    """The CIDRs inside which an engine counts as local (loopback by default)."""
+
+    def __init__(self, cidrs: Sequence[str]) -> None:
+        self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+    def __contains__(self, address: object) -> bool:
+        """Whether `address` (an IP literal as a socket reports it) is inside a trusted network.
+        Anything that is not an address (a name, an empty string) is not trusted."""
+        if not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope id names no host
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:10.0.0.5 is 10.0.0.5
+        return any(ip in net for net in self.networks if net.version == ip.version)
+
+
+class PeerCheck:
+    """One request's judgement of the peers its bytes may reach (the transport's PEER_CHECK).
+
+    A trusted peer is always admitted. An untrusted one is treated as any egress: the request's body
+    must pass the egress guard (so a private request is refused, and a public one is re-scanned), asked
+    once per request. `body` None is a probe that carries no request data (a health check): every peer
+    is admitted. The last peer seen and whether it was trusted are kept for /health."""
+
+    def __init__(
+        self, networks: TrustedNetworks, guard: EgressGuard | None = None, body: dict[str, Any] | None = None
+    ) -> None:
+        self._networks = networks
+        self._guard = guard
+        self._body = body
+        self._verdict: PrivacyViolationError | bool | None = None  # None: not asked yet
+        self.peer: str | None = None
+        self.trusted: bool | None = None
+
+    def __call__(self, address: str) -> None:
+        self.peer = address
+        self.trusted = address in self._networks
+        if self.trusted or self._body is None:
+            return
+        if self._verdict is None:
+            if self._guard is None:
+                self._verdict = PrivacyViolationError(
+                    "This request is private and cannot be sent off this machine."
+                )
+            else:
+                try:
+                    self._guard(self._body)
+                    self._verdict = True
+                except PrivacyViolationError as exc:
+                    self._verdict = exc
+        if isinstance(self._verdict, PrivacyViolationError):
+            raise self._verdict
