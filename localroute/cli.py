@@ -36,6 +36,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"port": port})})
+    try:
+        cfg.replica()
+    except ValueError as exc:
+        print(f"localroute: {exc}", file=sys.stderr)
+        return 2
     problem = exposure_problem(host, cfg.keys, args.insecure_no_auth)
     if problem is not None:
         print(f"localroute: {problem}", file=sys.stderr)
@@ -136,17 +142,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return run(cfg, None, args.jsonl)
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from localroute.privacy.audit import verify
-
+def _audit_logs(args: argparse.Namespace) -> list[Path] | None:
+    """The logs named on the command line, or, by default, the configured log and every replica's
+    beside it (`audit.jsonl`, `audit.<replica>.jsonl`, or what `{replica}` in the path makes)."""
     if args.path:
-        path = Path(args.path)
+        paths = [Path(p) for p in args.path]
     else:
-        path = _load(args.config).audit_path()
-    if not path.is_file():
-        print(f"localroute: no audit log at {path}", file=sys.stderr)
+        cfg = _load(args.config)
+        configured = cfg.audit_path()
+        name = Path(os.environ.get("LOCALROUTE_AUDIT_PATH") or cfg.privacy.audit_path).name
+        stem, suffix = Path(name).stem, Path(name).suffix
+        patterns = [name.replace("{replica}", "*")] if "{replica}" in name else [name, f"{stem}.*{suffix}"]
+        found = {p for pat in patterns for p in configured.parent.glob(pat) if p.is_file()}
+        paths = sorted(found) or [configured]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        print(f"localroute: no audit log at {missing[0]}", file=sys.stderr)
+        return None
+    return paths
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from localroute.privacy.audit_set import verify_set
+
+    paths = _audit_logs(args)
+    if paths is None:
         return 2
-    result = verify(path)
+    result = verify_set(paths)
     print(result.report())
     return 0 if result.ok else 1
 
@@ -157,9 +179,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from localroute.observe.report import build, format_report
     from localroute.observe.stats import parse_since
 
-    path = Path(args.path) if args.path else _load(args.config).audit_path()
-    if not path.is_file():
-        print(f"localroute: no audit log at {path}", file=sys.stderr)
+    paths = _audit_logs(args)
+    if paths is None:
         return 2
     now = datetime.now(UTC)
     try:
@@ -167,7 +188,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"localroute: --since: {exc}", file=sys.stderr)
         return 2
-    summary = build(path, since, now)
+    summary = build(paths, since, now)
     print(json.dumps(summary, indent=2) if args.json else format_report(summary))
     return 0
 
@@ -264,11 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="work with the hash-chained audit log")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     av = au_sub.add_parser("verify", help="check the chain; count private records that touched a remote rung")
-    av.add_argument("path", nargs="?", help="audit log (default: privacy.audit_path from the config)")
+    av.add_argument("path", nargs="*", help="audit logs, one per replica (default: privacy.audit_path's)")
     av.add_argument("--config", help="path to models.toml")
     av.set_defaults(func=cmd_audit_verify)
     rp = sub.add_parser("report", help="requests, local share, cost and savings, from the audit log")
-    rp.add_argument("path", nargs="?", help="audit log (default: privacy.audit_path from the config)")
+    rp.add_argument("path", nargs="*", help="audit logs, merged (default: privacy.audit_path's)")
     rp.add_argument("--config", help="path to models.toml")
     rp.add_argument("--since", help="ISO-8601 time, or a span back from now: 15m, 1h, 7d")
     rp.add_argument("--json", action="store_true", help="print the same JSON as /v1/localroute/stats")

@@ -63,6 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     serve.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     serve.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    serve.add_argument("--data-parallel-size", "-dp", type=int, default=1)
     serve.add_argument("--served-model-name", nargs="+", default=None)
     serve.add_argument("--dtype", choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
     serve.add_argument("--quantization", "-q", default=None)
@@ -104,7 +105,8 @@ def main(argv: list[str]) -> int:
     record = os.environ.get("FAKE_VLLM_ARGV_FILE")
     if record:
         with open(record, "a", encoding="utf-8") as fh:
-            entry = {"pid": os.getpid(), "model": args.model_tag, "argv": argv, "cwd": os.getcwd()}
+            entry = {"pid": os.getpid(), "model": args.model_tag, "argv": argv, "cwd": os.getcwd(),
+                     "ray_address": os.environ.get("RAY_ADDRESS")}  # fmt: skip
             fh.write(json.dumps(entry) + "\n")
     mode = modes(args.model_tag)
     say(f"vLLM API server version 0.0.0+fake; model {args.model_tag!r}")

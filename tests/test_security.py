@@ -20,7 +20,8 @@ import pytest
 from localroute.config.privacy import APIKey
 from localroute.config.schema import parse_config
 from localroute.errors import APIError
-from localroute.gateway.security import Guard, KeyRing, RateLimiter, exposure_problem, is_loopback
+from localroute.gateway.security import Guard, KeyRing, exposure_problem, is_loopback
+from localroute.state.limits import RateLimiter
 from tests import conftest
 from tests.conftest import (
     ROOT,
@@ -83,17 +84,17 @@ def test_keyring_matches_hashed_and_env_keys(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_rate_limiter_is_a_token_bucket() -> None:
     rl = RateLimiter()
-    assert [rl.take("a", 3, now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]  # a burst of 3
-    assert rl.take("a", 3, now=0.0) == pytest.approx(20.0)  # one refills every 20 s
-    assert rl.take("b", 3, now=0.0) == 0.0  # callers are separate
-    assert rl.take("a", 3, now=20.0) == 0.0
-    assert rl.take("a", 3, now=20.0) > 0
+    assert [rl.spend("a", 3, now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]  # a burst of 3
+    assert rl.spend("a", 3, now=0.0) == pytest.approx(20.0)  # one refills every 20 s
+    assert rl.spend("b", 3, now=0.0) == 0.0  # callers are separate
+    assert rl.spend("a", 3, now=20.0) == 0.0
+    assert rl.spend("a", 3, now=20.0) > 0
 
 
 def test_rate_limiter_forgets_idle_callers_beyond_its_bound() -> None:
     rl = RateLimiter(max_callers=100)
     for i in range(1000):
-        rl.take(f"c{i}", 1, now=0.0)
+        rl.spend(f"c{i}", 1, now=0.0)
     assert len(rl._buckets) == 100
 
 

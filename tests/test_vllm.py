@@ -37,7 +37,7 @@ import openai
 import pytest
 
 from localroute.config.schema import parse_config
-from localroute.errors import OverloadedError
+from localroute.errors import ConfigError, OverloadedError
 from localroute.host.pull import pull_models
 from localroute.rungs.vllm import VllmEngine, from_config, gpu_problem
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
@@ -161,6 +161,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, url_fake: str) -> Iterator[EnvS
         vllm("gpu-url", "fake-org/Url-7B", 10, url=url_fake + "/v1"),
         vllm("gpu-wrong", "fake-org/Not-Served-7B", 11, url=url_fake),
         vllm("gpu-down", "fake-org/Url-7B", 12, url=f"http://127.0.0.1:{free_port()}/v1"),
+        vllm("gpu-ray", "fake-org/Ray-70B", 13, launch=True, tensor_parallel_size=8, pipeline_parallel_size=2,
+             data_parallel_size=2, distributed_executor_backend="ray", ray_address="10.0.0.1:6379"),
     ]  # fmt: skip
     srv = serve(tmp, models, fake_env(tmp))
     yield srv
@@ -212,6 +214,44 @@ def test_launched_server_answers_with_the_configured_flags(gw: EnvServer) -> Non
     assert eng["state"] == "ready" and eng["mode"] == "launch" and eng["pid"] == started["pid"]
     assert (eng["loads"], eng["restarts"], eng["last_error"]) == (1, 0, None)
     assert eng["served"] >= 2 and eng["load_seconds"] > 0
+
+
+def test_a_ray_rung_launches_vllm_on_the_cluster(gw: EnvServer) -> None:
+    r, h = chat(gw, "Hello cluster", "gpu-ray", max_tokens=8)
+    assert r.choices[0].message.content == "vllm answer: Hello cluster"
+    assert h["x-localroute-model"] == "gpu-ray"
+    (started,) = starts(gw, "fake-org/Ray-70B")
+    argv = started["argv"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "8"
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert argv[argv.index("--data-parallel-size") + 1] == "2"
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "ray"
+    assert started["ray_address"] == "10.0.0.1:6379"  # as vLLM's Ray finds the cluster: RAY_ADDRESS
+    assert "--pipeline-parallel-size" not in starts(gw, "fake-org/Fake-7B")[0]["argv"]  # only where set
+
+
+def test_a_ray_rung_is_not_judged_by_this_hosts_gpus(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def probe(n: int) -> str | None:
+        asked.append(n)
+        return f"{n} GPUs needed, 1 visible"
+
+    on_cluster = vllm("c", "org/m", 5, launch=True, tensor_parallel_size=8, pipeline_parallel_size=2,
+                      distributed_executor_backend="ray", ray_address="head:6379")  # fmt: skip
+    local = vllm("l", "org/m", 6, launch=True, tensor_parallel_size=2, pipeline_parallel_size=2,
+                 data_parallel_size=2)  # fmt: skip
+    cfg = parse_config(config_text([on_cluster, local]))
+    which = lambda _: "/usr/bin/vllm"  # noqa: E731
+    ray = from_config(cfg, cfg.models[0], tmp_path, which=which, gpu_probe=probe)  # type: ignore[arg-type]
+    assert ray.health()["state"] != "unavailable" and asked == []
+    mine = from_config(cfg, cfg.models[1], tmp_path, which=which, gpu_probe=probe)  # type: ignore[arg-type]
+    assert mine.health()["last_error"] == "8 GPUs needed, 1 visible" and asked == [8]  # 2 x 2 x 2
+
+
+def test_ray_address_without_the_ray_backend_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="distributed_executor_backend"):
+        parse_config(config_text([vllm("c", "org/m", 5, launch=True, ray_address="head:6379")]))
 
 
 def test_stream_and_logprobs_pass_through(gw: EnvServer) -> None:

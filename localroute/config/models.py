@@ -269,6 +269,14 @@ class VllmModel(Endpoints, Serves):
     n_ctx: Annotated[int, Field(ge=128, le=10_000_000)] = 8192  # passed as --max-model-len
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    # Multi-GPU and multi-node (docs/scale-out.md): layers split over `pipeline_parallel_size` stages
+    # (usually one per node), whole copies over `data_parallel_size`. Across nodes vLLM needs Ray:
+    # `distributed_executor_backend = "ray"`, with `ray_address` (host:port of `ray start --head`)
+    # given to `vllm serve` as RAY_ADDRESS. Left unset, vLLM picks its own backend.
+    pipeline_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    data_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    ray_address: Annotated[str, Field(pattern=r"^(auto|[A-Za-z0-9.\-\[\]:]+:\d{1,5})$")] | None = None
     extra_args: list[Annotated[str, Field(max_length=256)]] = []
     default_max_tokens: Annotated[int, Field(ge=1)] = 1024
     preload: bool = False
@@ -286,6 +294,10 @@ class VllmModel(Endpoints, Serves):
     def _launch_or_url(self) -> VllmModel:
         if self.launch + (self.url is not None) + bool(self.endpoints) != 1:
             raise ValueError(f"vllm model '{self.name}' needs one of `launch = true`, a `url` or `endpoints`")
+        if self.ray_address is not None and self.distributed_executor_backend != "ray":
+            raise ValueError(
+                f"vllm model '{self.name}': `ray_address` needs `distributed_executor_backend = \"ray\"`"
+            )
         if self.task == "chat" and self.default_max_tokens >= self.n_ctx:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be below n_ctx ({self.n_ctx})"

@@ -33,6 +33,7 @@ from localroute.config.models import (
 )
 from localroute.config.privacy import APIKey, PrivacyConfig
 from localroute.config.routing import RoutingConfig
+from localroute.config.state import StateConfig
 from localroute.errors import ConfigError
 
 
@@ -102,6 +103,7 @@ class Config(BaseModel):
     privacy: PrivacyConfig = PrivacyConfig()
     resources: ResourcesConfig = ResourcesConfig()
     cost: CostConfig = CostConfig()
+    state: StateConfig = StateConfig()
     keys: list[APIKey] = []
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -178,9 +180,22 @@ class Config(BaseModel):
         rungs = self.embedders()
         return space_of(rungs[0]) if rungs else None
 
+    def replica(self) -> str | None:
+        """This gateway's replica id (see `[state]`), or None when it runs alone."""
+        return self.state.replica(self.server.port)
+
     def audit_path(self) -> Path:
+        """The audit log. Each replica writes its own: `{replica}` in the path is replaced by its id,
+        or, without one, the id goes before the suffix (`audit.jsonl` -> `audit.gw-a.jsonl`)."""
         env = os.environ.get("LOCALROUTE_AUDIT_PATH")
-        path = Path(env if env else self.privacy.audit_path).expanduser()
+        raw = env if env else self.privacy.audit_path
+        replica = self.replica()
+        if "{replica}" in raw:
+            raw = raw.replace("{replica}", replica or "main")
+        elif replica:
+            p = Path(raw)
+            raw = str(p.with_name(f"{p.stem}.{replica}{p.suffix}"))
+        path = Path(raw).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
     def models_dir(self) -> Path:

@@ -38,6 +38,7 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol.backend import Backend, Embedder
 from localroute.rungs.registry import build_backends, build_embedders
+from localroute.state.limits import open_limiter
 
 log = logging.getLogger("localroute")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -100,6 +101,13 @@ def create_app(
     embedders: Mapping[str, Embedder] | None = None,
 ) -> Starlette:
     """Build the gateway. Engines are created (from config, unless given) and started in the lifespan."""
+    counted: list[Gateway] = []  # the lifespan's gateway, whose metrics count shared-state failures
+
+    def state_failed() -> None:
+        for g in counted:
+            g.metrics.state_errors.inc()
+
+    limiter = open_limiter(config.state, on_error=state_failed)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -116,6 +124,7 @@ def create_app(
             if isinstance(b, Managed):
                 placement.manage(b)
         gateway = Gateway(config, live, detector, audit, placement, vectors)
+        counted[:] = [gateway]
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             rungs: dict[str, Backend | Embedder] = {**live, **vectors}
@@ -138,10 +147,13 @@ def create_app(
                     await e.aclose()
             if audit is not None:
                 audit.close()
+            await limiter.aclose()
             shutil.rmtree(runtime, ignore_errors=True)
 
     # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
-    middleware = [Middleware(Guard, config=config, keys=KeyRing(config.keys), render=error_response)]
+    middleware = [
+        Middleware(Guard, config=config, keys=KeyRing(config.keys), render=error_response, limiter=limiter)
+    ]
     if config.server.cors_origins:
         middleware.insert(0, Middleware(
             CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["GET", "POST"],

@@ -33,6 +33,7 @@ class Recorder:
         self.audit = audit
         self.metrics = metrics
         self.baseline = baseline_model(config)
+        self.replica = config.replica()
         # (time, record) of the latest requests, oldest first: the stats API's window.
         self.records: collections.deque[tuple[datetime, RequestRecord]] = collections.deque(
             maxlen=config.server.stats_window
@@ -66,6 +67,8 @@ class Recorder:
             "latency_ms": round(seconds * 1000, 1),
             "ttft_ms": None if ttft is None else round((ttft - t0) * 1000, 1),
         }
+        if self.replica is not None:
+            head["replica"] = self.replica
         tail: RecordTail
         if trace is None:
             tried = attempts or []

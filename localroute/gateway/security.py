@@ -13,14 +13,13 @@ import hmac
 import ipaddress
 import math
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from localroute.config.privacy import APIKey
 from localroute.config.schema import Config
 from localroute.errors import APIError, AuthenticationError, HeadersTooLargeError, RateLimitError
+from localroute.state.limits import Limiter, RateLimiter
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -92,26 +91,6 @@ class KeyRing:
         return min(found, key=lambda k: order[k.privacy]) if found else None
 
 
-class RateLimiter:
-    """A token bucket per caller: `per_minute` requests a minute, bursts up to the same number."""
-
-    def __init__(self, max_callers: int = 10_000) -> None:
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
-        self._max = max_callers
-
-    def take(self, caller: str, per_minute: int, now: float | None = None) -> float:
-        """Spend one request; 0.0 when allowed, else the seconds until the next one is."""
-        now = time.monotonic() if now is None else now
-        rate = per_minute / 60.0
-        tokens, at = self._buckets.pop(caller, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - at) * rate)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
-        self._buckets[caller] = (tokens - 1.0 if wait == 0.0 else tokens, now)
-        while len(self._buckets) > self._max:  # bounded: the longest-idle callers are forgotten
-            self._buckets.popitem(last=False)
-        return wait
-
-
 def matched_key(scope: Scope) -> APIKey | None:
     """The key the guard matched for this request (None without [[keys]], or on a public path)."""
     key = (scope.get("state") or {}).get(_STATE_KEY)
@@ -129,7 +108,12 @@ class Guard:
     """ASGI middleware: header size, then the API key, then the caller's rate limit."""
 
     def __init__(
-        self, app: ASGIApp, config: Config, keys: KeyRing, render: Callable[[APIError, str], Any]
+        self,
+        app: ASGIApp,
+        config: Config,
+        keys: KeyRing,
+        render: Callable[[APIError, str], Any],
+        limiter: Limiter | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -137,7 +121,7 @@ class Guard:
         self.max_header_bytes = config.server.max_header_bytes
         self.metrics_public = config.server.metrics_public
         self.default_rpm = config.server.requests_per_minute
-        self.limiter = RateLimiter()
+        self.limiter: Limiter = limiter if limiter is not None else RateLimiter()
 
     def _public(self, path: str) -> bool:
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
@@ -159,11 +143,17 @@ class Guard:
                     "(or 'x-api-key: <key>').",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        return None
+
+    async def limit(self, scope: Scope) -> APIError | None:
+        """The caller's rate limit, after `check` (which left the matched key in the scope)."""
+        path = scope.get("path", "")
+        key = matched_key(scope)
         rpm = key.requests_per_minute if key is not None and key.requests_per_minute else self.default_rpm
         if rpm is not None and not self._public(path):
             client = scope.get("client") or ("unknown", 0)
             caller = f"key:{key.name}" if key is not None else f"addr:{client[0]}"
-            wait = self.limiter.take(caller, rpm)
+            wait = await self.limiter.take(caller, rpm)
             if wait > 0:
                 return RateLimitError(
                     f"Rate limit of {rpm} requests per minute reached; retry after the delay given.",
@@ -173,7 +163,7 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            problem = self.check(scope)
+            problem = self.check(scope) or await self.limit(scope)
             if problem is not None:
                 await self.render(problem, scope.get("path", ""))(scope, receive, send)
                 return

@@ -121,6 +121,10 @@ class Metrics:
             "localroute_time_to_first_token_seconds", "Streams: time to the first content chunk",
             ["model"], buckets=_TTFT_SECONDS, registry=r,
         )  # fmt: skip
+        self.state_errors = Counter(
+            "localroute_state_errors", "Calls to the shared state store ([state] url) that failed or "
+            "timed out; each fell back to this replica's own state", registry=r,
+        )  # fmt: skip
         r.register(_Engines(health))
         self._rows: dict[tuple[str, ...], _Row] = {}
 

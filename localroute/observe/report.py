@@ -3,8 +3,9 @@ works after the fact and on a log copied from another machine."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import cast
@@ -29,8 +30,10 @@ def read_records(path: Path) -> Iterator[RequestRecord]:
                 yield cast(RequestRecord, rec)
 
 
-def build(path: Path, since: datetime | None, now: datetime) -> Stats:
-    return summarize(read_records(path), since, now)
+def build(paths: Path | Sequence[Path], since: datetime | None, now: datetime) -> Stats:
+    """The summary of one log, or of several merged (one per gateway replica), in time order."""
+    logs = [paths] if isinstance(paths, Path) else list(paths)
+    return summarize(itertools.chain.from_iterable(read_records(p) for p in logs), since, now)
 
 
 def _usd(x: float) -> str:

@@ -77,6 +77,7 @@ class RecordHead(TypedDict):
     stream: bool
     latency_ms: float
     ttft_ms: float | None
+    replica: NotRequired[str]  # which gateway replica served it (only when replicas are configured)
 
 
 class Served(TypedDict, total=False):

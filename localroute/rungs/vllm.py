@@ -53,7 +53,7 @@ STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: vLLM frees GPU memory on a clean e
 _CONTEXT = re.compile(r"maximum context length|longer than the maximum model length", re.IGNORECASE)
 
 Mode = Literal["launch", "url"]
-__all__ = ["VllmEngine", "from_config", "gpu_problem", "sanitize", "task_args"]
+__all__ = ["VllmEngine", "from_config", "gpu_problem", "launch_env", "parallel_args", "sanitize", "task_args"]
 
 
 def gpu_problem(need: int = 1) -> str | None:
@@ -70,8 +70,30 @@ def gpu_problem(need: int = 1) -> str | None:
     if count == 0:
         return "no NVIDIA GPU visible"
     if count < need:
-        return f"tensor_parallel_size {need} needs {need} GPUs, {count} visible"
+        return f"{need} GPUs needed (tensor x pipeline x data parallel), {count} visible"
     return None
+
+
+def parallel_args(cfg: VllmModel) -> list[str]:
+    """`vllm serve` flags for pipeline and data parallelism and the executor, only where set."""
+    args: list[str] = []
+    if cfg.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(cfg.pipeline_parallel_size)]
+    if cfg.data_parallel_size > 1:
+        args += ["--data-parallel-size", str(cfg.data_parallel_size)]
+    if cfg.distributed_executor_backend is not None:
+        args += ["--distributed-executor-backend", cfg.distributed_executor_backend]
+    return args
+
+
+def launch_env(cfg: VllmModel) -> dict[str, str] | None:
+    """The launched server's environment: ours, plus RAY_ADDRESS when the rung names a cluster."""
+    return {**os.environ, "RAY_ADDRESS": cfg.ray_address} if cfg.ray_address else None
+
+
+def gpus_per_copy(cfg: VllmModel) -> int:
+    """GPUs one copy of the model spans (tensor x pipeline): the GPU-seconds a second of it costs."""
+    return cfg.tensor_parallel_size * cfg.pipeline_parallel_size
 
 
 def _visible_gpus() -> int:
@@ -190,8 +212,8 @@ class VllmEngine(SupervisedEngine[VllmModel]):
             self.executable, "serve", self.cfg.model, "--host", "127.0.0.1", "--port", str(port),
             "--max-model-len", str(self.cfg.n_ctx),
             "--gpu-memory-utilization", str(self.cfg.gpu_memory_utilization),
-            "--tensor-parallel-size", str(self.cfg.tensor_parallel_size), *task_args(self.cfg),
-            *self.cfg.extra_args,
+            "--tensor-parallel-size", str(self.cfg.tensor_parallel_size), *parallel_args(self.cfg),
+            *task_args(self.cfg), *self.cfg.extra_args,
         ]  # fmt: skip
         self.state = "starting"
         self._output.clear()
@@ -206,6 +228,7 @@ class VllmEngine(SupervisedEngine[VllmModel]):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,  # vLLM logs to both streams
                 cwd=self.cwd,
+                env=launch_env(self.cfg),
                 start_new_session=True,  # Ctrl-C reaches the gateway, which stops the group in order
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )
@@ -252,7 +275,7 @@ class VllmEngine(SupervisedEngine[VllmModel]):
         return exc
 
     def _accounting(self, share_s: float) -> EngineAccounting:
-        return {"compute_s": round(share_s * self.cfg.tensor_parallel_size, 6)}  # GPU-seconds
+        return {"compute_s": round(share_s * gpus_per_copy(self.cfg), 6)}  # GPU-seconds
 
     def _health_extra(self, pid: int | None) -> dict[str, Any]:
         return {
@@ -277,7 +300,9 @@ def from_config(
     if not model.launch:
         return engine(model, cwd=config.base_dir)
     executable = which("vllm")
-    problems = [p for p in (gpu_probe(model.tensor_parallel_size),) if p]
+    # A Ray cluster's GPUs are on other hosts: Ray counts them, and vLLM's load fails if too few.
+    local_gpus = None if model.ray_address else gpus_per_copy(model) * model.data_parallel_size
+    problems = [p for p in (gpu_probe(local_gpus) if local_gpus else None,) if p]
     if executable is None:
         problems.append(f"no `vllm` executable on PATH ({INSTALL_HINT})")
     reason = "; ".join(problems) or None

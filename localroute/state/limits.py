@@ -1,0 +1,123 @@
+"""Per-caller rate limits as token buckets, kept in this process or, for replicas, in Redis/Valkey.
+
+With a shared store the bucket is read, refilled and spent by one Lua script, atomically on the
+server and by the server's clock, so N replicas behind a load balancer hand out `per_minute`
+requests a minute in all, not N times that. If the store cannot be reached within `timeout_s`, the
+replica falls back to its own in-process bucket for that call (logged once a minute, counted in
+`localroute_state_errors_total`): a rate limit keeps working, per replica, rather than failing every
+request while Redis is down. docs/scale-out.md says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Protocol
+
+from localroute.config.state import StateConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("localroute.state")
+
+
+class Limiter(Protocol):
+    async def take(self, caller: str, per_minute: int) -> float:
+        """Spend one request; 0.0 when allowed, else the seconds until the next one is."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class RateLimiter:
+    """A token bucket per caller in this process: `per_minute` a minute, bursts up to the same number."""
+
+    def __init__(self, max_callers: int = 10_000) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
+        self._max = max_callers
+
+    def spend(self, caller: str, per_minute: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        rate = per_minute / 60.0
+        tokens, at = self._buckets.pop(caller, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - at) * rate)
+        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+        self._buckets[caller] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+        while len(self._buckets) > self._max:  # bounded: the longest-idle callers are forgotten
+            self._buckets.popitem(last=False)
+        return wait
+
+    async def take(self, caller: str, per_minute: int) -> float:
+        return self.spend(caller, per_minute)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# KEYS[1]: the bucket; ARGV[1]: per_minute. Returns the wait in seconds as a string (Lua numbers
+# come back to the client as integers). The bucket expires once it would be full again anyway.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cap = tonumber(ARGV[1])
+local rate = cap / 60.0
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or cap
+local at = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], 61)
+return tostring(wait)
+"""
+
+
+class SharedRateLimiter:
+    """Token buckets in Redis/Valkey, shared by every replica that points at the same store."""
+
+    def __init__(self, url: str, cfg: StateConfig, on_error: Callable[[], None] | None = None) -> None:
+        import redis.asyncio as aioredis  # the `redis` extra; imported only when [state] url is set
+
+        self._client: Any = aioredis.from_url(
+            url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s, decode_responses=True
+        )
+        self._script: Callable[..., Awaitable[Any]] = self._client.register_script(_TAKE)
+        self._prefix = cfg.key_prefix
+        self._timeout = cfg.timeout_s
+        self._local = RateLimiter()  # while the store is unreachable
+        self._on_error = on_error
+        self._warned_at = -1e9
+
+    async def take(self, caller: str, per_minute: int) -> float:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                wait = await self._script(keys=[f"{self._prefix}rl:{caller}"], args=[per_minute])
+            return float(wait)
+        except Exception as exc:  # redis-py's errors, timeouts, a closed connection: all mean 'down'
+            self._degraded(exc)
+            return self._local.spend(caller, per_minute)
+
+    def _degraded(self, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error()
+        now = time.monotonic()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            # The exception's class only: a connection error's text can carry the URL and its password.
+            log.warning(
+                "shared state unreachable (%s); rate limits are per replica until it is back",
+                exc.__class__.__name__,
+            )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def open_limiter(cfg: StateConfig, on_error: Callable[[], None] | None = None) -> Limiter:
+    """The limiter `[state]` asks for: shared when a store URL is set, else in this process."""
+    url = cfg.resolved_url()
+    return SharedRateLimiter(url, cfg, on_error) if url else RateLimiter()
