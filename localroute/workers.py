@@ -96,8 +96,10 @@ class Engine:
             if self._stopping.is_set():
                 return
             delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
-            print(f"localroute: engine {self.name} exited ({self.proc.returncode}); restarting in {delay:g} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            code = self.proc.returncode
+            print(
+                f"localroute: engine {self.name} exited ({code}); restarting in {delay:g} s", file=sys.stderr
+            )
             if self._stopping.wait(delay):
                 return
             self.restarts += 1
@@ -147,7 +149,10 @@ def workers_config(cfg: Config, engines: list[Engine]) -> Config:
         if e is None:
             models.append(m)
             continue
-        update: dict[str, Any] = {"endpoints": [e.url], "balance": Balance(key_env=TOKEN_ENV, health_every_s=1.0)}
+        update: dict[str, Any] = {
+            "endpoints": [e.url],
+            "balance": Balance(key_env=TOKEN_ENV, health_every_s=1.0),
+        }
         if isinstance(m, VllmModel):
             update["launch"] = False
         models.append(m.model_copy(update=update))
@@ -162,8 +167,8 @@ def serve(cfg: Config, cfg_path: Path, host: str, port: int, workers: int) -> in
     from localroute.observe.logs import level_from
 
     if rate_limited(cfg) and cfg.state.resolved_url() is None:
-        print("localroute: --workers N counts rate limits in each worker: set [state] url (Redis or Valkey, "
-              "docs/scale-out.md) so that the workers share them, or serve one worker.", file=sys.stderr)  # fmt: skip
+        why = "each worker would count its own rate limits: set [state] url (Redis or Valkey,"
+        print(f"localroute: --workers N: {why} docs/scale-out.md), or serve one worker.", file=sys.stderr)
         return 2
     run_dir = Path(tempfile.mkdtemp(prefix="localroute-workers-"))
     token = secrets.token_urlsafe(32)
