@@ -70,6 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     configure_logs(cfg.server.log_level, cfg.server.log_format)
+    if args.workers > 1:
+        from localroute.workers import serve
+
+        return serve(
+            cfg, Path(args.config) if args.config else default_config_path(), host, port, args.workers
+        )
     uvicorn.run(
         create_app(cfg),
         host=host,
@@ -260,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="path to models.toml (default: ./models.toml or $LOCALROUTE_CONFIG)")
     s.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to bind (default from config: 8000)")
+    s.add_argument(
+        "--workers", type=int, default=1, choices=range(1, 65), metavar="N",
+        help="gateway processes on the one port; the engines run once (docs/scale-out.md)",
+    )  # fmt: skip
     s.add_argument(
         "--insecure-no-auth",
         action="store_true",
