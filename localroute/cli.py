@@ -63,6 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from localroute.routing.policy import Policy
+
+    Policy(cfg)  # a bad `[routing] scorer` is refused here, in one line, before anything starts
     configure_logs(cfg.server.log_level, cfg.server.log_format)
     uvicorn.run(
         create_app(cfg),

@@ -7,7 +7,9 @@ may list alternatives separated by commas: each file uses the first one it has.
 
 The label is "the weak model was wrong" (1) — a difficulty, which is what a ranking router needs.
 Cross-validation holds out whole groups (subjects, domains), so each group's figure comes from a
-model that never saw that group: what a scorer does on traffic unlike its training data.
+model that never saw that group: what a scorer does on traffic unlike its training data. Pooled
+figures are given twice: within each fold (one model ranks several unseen groups together) and across
+folds (out-of-fold scores of different models mixed, which also tests their calibration).
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class CVReport:
     rows: tuple[tuple[str, int, tuple[float | None, ...]], ...]  # (group, n, apgr per router)
     pooled: tuple[float | None, ...]
     folds: int
+    by_fold: tuple[float | None, ...] = ()  # mean over folds of the APGR pooled within each fold
 
     def table(self) -> str:
         head = f"{'held-out group':<40} {'n':>5} " + " ".join(f"{r:>9}" for r in self.routers)
@@ -155,7 +158,9 @@ class CVReport:
         means = tuple(sum(v[i] or 0.0 for v in valid) / len(valid) if valid else None
                       for i in range(len(self.routers)))  # fmt: skip
         lines.append(f"{'mean over groups':<40} {len(valid):>5} " + " ".join(fmt(v) for v in means))
-        lines.append(f"{'pooled (all prompts)':<40} {sum(n for _, n, _ in self.rows):>5} "
+        lines.append(f"{'pooled within each fold, mean':<40} {self.folds:>5} "
+                     + " ".join(fmt(v) for v in self.by_fold))  # fmt: skip
+        lines.append(f"{'pooled across folds':<40} {sum(n for _, n, _ in self.rows):>5} "
                      + " ".join(fmt(v) for v in self.pooled))  # fmt: skip
         li, le = self.routers.index("learned"), self.routers.index("length")
         wins = sum(1 for v in valid if (v[li] or 0) > (v[le] or 0))
@@ -166,7 +171,9 @@ class CVReport:
     def as_json(self) -> dict[str, object]:
         groups = {g: {"n": n, **dict(zip(self.routers, v, strict=True))} for g, n, v in self.rows}
         pooled = dict(zip(self.routers, self.pooled, strict=True))
-        return {"folds": self.folds, "routers": list(self.routers), "pooled": pooled, "groups": groups}
+        by_fold = dict(zip(self.routers, self.by_fold, strict=True))
+        return {"folds": self.folds, "routers": list(self.routers), "pooled": pooled, "by_fold": by_fold,
+                "groups": groups}  # fmt: skip
 
 
 def cross_validate(
@@ -187,8 +194,10 @@ def cross_validate(
     random.Random(seed).shuffle(order)
     y = labels(data)
     oof = [0.0] * len(rows)
+    fold_sets: list[list[int]] = []
     for k in range(folds):
         held = set(order[k::folds])
+        fold_sets.append([i for i, gr in enumerate(data.groups) if gr in held])
         train = [i for i, gr in enumerate(data.groups) if gr not in held]
         model = _fit([rows[i] for i in train], [y[i] for i in train], steps)
         for i, gr in enumerate(data.groups):
@@ -204,7 +213,13 @@ def cross_validate(
         out.append((gr, len(idx), tuple(group_apgr(scores[r], data, idx) for r in names)))
     every = list(range(len(rows)))
     pooled = tuple(group_apgr(scores[r], data, every) for r in names)
-    return CVReport(names, tuple(out), pooled, folds), oof
+    by_fold = tuple(_mean([group_apgr(scores[r], data, f) for f in fold_sets]) for r in names)
+    return CVReport(names, tuple(out), pooled, folds, by_fold), oof
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return sum(v) / len(v) if v else None
 
 
 def fmt(v: float | None) -> str:
