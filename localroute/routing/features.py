@@ -2,7 +2,7 @@
 
 Recipe (its version and digest travel in every artifact, and a mismatch is refused at load):
 - the window: the last user message's first 800 and last 400 characters (as the heuristic scans),
-  lower-cased and split into words `[a-z0-9]+`;
+  lower-cased and split into words (`words`: ASCII other than a-z and 0-9 separates);
 - `e0..e63`: the mean static vector of the window's words found in the word table (words.vec.gz, from
   all-MiniLM-L6-v2's input token embeddings, PCA to 64 dimensions; see docs/routing.md);
 - `h<bucket>`: hashed words and each word's character 4-grams (with `<` `>` boundaries), crc32 into
@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import json
 import math
-import re
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -38,7 +37,10 @@ GRAM = 4
 CHARS_PER_TOKEN = 4.0
 MSG_OVERHEAD_TOKENS = 6
 MAX_DEPTH = 5
-WORDS = re.compile(r"[a-z0-9]+")
+# Words are runs of [a-z0-9] after lower-casing: every other ASCII character separates; other characters
+# stay inside words (they rarely occur and then simply miss the word table). A translate and a split
+# are ~4x faster than a regex findall here.
+_SPLIT = str.maketrans({chr(i): " " for i in range(128) if not chr(i).isalnum() or not chr(i).isascii()})
 VECTORS_PATH = Path(__file__).parent / "data" / "words.vec.gz"
 
 
@@ -108,6 +110,11 @@ def window(text: str) -> str:
     return text.lower()
 
 
+def words(text: str) -> list[str]:
+    """The words of a lower-cased window."""
+    return text.translate(_SPLIT).split()
+
+
 def word_buckets(word: str) -> list[int]:
     """The hashed buckets of one word: the word itself, then its character 4-grams."""
     out = [zlib.crc32(b"w" + word.encode()) % BUCKETS]
@@ -154,13 +161,13 @@ class Featuriser:
     def featurise(self, turns: Sequence[Turn]) -> dict[str, float]:
         """The full feature dict of a conversation (what the trainer and a feedback store keep)."""
         out, text = self.dense(turns)
-        words = WORDS.findall(text)
-        if not words:
+        found_words = words(text)
+        if not found_words:
             return out
-        inv = 1.0 / len(words)
+        inv = 1.0 / len(found_words)
         sums = [0.0] * self.vectors.dims
         found = 0
-        for w in words:
+        for w in found_words:
             for b in word_buckets(w):
                 key = f"h{b}"
                 out[key] = out.get(key, 0.0) + inv

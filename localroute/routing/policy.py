@@ -128,7 +128,9 @@ class Policy:
         est = int(chars / CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * messages
         fit = math.ceil(chars / FIT_CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * messages
         out = limit or self.ladder[0].default_max_tokens
-        return Features(est, fit, out, depth, self.signal_hits(last_user))
+        # A learned scorer reads its own (fixed) signals: the heuristic's scan would be wasted time.
+        hits = self.signal_hits(last_user) if self.scorer is None else ()
+        return Features(est, fit, out, depth, hits)
 
     def score(self, f: Features) -> tuple[float, list[str]]:
         """Difficulty in [0, 1], with one reason per term that moved it."""
