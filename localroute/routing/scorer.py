@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from itertools import repeat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
