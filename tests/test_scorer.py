@@ -22,7 +22,7 @@ from localroute.routing.fit import fit
 from localroute.routing.policy import Policy
 from localroute.routing.scorer import DEFAULT_ARTIFACT, Artifact, digest, load_scorer
 from localroute.routing.train import cross_validate, featurise_all, labels, load_labelled
-from tests.conftest import ROOT, start_gateway
+from tests.conftest import ROOT, answering, start_gateway
 
 # Hard prompts ask for multi-step work; easy ones for a small transformation. Words differ per group, so
 # a model must generalise across groups to rank the held-out one.
@@ -228,7 +228,10 @@ def test_the_packaged_scorer_loads_and_is_named_learned() -> None:
 def test_a_real_gateway_routes_with_the_learned_scorer(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, path = trained
     text = (ROOT / "models.toml").read_text().replace("[routing]\n", f'[routing]\nscorer = "{path}"\n', 1)
-    srv = start_gateway(tmp_path, text, {"LOCALROUTE_AUDIT_PATH": str(tmp_path / "audit.jsonl")})
+    # Routing needs no loaded model: wait for startup, not for the engines (a busy box can fail their check).
+    srv = start_gateway(
+        tmp_path, text, {"LOCALROUTE_AUDIT_PATH": str(tmp_path / "audit.jsonl")}, until=answering
+    )
     try:
         body = {"model": "auto", "messages": [{"role": "user", "content": "Say hello to the garden."}]}
         r = httpx.post(srv.url + "/v1/route/explain", json=body, timeout=30)

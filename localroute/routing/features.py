@@ -26,6 +26,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import mul
 from pathlib import Path
 
 from localroute.routing.signals import DEFAULT_SIGNALS, SignalMatcher
@@ -98,10 +99,7 @@ class WordVectors:
         d = self.dims
         ws = [w * s for w, s in zip(weights, self.scale, strict=True)]
         rows = self.rows
-        return {
-            word: math.fsum(q * w for q, w in zip(rows[i * d : (i + 1) * d], ws, strict=True))
-            for word, i in self.index.items()
-        }
+        return {word: sum(map(mul, rows[i * d : (i + 1) * d], ws)) for word, i in self.index.items()}
 
 
 def window(text: str) -> str:

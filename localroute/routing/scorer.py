@@ -115,9 +115,10 @@ class LearnedScorer:
         emb = [w.get(f"e{i}", 0.0) for i in range(self.featuriser.vectors.dims)]
         self._emb = self.featuriser.vectors.dot_all(emb) if any(emb) else {}
         self._known = dict.fromkeys(self.featuriser.vectors.index, 1)
-        # The table's words are summed once here; other words when first seen (up to WORD_CACHE).
-        self._word_cache = {word: self._hashed_sum(word) for word in self._known}
-        self._limit = len(self._word_cache) + WORD_CACHE
+        # A word's hashed share is summed when first seen (up to WORD_CACHE words), not all at load:
+        # startup stays under a second.
+        self._word_cache: dict[str, float] = {}
+        self._limit = WORD_CACHE
 
     def _hashed_sum(self, word: str) -> float:
         h = self._hashed

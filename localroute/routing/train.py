@@ -43,6 +43,17 @@ class Labelled:
     weak: tuple[bool, ...]
     strong: tuple[bool, ...]
     groups: tuple[str, ...]
+    sources: tuple[int, ...] = ()  # which --data path each prompt came from
+
+    def weights(self) -> list[float]:
+        """Each --data path weighs the same in the fit, however many prompts it holds: a small
+        everyday set must not drown under ten thousand exam questions."""
+        if not self.sources:
+            return [1.0] * len(self.convs)
+        counts: dict[int, int] = {}
+        for x in self.sources:
+            counts[x] = counts.get(x, 0) + 1
+        return [len(self.convs) / (len(counts) * counts[x]) for x in self.sources]
 
     def text(self, i: int) -> str:
         return "\n".join(t.text for t in self.convs[i])
@@ -78,15 +89,16 @@ def load_labelled(paths: Sequence[str | Path], weak: str, strong: str) -> Labell
     w: list[bool] = []
     s: list[bool] = []
     g: list[str] = []
-    files: list[Path] = []
-    for p in map(Path, paths):
+    src: list[int] = []
+    files: list[tuple[int, Path]] = []
+    for k, p in enumerate(map(Path, paths)):
         if not p.exists():
             raise EvalError(f"{p}: no such file or folder")
         found = sorted([*p.glob("*.csv"), *p.glob("*.jsonl")]) if p.is_dir() else [p]
         if not found:
             raise EvalError(f"{p}: folder holds no .csv or .jsonl files")
-        files.extend(found)
-    for f in files:
+        files.extend((k, f) for f in found)
+    for k, f in files:
         try:
             if f.suffix == ".jsonl":
                 for n, line in enumerate(f.open(encoding="utf-8"), 1):
@@ -106,6 +118,7 @@ def load_labelled(paths: Sequence[str | Path], weak: str, strong: str) -> Labell
                     w.append(_bool(doc[_pick(keys, weak, where)], where, weak))
                     s.append(_bool(doc[_pick(keys, strong, where)], where, strong))
                     g.append(str(doc.get("group") or f.stem))
+                    src.append(k)
                 continue
             with f.open(encoding="utf-8", newline="") as fh:
                 reader = csv.DictReader(fh)
@@ -119,11 +132,12 @@ def load_labelled(paths: Sequence[str | Path], weak: str, strong: str) -> Labell
                     w.append(_bool(row[wc], where, wc))
                     s.append(_bool(row[sc], where, sc))
                     g.append(row.get("group") or f.stem)
+                    src.append(k)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise EvalError(f"{f}: not readable ({exc.__class__.__name__})") from None
     if not convs:
         raise EvalError("no labelled prompts found in the data")
-    return Labelled(tuple(convs), tuple(w), tuple(s), tuple(g))
+    return Labelled(tuple(convs), tuple(w), tuple(s), tuple(g), tuple(src))
 
 
 def labels(data: Labelled) -> list[int]:
@@ -158,6 +172,8 @@ class CVReport:
         means = tuple(sum(v[i] or 0.0 for v in valid) / len(valid) if valid else None
                       for i in range(len(self.routers)))  # fmt: skip
         lines.append(f"{'mean over groups':<40} {len(valid):>5} " + " ".join(fmt(v) for v in means))
+        medians = tuple(_median([v[i] for v in valid]) for i in range(len(self.routers)))
+        lines.append(f"{'median over groups':<40} {len(valid):>5} " + " ".join(fmt(v) for v in medians))
         lines.append(f"{'pooled within each fold, mean':<40} {self.folds:>5} "
                      + " ".join(fmt(v) for v in self.by_fold))  # fmt: skip
         lines.append(f"{'pooled across folds':<40} {sum(n for _, n, _ in self.rows):>5} "
@@ -193,13 +209,14 @@ def cross_validate(
     order = groups[:]
     random.Random(seed).shuffle(order)
     y = labels(data)
+    sw = data.weights()
     oof = [0.0] * len(rows)
     fold_sets: list[list[int]] = []
     for k in range(folds):
         held = set(order[k::folds])
         fold_sets.append([i for i, gr in enumerate(data.groups) if gr in held])
         train = [i for i, gr in enumerate(data.groups) if gr not in held]
-        model = _fit([rows[i] for i in train], [y[i] for i in train], steps)
+        model = _fit([rows[i] for i in train], [y[i] for i in train], [sw[i] for i in train], steps)
         for i, gr in enumerate(data.groups):
             if gr in held:
                 oof[i] = model.logit(rows[i])
@@ -217,6 +234,11 @@ def cross_validate(
     return CVReport(names, tuple(out), pooled, folds, by_fold), oof
 
 
+def _median(xs: Sequence[float | None]) -> float | None:
+    v = sorted(x for x in xs if x is not None)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else None
+
+
 def _mean(xs: Sequence[float | None]) -> float | None:
     v = [x for x in xs if x is not None]
     return sum(v) / len(v) if v else None
@@ -226,8 +248,10 @@ def fmt(v: float | None) -> str:
     return f"{v:>9.3f}" if v is not None else f"{'n/a':>9}"
 
 
-def _fit(rows: Sequence[dict[str, float]], y: Sequence[int], steps: int | None) -> Linear:
-    return fit(rows, y) if steps is None else fit(rows, y, steps=steps)
+def _fit(
+    rows: Sequence[dict[str, float]], y: Sequence[int], sw: Sequence[float], steps: int | None
+) -> Linear:
+    return fit(rows, y, sw) if steps is None else fit(rows, y, sw, steps=steps)
 
 
 def featurise_all(data: Labelled, featuriser: Featuriser) -> list[dict[str, float]]:

@@ -50,12 +50,13 @@ def run_train(
         except EvalError as exc:
             print(f"localroute: {exc}", file=sys.stderr)
             return 2
-    model = fit(rows, y)
+    model = fit(rows, y, labelled.weights())
     meta: dict[str, object] = {
         "trained_on": [Path(p).name for p in data],
         "prompts": len(rows),
         "groups": len(set(labelled.groups)),
         "label": "weak model wrong",
+        "weighting": "each --data path weighs the same",
         "command": "localroute train " + " ".join(argv),
     }
     if report is not None:
