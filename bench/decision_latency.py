@@ -1,6 +1,6 @@
 """Decision latency: p50/p99 of `Policy.decide` alone, and of parsing the JSON body plus deciding.
 
-    python -m bench.decision_latency [--seconds 20] [--variants 16]
+    python -m bench.decision_latency [--seconds 20] [--variants 16] [--scorer PATH]
 
 Prompts of ~100, ~2,000 and ~30,000 tokens (~4 characters a token) are built from ordinary prose with
 a few routing keywords and a question at the end, `--variants` different ones per size. Every round
@@ -8,7 +8,9 @@ times each (size, mode) pair once, in a shuffled order, so drift and background 
 alike; rounds run until `--seconds` have passed. Timings are single calls with the garbage collector
 on, as in the server. A fixed busy loop of ~100 µs is timed in the same rounds: its p99/p50 is the
 machine's own jitter, which sets a floor under every p99 here. Target (issue): p99 of `Policy.decide`
-at most 0.2 ms for a 2,000-token prompt. `--no-append` prints the table without recording it.
+at most 0.2 ms for a 2,000-token prompt. `--no-append` prints the table without recording it. The
+"learned" cells time `Policy.decide` with the learned scorer (the packaged artifact, or `--scorer`)
+in place of the heuristic, in the same rounds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bench.common import append_result, pct
 from localroute.config.privacy import ALL_KINDS
@@ -26,6 +29,7 @@ from localroute.config.schema import parse_config
 from localroute.privacy.detect import Detector
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 from localroute.routing.policy import Policy
+from localroute.routing.scorer import DEFAULT_ARTIFACT, load_scorer
 
 TARGET_US, TARGET_TOKENS = 200.0, 2000
 SIZES = (100, 2000, 30000)
@@ -137,8 +141,10 @@ def main() -> None:
     ap.add_argument("--variants", type=int, default=16, help="different prompts per size")
     ap.add_argument("--max-rounds", type=int, default=200_000)
     ap.add_argument("--no-append", action="store_true", help="print the table, leave RESULTS.md alone")
+    ap.add_argument("--scorer", default=str(DEFAULT_ARTIFACT), help="learned scorer artifact to time")
     args = ap.parse_args()
     policy = Policy(parse_config(CONFIG))
+    learned = Policy(parse_config(CONFIG), load_scorer(Path(args.scorer)))
     rng = random.Random(0)
     bodies = {n: [body_of(make_prompt(n, rng)) for _ in range(args.variants)] for n in SIZES}
     reqs = {n: [parse_chat_request(b) for b in bodies[n]] for n in SIZES}
@@ -167,6 +173,7 @@ def main() -> None:
         cells.append((n, "parse+policy", lambda i, n=n: parse_decide(bodies[n][i % args.variants])))
         cells.append((n, "policy+pii", lambda i, n=n: decide_pii(reqs[n][i % args.variants])))
         cells.append((n, "policy+caps", lambda i, n=n: decide(agents[n][i % args.variants])))
+        cells.append((n, "learned", lambda i, n=n: learned.decide(reqs[n][i % args.variants])))
     for _, _, fn in cells:  # warm up
         for i in range(50):
             fn(i)
@@ -185,30 +192,35 @@ def main() -> None:
 
     head = (
         "| prompt | chars | policy p50 µs | policy p99 µs | parse+policy p50 µs | parse+policy p99 µs "
-        "| policy+PII p50 µs | policy+PII p99 µs | policy, tools+JSON p50 µs | policy, tools+JSON p99 µs |"
-        "\n|---|---|---|---|---|---|---|---|---|---|"
+        "| policy+PII p50 µs | policy+PII p99 µs | policy, tools+JSON p50 µs | policy, tools+JSON p99 µs "
+        "| learned p50 µs | learned p99 µs |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = []
     for n in SIZES:
         chars = sum(len(r.messages[-1].text()) for r in reqs[n]) // args.variants
         p, q, r = times[n, "policy"], times[n, "parse+policy"], times[n, "policy+pii"]
         c = times[n, "policy+caps"]
+        lr = times[n, "learned"]
         rows.append(
             f"| ~{n:,} tokens | {chars:,} | {pct(p, 0.5):.1f} | {pct(p, 0.99):.1f} | "
             f"{pct(q, 0.5):.1f} | {pct(q, 0.99):.1f} | {pct(r, 0.5):.1f} | {pct(r, 0.99):.1f} | "
-            f"{pct(c, 0.5):.1f} | {pct(c, 0.99):.1f} |"
+            f"{pct(c, 0.5):.1f} | {pct(c, 0.99):.1f} | {pct(lr, 0.5):.1f} | {pct(lr, 0.99):.1f} |"
         )
     fixed = times[0, "fixed"]
     rows.append(
         f"| fixed work (jitter reference) | - | {pct(fixed, 0.5):.1f} | {pct(fixed, 0.99):.1f} "
-        "| - | - | - | - | - | - |"
+        "| - | - | - | - | - | - | - | - |"
     )
     p99 = pct(times[TARGET_TOKENS, "policy"], 0.99)
     verdict = "met" if p99 <= TARGET_US else "NOT met"
+    lp99 = pct(times[TARGET_TOKENS, "learned"], 0.99)
+    lverdict = "met" if lp99 <= TARGET_US else "NOT met"
     notes = (
         f"{rounds:,} interleaved rounds in {args.seconds:g} s, {args.variants} prompts per size, one timed "
         f"call per cell per round, GC on. Target: `Policy.decide` p99 ≤ {TARGET_US:.0f} µs at "
-        f"~{TARGET_TOKENS:,} tokens — **{verdict}** ({p99:.1f} µs). Only a bounded window of the last "
+        f"~{TARGET_TOKENS:,} tokens — **{verdict}** ({p99:.1f} µs); with the learned scorer "
+        f"({Path(args.scorer).name}) **{lverdict}** ({lp99:.1f} µs). Only a bounded window of the last "
         "user message is scanned, so policy time flattens with length; parsing (JSON + pydantic) grows "
         "with the body. Fixed work: a constant loop timed in the same rounds; its p99/p50 "
         f"({pct(fixed, 0.99) / pct(fixed, 0.5):.2f}) is the machine's jitter (1-minute load average "

@@ -69,6 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from localroute.routing.policy import Policy
+
+    Policy(cfg)  # a bad `[routing] scorer` is refused here, in one line, before anything starts
     configure_logs(cfg.server.log_level, cfg.server.log_format)
     if args.workers > 1:
         from localroute.workers import serve
@@ -123,10 +126,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("localroute: --plot needs matplotlib: pip install matplotlib", file=sys.stderr)
         return 1
     cfg = _load(args.config)
+    policy, name, also = Policy(cfg), "policy", []
+    if args.scorer:
+        from localroute.routing.scorer import load_scorer
+
+        policy, name = Policy(cfg, load_scorer(Path(args.scorer))), "learned"
+        also = [("heuristic", Policy(_heuristic(cfg)))]
     try:
         data = load_dataset(args.data, args.weak, args.strong)
-        report = evaluate(data, Policy(cfg), args.weak, args.strong, cost_model(cfg, args.output_tokens),
-                          seed=args.seed)  # fmt: skip
+        report = evaluate(data, policy, args.weak, args.strong, cost_model(cfg, args.output_tokens),
+                          seed=args.seed, name=name, also=also)  # fmt: skip
         if args.plot:
             plot_report(report, args.plot)
     except EvalError as exc:
@@ -138,10 +147,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heuristic(cfg: Config) -> Config:
+    return cfg.model_copy(update={"routing": cfg.routing.model_copy(update={"scorer": "heuristic"})})
+
+
+def _with_scorer(cfg: Config, scorer: str | None) -> Config:
+    """`--scorer PATH` overrides `[routing] scorer` (and drops its pin, which names another file)."""
+    if not scorer:
+        return cfg
+    path = str(Path(scorer).resolve())
+    update = {"scorer": path, "scorer_sha256": None}
+    return cfg.model_copy(update={"routing": cfg.routing.model_copy(update=update)})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from localroute.routing.train_cmd import run_train
+
+    cfg = _heuristic(_load(args.config))
+    return run_train(cfg, args.data, args.weak, args.strong, Path(args.out), folds=args.folds,
+                     cv=not args.no_cv, as_json=args.json, argv=sys.argv[2:])  # fmt: skip
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from localroute.routing.explain import run
 
-    cfg = _load(args.config)
+    cfg = _with_scorer(_load(args.config), args.scorer)
     if args.file and args.file != "-":
         with open(args.file, encoding="utf-8") as fh:
             return run(cfg, fh, args.jsonl)
@@ -307,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="show the routing decision for requests, offline")
     ex.add_argument("--config", help="path to models.toml")
     ex.add_argument("--jsonl", action="store_true", help="one request per line")
+    ex.add_argument("--scorer", help="a `localroute train` artifact to score with (overrides the config)")
     ex.add_argument("file", nargs="?", help="requests file (default: stdin)")
     ex.set_defaults(func=cmd_explain)
     ev = sub.add_parser("eval", help="score the routing policy on labelled prompts (APGR, CPT, savings)")
@@ -318,7 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ev.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
     ev.add_argument("--output-tokens", type=int, default=256, help="assumed output tokens per request")
+    ev.add_argument("--scorer", help="score with this learned artifact, beside the heuristic")
     ev.set_defaults(func=cmd_eval)
+    tr = sub.add_parser("train", help="fit a learned scorer; report leave-groups-out APGR")
+    tr.add_argument("--data", nargs="+", required=True, help="CSV or JSONL files, or folders of them")
+    tr.add_argument("--weak", required=True, help="weak model's boolean column (a,b: first one present)")
+    tr.add_argument("--strong", required=True, help="strong model's boolean column (a,b: first one present)")
+    tr.add_argument("--out", required=True, help="where to write the artifact (.json)")
+    tr.add_argument("--config", help="path to models.toml (the heuristic shown beside the scorer)")
+    tr.add_argument("--folds", type=int, default=8, help="leave-groups-out folds (default 8)")
+    tr.add_argument("--no-cv", action="store_true", help="fit only, no cross-validation report")
+    tr.add_argument("--json", action="store_true", help="print one JSON object")
+    tr.set_defaults(func=cmd_train)
     return p
 
 

@@ -74,3 +74,8 @@ class RoutingConfig(BaseModel):
     signals: list[Signal] = []
     replace_default_signals: bool = False
     cascade: CascadeConfig = CascadeConfig()
+    # Which difficulty score the policy uses: "heuristic" (the logistic above), "learned" (the scorer
+    # shipped in the package) or a path to a `localroute train` artifact (relative to models.toml).
+    scorer: Annotated[str, Field(min_length=1, max_length=4096)] = "heuristic"
+    # Optional pin: the artifact's sha256 must be this one, or the gateway refuses to start.
+    scorer_sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = None

@@ -210,9 +210,16 @@ def router_result(
 
 
 def evaluate(
-    data: Dataset, policy: Policy, weak: str, strong: str, costs: CostModel, seed: int = 0
+    data: Dataset,
+    policy: Policy,
+    weak: str,
+    strong: str,
+    costs: CostModel,
+    seed: int = 0,
+    name: str = "policy",
+    also: Sequence[tuple[str, Policy]] = (),
 ) -> Report:
-    """Score the policy and the length, random and oracle baselines on `data`."""
+    """Score the policy (and any `also`) and the length, random and oracle baselines on `data`."""
     n = len(data.prompts)
     q_weak, q_strong = sum(data.weak) / n, sum(data.strong) / n
     if q_weak == q_strong:
@@ -233,7 +240,8 @@ def evaluate(
     rq = [sum(v) / len(perms) for v in zip(*(q for q, _ in perms), strict=True)]
     rc = [sum(v) / len(perms) for v in zip(*(c for _, c in perms), strict=True)]
     rows = [
-        ("policy", *curves(policy_scores)),
+        (name, *curves(policy_scores)),
+        *((n, *curves([p.score_text(x) for x in data.prompts])) for n, p in also),
         ("length", *curves(length_scores(data.prompts))),
         ("random", rq, rc),
         ("oracle", *curves(oracle_scores(data.weak, data.strong))),
@@ -270,10 +278,10 @@ def format_table(r: Report) -> str:
         f"q_weak   = {r.q_weak:.4f}  ({r.weak})",
         f"q_strong = {r.q_strong:.4f}  ({r.strong})",
         "",
-        f"{'router':<8} {'APGR':>6} {'CPT(50%)':>9} {'CPT(80%)':>9} {'strong@95%':>11} {'saved@95%':>10}",
+        f"{'router':<9} {'APGR':>6} {'CPT(50%)':>9} {'CPT(80%)':>9} {'strong@95%':>11} {'saved@95%':>10}",
     ]
     rows = [
-        f"{x.name:<8} {x.apgr:>6.3f} {_pct(x.cpt50):>9} {_pct(x.cpt80):>9} "
+        f"{x.name:<9} {x.apgr:>6.3f} {_pct(x.cpt50):>9} {_pct(x.cpt80):>9} "
         f"{_pct(x.strong_share_at_95):>11} {_pct(x.savings_at_95):>10}"
         for x in r.routers
     ]

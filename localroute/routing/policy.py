@@ -8,7 +8,7 @@ Only a bounded window of the prompt is scanned, so the cost does not grow with t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig, capabilities
@@ -16,6 +16,8 @@ from localroute.config.schema import Config
 from localroute.errors import InvalidRequestError, UnsupportedCapabilityError
 from localroute.protocol.chat import CAPABILITIES, Capability, ChatCompletionRequest
 from localroute.protocol.wire import Explanation
+from localroute.routing.features import Turn
+from localroute.routing.scorer import LearnedScorer, load_scorer, resolve
 from localroute.routing.signals import DEFAULT_SIGNALS, SignalMatcher
 
 # The instruction is usually at the start or the end, and keywords deep inside a long passage are mostly
@@ -87,7 +89,9 @@ class Decision:
 class Policy:
     """Scores requests and picks the cheapest rung that can serve them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, scorer: LearnedScorer | None = None) -> None:
+        """`scorer` replaces the heuristic score; by default `[routing] scorer` says which (a learned
+        artifact is read and verified here, once: a bad one is a ConfigError at startup)."""
         self.config = config
         self.r = config.routing
         self.ladder: tuple[ModelConfig, ...] = tuple(config.ladder())
@@ -98,6 +102,9 @@ class Policy:
             signals = [s for s in DEFAULT_SIGNALS if s.name not in names] + signals
         self._matcher = SignalMatcher(signals)
         self._weights = {s.name: s.weight for s in signals}
+        if scorer is None and self.r.scorer != "heuristic":
+            scorer = load_scorer(resolve(self.r.scorer, config.base_dir), self.r.scorer_sha256)
+        self.scorer = scorer
 
     # -- features and score ----------------------------------------------------------------------
 
@@ -121,7 +128,9 @@ class Policy:
         est = int(chars / CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * messages
         fit = math.ceil(chars / FIT_CHARS_PER_TOKEN) + MSG_OVERHEAD_TOKENS * messages
         out = limit or self.ladder[0].default_max_tokens
-        return Features(est, fit, out, depth, self.signal_hits(last_user))
+        # A learned scorer reads its own (fixed) signals: the heuristic's scan would be wasted time.
+        hits = self.signal_hits(last_user) if self.scorer is None else ()
+        return Features(est, fit, out, depth, hits)
 
     def score(self, f: Features) -> tuple[float, list[str]]:
         """Difficulty in [0, 1], with one reason per term that moved it."""
@@ -144,7 +153,16 @@ class Policy:
 
     def score_text(self, prompt: str) -> float:
         """The difficulty of a single-turn prompt (used by `localroute eval`)."""
-        return self.score(self._features(len(prompt), 1, 1, prompt, None))[0]
+        return self.score_turns((Turn("user", prompt),))
+
+    def score_turns(self, turns: Sequence[Turn]) -> float:
+        """The difficulty of a conversation, by the configured scorer."""
+        if self.scorer is not None:
+            return self.scorer.score(turns).probability
+        chars = sum(len(t.text) for t in turns)
+        users = [t.text for t in turns if t.role == "user"]
+        last = users[-1] if users else ""
+        return self.score(self._features(chars, len(turns), len(users), last, None))[0]
 
     # -- the decision ----------------------------------------------------------------------------
 
@@ -159,7 +177,11 @@ class Policy:
         not loaded now: a request does not wait more than `max_cold_wait_s` for one when an
         equally admissible rung is warm."""
         f = self.features(req)
-        score, reasons = self.score(f)
+        if self.scorer is not None:
+            scored = self.scorer.score([Turn(m.role, m.text()) for m in req.messages])
+            score, reasons = scored.probability, list(scored.reasons)
+        else:
+            score, reasons = self.score(f)
         needs = req.needs()
         ruled_out = tuple((m.name, lacks) for m in self.ladder if (lacks := _lacking(m, needs)))
         if needs:
