@@ -115,8 +115,8 @@ def test_the_rendered_file_loads_and_says_where_each_figure_came_from() -> None:
         load_s=0.5, prompt_tps=900.0, decode_tps=80.0, ttft_ms=40.0, at=at, on="Test CPU, 8 threads"
     )
     outcomes = {plan.chat[0].entry.name: fig, plan.chat[1].entry.name: "the measurement failed (boom)"}
-    text = render(plan, box(), catalogue_version=1, budget="70%", hub_line="hub: reachable", outcomes=outcomes,
-                  threads=8)  # fmt: skip
+    text = render(plan, box(), catalogue_version=1, budget="70%", hub_line="hub: reachable",
+                  outcomes=outcomes, threads=8)  # fmt: skip
     cfg = parse_config(text)
     first = cfg.ladder()[0]
     assert isinstance(first, LlamaCppModel) and first.measured == fig
@@ -145,7 +145,10 @@ max_score = 0.9
 [resources]
 max_cold_wait_s = 5
 """
-FIGURES = "measured = {{ load_s = {load}, prompt_tps = {p}, decode_tps = {d}, ttft_ms = 10, at = 2026-12-03T12:00:00Z }}"
+FIGURES = (
+    "measured = {{ load_s = {load}, prompt_tps = {p}, decode_tps = {d}, ttft_ms = 10, "
+    "at = 2026-12-03T12:00:00Z }}"
+)
 
 
 def policy(load: float | None = None, p: float = 1000.0, d: float = 100.0) -> Policy:
