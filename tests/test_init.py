@@ -17,8 +17,9 @@ from localroute.config.models import LlamaCppModel
 from localroute.config.schema import load_config
 from tests.conftest import ROOT, Server, free_port
 
-# Two rungs would double the minutes on a shared 2-core box; 300 MiB keeps SmolLM2 (~190 MiB) and the
-# embedder and leaves gemma3-270m (~420 MiB) out, which also exercises the budget's reason line.
+# Two rungs would double the minutes on a shared 2-core box; 300 MiB keeps SmolLM2 (~290 MiB) and leaves
+# out gemma3-270m (~460 MiB) and the embedder (it would not fit beside SmolLM2), which also exercises
+# the budget's reason lines.
 # One thread: on a box whose cores other processes share, llama.cpp's second thread spins at barriers.
 INIT_ARGS = ["--budget", "300MiB", "--reps", "2", "--decode-tokens", "32", "--threads", "1"]
 
@@ -51,7 +52,8 @@ def test_offline_init_writes_a_measured_ladder_and_names_what_it_left_out(
     out = proc.stdout
     assert "Hugging Face hub: unreachable (HF_HUB_OFFLINE is set)" in out
     assert "left out qwen2.5-7b: needs the Hugging Face hub, which cannot be reached" in out
-    assert "left out gemma3-270m: needs ~420 MiB (approximate) > memory budget 300 MiB" in out
+    assert "left out gemma3-270m: needs ~460 MiB (approximate) > memory budget 300 MiB" in out
+    assert "left out all-minilm-l6-v2: with smollm2-135m it needs ~490 MiB" in out
     assert f"wrote {config}" in out
     assert "measure smollm2-135m" in proc.stderr  # the progress bar
     cfg = load_config(config)

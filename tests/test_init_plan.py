@@ -98,6 +98,7 @@ def test_a_small_budget_leaves_out_what_does_not_fit_and_says_by_how_much() -> N
     plan = plan_ladder(load_catalogue(), box(), 300 * MiB, hub=False)
     assert [r.entry.name for r in plan.chat] == ["smollm2-135m"]
     assert "> memory budget 300 MiB" in dict(plan.left_out)["gemma3-270m"]
+    assert plan.embed is None and "with smollm2-135m" in dict(plan.left_out)["all-minilm-l6-v2"]
 
 
 def test_a_gpu_adds_the_strongest_vllm_rung_that_fits_on_top() -> None:

@@ -134,5 +134,15 @@ def plan_ladder(cat: Catalogue, box: Box, budget: int, hub: bool, max_local: int
     step = (TOP_MAX_SCORE - FIRST_MAX_SCORE) / max(n - 1, 1)
     rungs = tuple(Rung(e, i, round(FIRST_MAX_SCORE + i * step, 2)) for i, e in enumerate(chat))
     embeds = [e for e in fits if e.task == "embed"]
+    embed = embeds[0] if embeds else None
     left += [(e.name, "one embedding rung is proposed") for e in embeds[1:]]
-    return Plan(rungs, embeds[0] if embeds else None, tuple(left))
+    first = rungs[0].entry if rungs and rungs[0].entry.engine == "llama_cpp" else None
+    if embed is not None and first is not None:
+        # both start with the gateway: together they must fit, or one would evict the other at startup
+        together = first.approx_memory_mib + embed.approx_memory_mib
+        if together * MiB > budget:
+            why = (f"with {first.name} it needs ~{together} MiB (approximate) > memory budget "
+                   f"{budget // MiB} MiB; both would start with the gateway")  # fmt: skip
+            left.append((embed.name, why))
+            embed = None
+    return Plan(rungs, embed, tuple(left))
