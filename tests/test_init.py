@@ -15,6 +15,7 @@ from openai import OpenAI
 from bench.local_sides import RawSide
 from localroute.config.models import LlamaCppModel
 from localroute.config.schema import load_config
+from localroute.host.measure import MeasureError, measure
 from tests.conftest import ROOT, Server, free_port
 
 # Two rungs would double the minutes on a shared 2-core box; 300 MiB keeps SmolLM2 (~290 MiB) and leaves
@@ -140,3 +141,16 @@ def test_a_rerun_shows_a_diff_and_writes_only_with_write(
     assert written.returncode == 0, written.stderr[-2000:]
     assert config.read_text() == generated
     assert "is up to date" in _init(config, "--no-measure").stdout
+
+
+def test_a_model_that_cannot_be_measured_is_one_line(tmp_path: Path) -> None:
+    """A file llama.cpp cannot load: the child reports it, the parent raises one line, no traceback."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    m = LlamaCppModel.model_validate(
+        {"name": "bad", "engine": "llama_cpp", "source": {"kind": "path", "path": str(bad)}, "threads": 1}
+    )
+    with pytest.raises(MeasureError) as exc:
+        measure(bad, m, on="test", reps=1, max_tokens=4)
+    reason = exc.value.reason
+    assert reason and "\n" not in reason and "Traceback" not in reason

@@ -17,9 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,12 @@ PROMPT_PARAGRAPH = (
 )
 
 
-@dataclass(frozen=True)
 class MeasureError(Exception):
     """A rung that could not be measured; `reason` is one line for the user."""
 
-    reason: str
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def steps(reps: int) -> int:
@@ -64,17 +65,15 @@ def measure(
         cmd += ["--threads", str(m.threads)]
     if m.chat_format is not None:
         cmd += ["--chat-format", m.chat_format]
-    deadline = time.monotonic() + timeout_s
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
         assert proc.stdout is not None
+        watchdog = threading.Timer(timeout_s, proc.kill)  # a hung load or decode ends the child
+        watchdog.start()
         result: dict[str, float] | None = None
         problem = ""
         try:
             for line in proc.stdout:
-                if time.monotonic() > deadline:
-                    problem = f"no result within {timeout_s:g}s"
-                    break
                 event = json.loads(line)
                 if "step" in event:
                     progress(str(event["step"]))
@@ -88,7 +87,11 @@ def measure(
             if proc.poll() is None and (result is None or problem):
                 proc.kill()
             code = proc.wait()
+            timed_out = not watchdog.is_alive() and result is None
+            watchdog.cancel()
         if result is None:
+            if timed_out and not problem:
+                problem = f"no result within {timeout_s:g}s"
             if not problem:
                 err.seek(0)
                 tail = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
