@@ -4,7 +4,8 @@ tokens/s and time to first token, in a child process (a crash or an OOM in C++ s
 The child loads the GGUF with the arguments the gateway's worker uses (rungs/llamacpp/worker.py
 load_llama: n_ctx, threads, n_batch, chat format) and reports one JSON line per step on stdout, so the
 parent can show progress and a failure becomes one line. Decode is timed as bench/local_sides.py times
-the raw side: streamed content chunks after the first, over the time from the first to the last.
+the raw side (same prompt): streamed content chunks after the first, over the time from the first to
+the last.
 
     python -m localroute.host.measure --model-path P --n-ctx N [--threads T] [--n-batch B] [--chat-format F]
 """
@@ -26,7 +27,8 @@ from typing import Any
 
 from localroute.config.models import LlamaCppModel, Measured
 
-DECODE_PROMPT = "Count from 1 to 300, separated by commas: 1, 2, 3,"
+DECODE_PROMPT = "Count from 1 to 300, separated by commas: 1, 2, 3,"  # bench/local_sides.py's PROMPT
+DECODE_MESSAGES = [{"role": "user", "content": DECODE_PROMPT}]
 TTFT_MESSAGES = [{"role": "user", "content": "Say hi"}]
 PROMPT_PARAGRAPH = (
     "The router sends each request to the cheapest model that can answer it well, keeps private "
@@ -130,10 +132,26 @@ def _ttft_ms(llm: Any) -> float:
     raise MeasureError("the model produced no content for a short chat prompt")
 
 
+def _rate(stamps: list[float]) -> float:
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
 def _decode_rate(llm: Any, max_tokens: int) -> float:
-    """Tokens/s after the first, over a raw continuation with end-of-text banned (so every model,
-    base ones too, decodes `max_tokens` tokens)."""
+    """Tokens/s after the first of a streamed chat answer, as bench/local_sides.py times the raw side.
+    A model that stops early there (a base model without a chat template) is timed on a raw
+    continuation with end-of-text banned instead; its Python logits hook costs a little per token."""
+    llm.reset()
+    stamps: list[float] = []
+    chat = llm.create_chat_completion(
+        messages=DECODE_MESSAGES, max_tokens=max_tokens, temperature=0.0, stream=True
+    )
+    for chunk in chat:
+        if chunk["choices"][0]["delta"].get("content"):
+            stamps.append(time.perf_counter())
+    if len(stamps) >= max(2, max_tokens // 2):
+        return _rate(stamps)
     import numpy as np
+    from llama_cpp import LogitsProcessorList
 
     eos = llm.token_eos()
 
@@ -141,10 +159,8 @@ def _decode_rate(llm: Any, max_tokens: int) -> float:
         logits[eos] = -np.inf
         return logits
 
-    from llama_cpp import LogitsProcessorList
-
     llm.reset()
-    stamps: list[float] = []
+    stamps = []
     for chunk in llm.create_completion(
         DECODE_PROMPT, max_tokens=max_tokens, temperature=0.0, stream=True,
         logits_processor=LogitsProcessorList([ban_eos]),
@@ -153,7 +169,7 @@ def _decode_rate(llm: Any, max_tokens: int) -> float:
             stamps.append(time.perf_counter())
     if len(stamps) < 2:
         raise MeasureError("the model decoded fewer than two tokens")
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return _rate(stamps)
 
 
 def child(args: argparse.Namespace) -> None:
