@@ -67,8 +67,8 @@ def main() -> None:
     row += f"| {raw_tps:.1f} ({samples}) | {fig.decode_tps / raw_tps:.2f} |"
     table = "\n".join([head, "|---|---|---|---|---|---|---|---|", row])
     notes = (
-        "init measures in its own child (host/measure.py: raw continuation, end-of-text banned); the raw "
-        "side is bench.local_sides streaming the bench's chat prompt; both load the file init wrote."
+        "init measures in its own child (host/measure.py), streaming the bench's chat prompt; the raw side "
+        "is bench.local_sides' child streaming the same prompt; both load the file init wrote."
     )
     if args.no_append:
         print(table + "\n\n" + notes)
