@@ -105,6 +105,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return pull_models(cfg, names=args.models or None)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from localroute.host.init import Options, run
+
+    path = Path(args.config) if args.config else default_config_path()
+    opts = Options(path, write=args.write, measure=not args.no_measure, budget=args.budget, reps=args.reps,
+                   max_tokens=args.decode_tokens, threads=args.threads)  # fmt: skip
+    return run(opts, sys.stdout, sys.stderr)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -317,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", help="path to models.toml")
     pl.add_argument("models", nargs="*", help="only these models (default: all)")
     pl.set_defaults(func=cmd_pull)
+    it = sub.add_parser("init", help="propose a ladder for this box, measure it, write models.toml")
+    it.add_argument("--config", help="models.toml to write (default: ./models.toml or $LOCALROUTE_CONFIG)")
+    it.add_argument("--write", action="store_true", help="replace an existing file (default: show a diff)")
+    it.add_argument("--no-measure", action="store_true", help="skip measuring (keeps a file's old figures)")
+    it.add_argument("--budget", default="70%", help="memory for local models: '70%%' of RAM, '8GiB' ...")
+    it.add_argument("--reps", type=int, default=3, help="measurement repetitions per model (median)")
+    it.add_argument("--decode-tokens", type=int, default=64, help="tokens decoded per measurement")
+    it.add_argument("--threads", type=int, help="llama.cpp threads per rung (default: physical cores, <= 8)")
+    it.set_defaults(func=cmd_init)
     st = sub.add_parser("status", help="show a running gateway's models, memory and GPUs (its /health)")
     st.add_argument("--url", default="http://127.0.0.1:8000", help="gateway address (default: %(default)s)")
     st.add_argument("--json", action="store_true", help="print /health as JSON")

@@ -3,6 +3,7 @@ and what it costs. The rest of the file's schema and the loader are in config/sc
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -173,6 +174,20 @@ class Endpoints(BaseModel):
         return self
 
 
+class Measured(BaseModel):
+    """What `localroute init` measured for a rung on this box (host/measure.py): seconds to load the
+    GGUF, prompt evaluation and decode rates (tokens/s), time to the first token of a short chat
+    prompt, when, and on what (`on`: CPU, threads). The policy prefers these to its fixed guesses."""
+
+    model_config = FORBID
+    load_s: Annotated[float, Field(ge=0, le=86_400)]
+    prompt_tps: Annotated[float, Field(gt=0)]
+    decode_tps: Annotated[float, Field(gt=0)]
+    ttft_ms: Annotated[float, Field(ge=0)]
+    at: datetime
+    on: Annotated[str, Field(max_length=200)] = ""
+
+
 class LlamaCppModel(Endpoints, Serves):
     """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
 
@@ -203,6 +218,8 @@ class LlamaCppModel(Endpoints, Serves):
     # legacy completions suffix, best_of).
     # None: the engine's defaults (`capabilities`). Requests go only to rungs that can serve them.
     capabilities: list[Capability] | None = None
+    # Figures `localroute init` measured on this box; None: the policy's fixed guesses apply.
+    measured: Measured | None = None
 
     @field_validator("capabilities")
     @classmethod

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from localroute.config.models import LOCAL_ENGINES, ModelConfig, capabilities
+from localroute.config.models import LOCAL_ENGINES, LlamaCppModel, ModelConfig, capabilities
 from localroute.config.schema import Config
 from localroute.errors import InvalidRequestError, UnsupportedCapabilityError
 from localroute.protocol.chat import CAPABILITIES, Capability, ChatCompletionRequest
@@ -26,6 +26,8 @@ HEAD_CHARS, TAIL_CHARS = 800, 400
 CHARS_PER_TOKEN = 4.0  # for the score: a typical English BPE average
 FIT_CHARS_PER_TOKEN = 3.0  # for context fit: pessimistic, the engine enforces the exact count
 MSG_OVERHEAD_TOKENS = 6
+# Local compute rates assumed for a rung `localroute init` has not measured: a small CPU box.
+GUESS_PROMPT_TPS, GUESS_DECODE_TPS = 250.0, 50.0
 
 
 @dataclass(frozen=True)
@@ -227,12 +229,12 @@ class Policy:
         # The cheapest rung whose max_score admits the score, else the top one that fits.
         idx = next((i for i, m in enumerate(fits) if score <= m.max_score), len(fits) - 1)
         chosen, above = fits[idx], fits[idx + 1 :]
-        wait = (cold or {}).get(chosen.name)
+        load, how = _load_time(chosen, cold)
         limit = self.config.resources.max_cold_wait_s
-        if wait is not None and wait.load_seconds is not None and wait.load_seconds > limit:
+        if load is not None and load > limit:
             warm = next((m for m in above if m.name not in (cold or {}) and score <= m.max_score), None)
             if warm is not None:
-                why = (f"{chosen.name} is cold (~{wait.load_seconds:.1f}s to load > {limit:g}s); "
+                why = (f"{chosen.name} is cold (~{load:.1f}s to load{how} > {limit:g}s); "
                        f"{warm.name} is warm and admits score {score:.2f}")  # fmt: skip
                 return make(warm, "policy:warm", fits[fits.index(warm) + 1 :], why)
         if idx == 0 and chosen is not rungs[0]:
@@ -262,9 +264,25 @@ class Policy:
         """A rough upper estimate in USD, for the max-cost hint."""
         p = m.price
         tokens = (f.estimated_tokens * p.input_per_mtok + f.output_tokens * p.output_per_mtok) / 1e6
-        # Local compute: assume ~250 prompt and ~50 output tokens/s on a small CPU box.
-        seconds = f.estimated_tokens / 250 + f.output_tokens / 50
+        # Local compute: the rates `localroute init` measured on this box, else a small CPU box's guess.
+        measured = m.measured if isinstance(m, LlamaCppModel) else None
+        prompt_tps = measured.prompt_tps if measured else GUESS_PROMPT_TPS
+        decode_tps = measured.decode_tps if measured else GUESS_DECODE_TPS
+        seconds = f.estimated_tokens / prompt_tps + f.output_tokens / decode_tps
         return tokens + p.per_hour * seconds / 3600
+
+
+def _load_time(m: ModelConfig, cold: Mapping[str, Cold] | None) -> tuple[float | None, str]:
+    """How long cold rung `m` takes to load, and where that figure comes from: its last load in this
+    process, else what `localroute init` measured; (None, "") when it is warm or nothing is known."""
+    wait = (cold or {}).get(m.name)
+    if wait is None:
+        return None, ""
+    if wait.load_seconds is not None:
+        return wait.load_seconds, ""
+    if isinstance(m, LlamaCppModel) and m.measured is not None:
+        return m.measured.load_s, ", measured by init"
+    return None, ""
 
 
 def _lacking(m: ModelConfig, needs: frozenset[Capability]) -> str:

@@ -172,6 +172,8 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
             "estimate_method": None if fp is None else fp.method,
             "rss_mib": _mib(resources.rss(pid)) if pid is not None else None,
             "rss_at_load_mib": _mib(self.rss_at_load),
+            # what `localroute init` measured on this box (load_s, prompt/decode tokens/s, ttft_ms, when)
+            "measured": None if self.cfg.measured is None else self.cfg.measured.model_dump(mode="json"),
         }
 
 
