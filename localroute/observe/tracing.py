@@ -34,11 +34,12 @@ class _Request:
     """The request's SERVER span, its class, and what happened under it, stamped as it happened;
     the child spans are made at `finish`, when the record has every attempt's tokens and cost."""
 
-    __slots__ = ("marks", "private", "span")
+    __slots__ = ("marks", "offset_ns", "private", "span")
 
-    def __init__(self, span: Span, private: bool) -> None:
+    def __init__(self, span: Span, private: bool, offset_ns: int) -> None:
         self.span = span
         self.private = private
+        self.offset_ns = offset_ns  # Unix ns minus monotonic ns: one clock for every span of the request
         self.marks: list[tuple[str, float, float, str | None]] = []  # (what, start, end, detail)
 
 
@@ -103,9 +104,13 @@ def shutdown() -> None:
     _tracer, _provider = None, None
 
 
-def _wall_ns(mono: float) -> int:
-    """A `time.monotonic()` reading as Unix nanoseconds (spans are stamped after the fact)."""
-    return time.time_ns() - int((time.monotonic() - mono) * 1e9)
+def _offset_ns() -> int:
+    """Unix time minus monotonic time, in ns: a `time.monotonic()` stamp plus this is a span time."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def _ns(mono: float, offset: int) -> int:
+    return offset + int(mono * 1e9)
 
 
 def start_request(
@@ -118,10 +123,11 @@ def start_request(
     from opentelemetry.trace import SpanKind
 
     parent = extract({k: v for k, v in headers.items() if k in ("traceparent", "tracestate")})
+    offset = _offset_ns()
     span = _tracer.start_span(
-        name, context=parent, kind=SpanKind.SERVER, start_time=_wall_ns(t0), attributes=attrs
+        name, context=parent, kind=SpanKind.SERVER, start_time=_ns(t0, offset), attributes=attrs
     )
-    _CURRENT.set(_Request(span, private))
+    _CURRENT.set(_Request(span, private, offset))
 
 
 def mark(what: str, start: float, detail: str | None = None) -> None:
@@ -139,10 +145,10 @@ def _child(
     from opentelemetry.trace import SpanKind, set_span_in_context
 
     kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-    span = _tracer.start_span(
-        name, context=set_span_in_context(cur.span), kind=kind, start_time=_wall_ns(start), attributes=attrs
-    )
-    span.end(end_time=_wall_ns(end))
+    context = set_span_in_context(cur.span)
+    began = _ns(start, cur.offset_ns)
+    span = _tracer.start_span(name, context=context, kind=kind, start_time=began, attributes=attrs)
+    span.end(end_time=_ns(end, cur.offset_ns))
     return span
 
 
