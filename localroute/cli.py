@@ -126,8 +126,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if args.file and args.file != "-":
         with open(args.file, encoding="utf-8") as fh:
-            return run(cfg, fh, args.jsonl)
-    return run(cfg, None, args.jsonl)
+            return run(cfg, fh, args.jsonl, privacy=args.privacy)
+    return run(cfg, None, args.jsonl, privacy=args.privacy)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--config", help="path to models.toml")
     ex.add_argument("--jsonl", action="store_true", help="one request per line")
     ex.add_argument("file", nargs="?", help="requests file (default: stdin)")
+    ex.add_argument("--privacy", choices=["private", "public"], help="as the X-LocalRoute-Privacy header")
     ex.set_defaults(func=cmd_explain)
     ev = sub.add_parser("eval", help="score the routing policy on labelled prompts (APGR, CPT, savings)")
     ev.add_argument("--data", nargs="+", required=True, help="CSV files or folders of them")

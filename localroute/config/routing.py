@@ -74,3 +74,6 @@ class RoutingConfig(BaseModel):
     signals: list[Signal] = []
     replace_default_signals: bool = False
     cascade: CascadeConfig = CascadeConfig()
+    # Conversations remembered (by a digest of each answer the gateway returned) so that a follow-up
+    # is never sent to a lower rung than the one that answered before; 0: no stickiness.
+    sticky_conversations: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from localroute.config.feedback import FeedbackConfig
 from localroute.config.models import (
     DEFAULT_MODELS_DIR,
     FORBID,
@@ -102,6 +103,7 @@ class Config(BaseModel):
     privacy: PrivacyConfig = PrivacyConfig()
     resources: ResourcesConfig = ResourcesConfig()
     cost: CostConfig = CostConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     keys: list[APIKey] = []
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -181,6 +183,14 @@ class Config(BaseModel):
     def audit_path(self) -> Path:
         env = os.environ.get("LOCALROUTE_AUDIT_PATH")
         path = Path(env if env else self.privacy.audit_path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def feedback_path(self) -> Path:
+        """The feedback store: `[feedback] path`, else beside the audit log (the state directory)."""
+        raw = self.feedback.path
+        if raw is None:
+            return self.audit_path().parent / "feedback.sqlite3"
+        path = Path(raw).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
     def models_dir(self) -> Path:

@@ -33,6 +33,7 @@ from localroute.gateway.openapi import openapi_json
 from localroute.gateway.responses import handler as responses
 from localroute.gateway.security import Guard, KeyRing
 from localroute.host.lifecycle import Managed, Placement
+from localroute.observe.feedback import Featurize
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
@@ -98,8 +99,10 @@ def create_app(
     *,
     backends: Mapping[str, Backend] | None = None,
     embedders: Mapping[str, Embedder] | None = None,
+    featurize: Featurize | None = None,
 ) -> Starlette:
-    """Build the gateway. Engines are created (from config, unless given) and started in the lifespan."""
+    """Build the gateway. Engines are created (from config, unless given) and started in the lifespan.
+    `featurize` gives the numbers kept per request to learn from (default: the heuristic's inputs)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -115,7 +118,7 @@ def create_app(
         for b in (*live.values(), *vectors.values()):
             if isinstance(b, Managed):
                 placement.manage(b)
-        gateway = Gateway(config, live, detector, audit, placement, vectors)
+        gateway = Gateway(config, live, detector, audit, placement, vectors, featurize)
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             rungs: dict[str, Backend | Embedder] = {**live, **vectors}
@@ -138,6 +141,7 @@ def create_app(
                     await e.aclose()
             if audit is not None:
                 audit.close()
+            gateway.learning.close()
             shutil.rmtree(runtime, ignore_errors=True)
 
     # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
@@ -148,7 +152,7 @@ def create_app(
             allow_headers=["authorization", "content-type", "x-localroute-tier", "x-localroute-max-cost",
                            "x-localroute-privacy", "x-api-key", "anthropic-version", "anthropic-beta"],
             expose_headers=["x-request-id", "x-localroute-model", "x-localroute-tier", "x-localroute-route",
-                            "x-localroute-escalations"],
+                            "x-localroute-escalations", "x-localroute-confidence"],
         ))  # fmt: skip
 
     return Starlette(
@@ -164,6 +168,7 @@ def create_app(
             Route("/health", _on(Gateway.health), methods=["GET"]),
             Route("/metrics", _on(Gateway.metrics_page), methods=["GET"]),
             Route("/v1/localroute/stats", _on(Gateway.stats), methods=["GET"]),
+            Route("/v1/localroute/feedback", _on(Gateway.feedback), methods=["POST"]),
             Route("/dashboard", _guarded(dashboard), methods=["GET"]),
             Route("/dashboard/assets/{name}", _guarded(dashboard_asset), methods=["GET"]),
             Route("/openapi.json", _guarded(openapi_json), methods=["GET"]),
