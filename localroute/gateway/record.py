@@ -108,7 +108,7 @@ class Recorder:
                 "score": round(d.score, 4),
                 "route": d.route,
                 "sticky": d.sticky,
-            },  # fmt: skip
+            },
             "route": trace.route,
             "model": trace.model or None,
             "tier": trace.tier if trace.model else None,
