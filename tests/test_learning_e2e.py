@@ -124,6 +124,10 @@ def test_client_logprobs_do_not_carry_the_cascades_alternatives(srv: Server) -> 
     assert answer.choices[0].logprobs.content and all(
         t.top_logprobs == [] for t in answer.choices[0].logprobs.content
     )
+    answer, h = chat(srv, user(GREETING), max_tokens=8, logprobs=True, top_logprobs=3)  # served locally
+    assert h["x-localroute-model"] == MODEL
+    tops = [t.top_logprobs for t in answer.choices[0].logprobs.content]
+    assert tops and all(len(t) == 3 and t[0].logprob >= t[1].logprob >= t[2].logprob for t in tops)
 
 
 @pytest.mark.parametrize(
