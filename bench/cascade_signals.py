@@ -45,8 +45,8 @@ CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("German
             ("Peru", "Lima"), ("Turkey", "Ankara"), ("Poland", "Warsaw"), ("Greece", "Athens"),
             ("Portugal", "Lisbon"), ("Sweden", "Stockholm"), ("Ireland", "Dublin"), ("Thailand", "Bangkok"),
             ("Vietnam", "Hanoi"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Austria", "Vienna"),
-            ("Hungary", "Budapest"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Mexico", "Mexico City"),
-            ("Switzerland", "Bern"), ("Nigeria", "Abuja")]  # fmt: skip
+            ("Hungary", "Budapest"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
+            ("Mexico", "Mexico City"), ("Switzerland", "Bern"), ("Nigeria", "Abuja")]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,8 @@ def ask_all(m: LlamaCppModel, qs: list[Question], args: argparse.Namespace) -> t
     with tempfile.TemporaryDirectory(prefix="cascade-signals-") as tmp:
         config = temp_config(cfg, m, args.threads, Path(tmp))
         with gateway(config, m.name, m.load_timeout_s) as base:
-            client = openai.OpenAI(base_url=base, api_key="unused", timeout=m.request_timeout_s, max_retries=0)
+            limit = m.request_timeout_s
+            client = openai.OpenAI(base_url=base, api_key="unused", timeout=limit, max_retries=0)
             for q in qs:
                 if time.monotonic() - t0 > 60 * args.max_minutes:
                     print(f"{m.name}: time limit, {len(out)} of {len(qs)} answered", file=sys.stderr)
@@ -193,8 +194,8 @@ def calibration(name: str, answers: list[Answer]) -> str:
     kept = [a.right for a, e in zip(test, esc, strict=True) if not e]
     acc = f"{sum(kept) / len(kept):.3f}" if kept else "-"
     base = sum(a.right for a in test) / len(test)
-    return (f"| {name} | {len(train)} | {fitted.signal} < {fitted.cutoff:.3f} (train AUROC {fitted.auroc:.3f}) "
-            f"| {sum(esc) / len(esc):.1%} | {acc} | {base:.3f} |")  # fmt: skip
+    rule = f"{fitted.signal} < {fitted.cutoff:.3f} (train AUROC {fitted.auroc:.3f})"
+    return f"| {name} | {len(train)} | {rule} | {sum(esc) / len(esc):.1%} | {acc} | {base:.3f} |"
 
 
 def main() -> None:

@@ -290,3 +290,26 @@ def test_a_shadow_run_is_only_for_public_requests(tmp_path: Path, private: bool)
         assert (rung.calls, labels) == (([], []) if private else ([rung.calls[0]], [("shadow", 0.0)]))
 
     asyncio.run(go())
+
+
+def test_a_gateway_starts_with_thresholds_calibrated_from_its_store(tmp_path: Path) -> None:
+    from localroute.gateway.learn import Learning
+
+    path = tmp_path / "fb.sqlite3"
+    cfg = parse_config(CONFIG + f'\n[feedback]\ncalibrate_min_rows = 40\npath = "{path}"\n')
+    router = Router(cfg, {}, Detector([], {}))
+    store = FeedbackStore(path, cfg.feedback, heuristic_featurizer(router.policy))
+    for i in range(60):  # answers with mean logprob below -1 were bad
+        mean = -2 + i / 30
+        sig = {"mean": mean}
+        store.remember(f"req-{i}", req(("user", "q")), rung="small", tier=0, local=True, decided="small",
+                       score=0.1, route="policy", private=False, signals=sig, judged="small")  # fmt: skip
+        store.feedback(f"req-{i}", "bad" if mean < -1 else "good")
+    store.close()
+    learning = Learning(cfg, {}, router, heuristic_featurizer(router.policy))
+    learning.close()
+    assert router.thresholds == {"small": ("mean", pytest.approx(-1.0))}
+    few = parse_config(CONFIG + f'\n[feedback]\ncalibrate_min_rows = 61\npath = "{path}"\n')
+    router = Router(few, {}, Detector([], {}))
+    Learning(few, {}, router, heuristic_featurizer(router.policy)).close()
+    assert router.thresholds == {}  # too few labelled answers: the config's thresholds stand
