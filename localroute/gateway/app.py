@@ -133,6 +133,7 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            gateway.learning.close()  # shadow runs stop before the engines they run on
             if owned:
                 for b in live.values():
                     await b.aclose()
@@ -141,7 +142,6 @@ def create_app(
                     await e.aclose()
             if audit is not None:
                 audit.close()
-            gateway.learning.close()
             shutil.rmtree(runtime, ignore_errors=True)
 
     # Outermost first. CORS (only when origins are configured) answers preflights before the guard.
