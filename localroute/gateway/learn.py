@@ -4,7 +4,8 @@ decision and features go to the feedback store and its answer's digest to the co
 
 Shadow runs: for a sample of *public* requests answered by a paid rung, the cheapest local rung answers
 the same request in the background, only when that rung is loaded and idle, and is cancelled the moment
-another request arrives (so a client waits at most for the token being decoded). Its agreement with
+another request arrives (a client waits at most for the token being decoded, or the rest of the
+shadow's prompt evaluation: llama.cpp checks for cancellation between tokens). Its agreement with
 the paid answer (`routing.agreement`) is stored as the label. Never for a private request.
 """
 
