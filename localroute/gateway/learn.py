@@ -33,6 +33,8 @@ from localroute.routing.router import Router
 from localroute.routing.trace import Trace
 
 log = logging.getLogger("localroute")
+# A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
+SHADOW_PROMPT_TOKENS = 512
 
 
 class Learning:
@@ -96,7 +98,8 @@ class Learning:
         except Exception as exc:  # the store must never fail a request that was answered
             log.error("feedback store write failed: %s", exc.__class__.__name__)
             return
-        if not local and not privacy.private and answer and self._shadow_now():
+        short = d.estimated_tokens <= SHADOW_PROMPT_TOKENS
+        if not local and not privacy.private and answer and short and self._shadow_now():
             task = asyncio.create_task(self._shadow(rid, req, answer), name="localroute-shadow")
             self.shadows.add(task)
             task.add_done_callback(self.shadows.discard)
