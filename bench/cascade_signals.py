@@ -20,6 +20,7 @@ labelled as feedback would label them, and applied to the other half.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 import signal
@@ -39,8 +40,15 @@ from localroute.routing.confidence import SIGNALS, signals
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "Reply with the answer only: a number or a name, no explanation."
+# Two worked turns, so that a small model answers at once (its first token is the answer's).
+SHOTS = [
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "5"},
+    {"role": "user", "content": "What is the capital of Spain?"},
+    {"role": "assistant", "content": "Madrid"},
+]
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
-            ("Spain", "Madrid"), ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Egypt", "Cairo"),
+            ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Egypt", "Cairo"),
             ("Russia", "Moscow"), ("China", "Beijing"), ("Kenya", "Nairobi"), ("Norway", "Oslo"),
             ("Peru", "Lima"), ("Turkey", "Ankara"), ("Poland", "Warsaw"), ("Greece", "Athens"),
             ("Portugal", "Lisbon"), ("Sweden", "Stockholm"), ("Ireland", "Dublin"), ("Thailand", "Bangkok"),
@@ -96,11 +104,17 @@ def questions(n: int, seed: int) -> list[Question]:
 
 
 def is_right(q: Question, text: str) -> bool:
+    """The capital among the first words; the larger number first ("475 is larger than 457", not an
+    echo "475 or 457"); else the last number ("23 + 48 = 71", "The answer is 71.")."""
     if q.kind == "capital":
         head = " ".join(re.findall(r"[\w]+", text.casefold())[:6])
         return q.answer.casefold() in head
-    m = re.search(r"-?\d+", text.replace(",", ""))
-    return m is not None and m.group(0) == q.answer
+    numbers = re.findall(r"-?\d+", text.replace(",", ""))
+    if not numbers:
+        return False
+    if q.kind == "larger":  # "873 or 197" echoes the question: not an answer
+        return numbers[0] == q.answer and " or " not in text.split("\n", 1)[0]
+    return numbers[-1] == q.answer
 
 
 def model_configs() -> dict[str, LlamaCppModel]:
@@ -131,7 +145,7 @@ def ask_all(m: LlamaCppModel, qs: list[Question], args: argparse.Namespace) -> t
                     break
                 r = client.chat.completions.create(
                     model=m.name, temperature=0, max_tokens=args.max_tokens, logprobs=True, top_logprobs=2,
-                    messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q.prompt}],
+                    messages=[{"role": "system", "content": SYSTEM}, *SHOTS, {"role": "user", "content": q.prompt}],  # noqa: E501
                 )  # fmt: skip
                 ch = r.choices[0]
                 entries = ch.logprobs.content if ch.logprobs and ch.logprobs.content else []
@@ -207,6 +221,7 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=10.0, help="per model")
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--save", help="write every answer (JSONL) here, to check the grading")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rungs = model_configs()
@@ -218,6 +233,12 @@ def main() -> None:
     for name in args.models.split(","):
         m = rungs[name]
         answers, wall = ask_all(m, qs, args)
+        if args.save:
+            with open(args.save, "a", encoding="utf-8") as fh:
+                for a in answers:
+                    row = {"model": name, "prompt": a.q.prompt, "answer": a.q.answer, "text": a.text,
+                           "right": a.right, "signals": a.signals}  # fmt: skip
+                    fh.write(json.dumps(row) + "\n")
         lines += table(name, answers, args.seed)
         calib.append(calibration(name, answers))
         right = sum(a.right for a in answers)
@@ -230,7 +251,8 @@ def main() -> None:
                         "\n".join(facts)])  # fmt: skip
     notes = (
         f"Method: {len(qs)} generated questions (seed {args.seed}; add, sub, mul, larger, next, capital), "
-        f"system message '{SYSTEM}', temperature 0, max_tokens {args.max_tokens}, logprobs with "
+        f"system message '{SYSTEM}' and two worked turns (2 + 3 = 5, capital of Spain), temperature 0, "
+        f"max_tokens {args.max_tokens}, logprobs with "
         "top_logprobs=2, each model through a real `localroute serve` (one llama.cpp thread). Signals: "
         "routing.confidence.signals (margin = top-2 logprob gap at the first sampled token). APGR: "
         "escalating the least confident first, the strong rung counted right on every question (these "
