@@ -183,8 +183,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = _with_scorer(_load(args.config), args.scorer)
     if args.file and args.file != "-":
         with open(args.file, encoding="utf-8") as fh:
-            return run(cfg, fh, args.jsonl)
-    return run(cfg, None, args.jsonl)
+            return run(cfg, fh, args.jsonl, privacy=args.privacy)
+    return run(cfg, None, args.jsonl, privacy=args.privacy)
 
 
 def _audit_logs(args: argparse.Namespace) -> list[Path] | None:
@@ -357,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--jsonl", action="store_true", help="one request per line")
     ex.add_argument("--scorer", help="a `localroute train` artifact to score with (overrides the config)")
     ex.add_argument("file", nargs="?", help="requests file (default: stdin)")
+    ex.add_argument("--privacy", choices=["private", "public"], help="as the X-LocalRoute-Privacy header")
     ex.set_defaults(func=cmd_explain)
     ev = sub.add_parser("eval", help="score the routing policy on labelled prompts (APGR, CPT, savings)")
     ev.add_argument("--data", nargs="+", required=True, help="CSV files or folders of them")

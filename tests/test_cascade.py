@@ -36,7 +36,7 @@ REMOTE = "frontier"
 PROVIDER_MODEL = "standin-frontier"  # what the provider is asked for: the rung's `model`, not its name
 KEY_ENV = "LR_TEST_KEY"
 EXPLAIN_KEYS = {"model", "tier", "score", "reasons", "estimated_tokens", "thresholds", "route", "escalation",
-                "needs", "ruled_out"}  # fmt: skip
+                "needs", "ruled_out", "sticky", "privacy", "rungs"}  # fmt: skip
 
 GREETING = "Hi there!"
 QUESTION = "What is the capital of France?"

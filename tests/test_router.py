@@ -264,7 +264,10 @@ def test_public_request_is_answered(
         r = rig(small, top)
         served = await serve(r, mode)
         escalations = len(attempts) - 1
-        assert served.trace.headers() == {
+        headers = served.trace.headers()
+        if headers.pop("x-localroute-confidence", None) is not None:  # the local answer was judged
+            assert attempts[0][0] == "small" and attempts[0][1] in ("ok", "escalated")
+        assert headers == {
             "x-localroute-model": model,
             "x-localroute-tier": "0" if model == "small" else "10",
             "x-localroute-route": route,

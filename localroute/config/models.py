@@ -326,11 +326,11 @@ ModelConfig = Annotated[LlamaCppModel | RemoteModel | VllmModel, Field(discrimin
 LOCAL_ENGINES = frozenset({"llama_cpp", "vllm"})
 
 # What each engine can do unless models.toml says otherwise. llama.cpp: grammar-constrained JSON and
-# tool calls, the sampled tokens' logprobs (no alternatives), one choice, no images. vLLM: its
+# tool calls, the sampled tokens' logprobs with up to 20 alternatives, one choice, no images. vLLM: its
 # guided decoding, logprobs and n; tool calls only when `vllm serve` runs a tool parser. A remote
 # provider gets the request as it was sent.
 _ENGINE_CAPABILITIES: dict[str, frozenset[Capability]] = {
-    "llama_cpp": frozenset({"tools", "json_object", "json_schema", "logprobs"}),
+    "llama_cpp": frozenset({"tools", "json_object", "json_schema", "logprobs", "top_logprobs"}),
     "vllm": frozenset({"json_object", "json_schema", "logprobs", "top_logprobs", "n"}),
     "remote": frozenset(CAPABILITIES),
 }

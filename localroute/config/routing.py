@@ -79,3 +79,6 @@ class RoutingConfig(BaseModel):
     scorer: Annotated[str, Field(min_length=1, max_length=4096)] = "heuristic"
     # Optional pin: the artifact's sha256 must be this one, or the gateway refuses to start.
     scorer_sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = None
+    # Conversations remembered (by a digest of each answer the gateway returned) so that a follow-up
+    # is never sent to a lower rung than the one that answered before; 0: no stickiness.
+    sticky_conversations: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000

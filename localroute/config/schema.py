@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from localroute.config.feedback import FeedbackConfig
 from localroute.config.models import (
     DEFAULT_MODELS_DIR,
     FORBID,
@@ -104,6 +105,7 @@ class Config(BaseModel):
     resources: ResourcesConfig = ResourcesConfig()
     cost: CostConfig = CostConfig()
     state: StateConfig = StateConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     keys: list[APIKey] = []
     # Folder of the config file; relative paths in it resolve against this. Not read from TOML.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -195,6 +197,14 @@ class Config(BaseModel):
         elif replica:
             p = Path(raw)
             raw = str(p.with_name(f"{p.stem}.{replica}{p.suffix}"))
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def feedback_path(self) -> Path:
+        """The feedback store: `[feedback] path`, else beside the audit log (the state directory)."""
+        raw = self.feedback.path
+        if raw is None:
+            return self.audit_path().parent / "feedback.sqlite3"
         path = Path(raw).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 

@@ -35,6 +35,7 @@ from localroute.gateway.responses import handler as responses
 from localroute.gateway.security import Guard, KeyRing
 from localroute.host.lifecycle import Managed, Placement
 from localroute.observe import tracing
+from localroute.observe.feedback import Featurize
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
@@ -101,8 +102,10 @@ def create_app(
     *,
     backends: Mapping[str, Backend] | None = None,
     embedders: Mapping[str, Embedder] | None = None,
+    featurize: Featurize | None = None,
 ) -> Starlette:
-    """Build the gateway. Engines are created (from config, unless given) and started in the lifespan."""
+    """Build the gateway. Engines are created (from config, unless given) and started in the lifespan.
+    `featurize` gives the numbers kept per request to learn from (default: the heuristic's inputs)."""
     counted: list[Gateway] = []  # the lifespan's gateway, whose metrics count shared-state failures
 
     def state_failed() -> None:
@@ -126,7 +129,7 @@ def create_app(
         for b in (*live.values(), *vectors.values()):
             if isinstance(b, Managed):
                 placement.manage(b)
-        gateway = Gateway(config, live, detector, audit, placement, vectors)
+        gateway = Gateway(config, live, detector, audit, placement, vectors, featurize)
         counted[:] = [gateway]
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
@@ -142,6 +145,7 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            gateway.learning.close()  # shadow runs stop before the engines they run on
             if owned:
                 for b in live.values():
                     await b.aclose()
@@ -164,7 +168,7 @@ def create_app(
             allow_headers=["authorization", "content-type", "x-localroute-tier", "x-localroute-max-cost",
                            "x-localroute-privacy", "x-api-key", "anthropic-version", "anthropic-beta"],
             expose_headers=["x-request-id", "x-localroute-model", "x-localroute-tier", "x-localroute-route",
-                            "x-localroute-escalations"],
+                            "x-localroute-escalations", "x-localroute-confidence"],
         ))  # fmt: skip
 
     return Starlette(
@@ -180,6 +184,7 @@ def create_app(
             Route("/health", _on(Gateway.health), methods=["GET"]),
             Route("/metrics", _on(Gateway.metrics_page), methods=["GET"]),
             Route("/v1/localroute/stats", _on(Gateway.stats), methods=["GET"]),
+            Route("/v1/localroute/feedback", _on(Gateway.feedback), methods=["POST"]),
             Route("/dashboard", _guarded(dashboard), methods=["GET"]),
             Route("/dashboard/assets/{name}", _guarded(dashboard_asset), methods=["GET"]),
             Route("/openapi.json", _guarded(openapi_json), methods=["GET"]),

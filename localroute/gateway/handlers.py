@@ -29,10 +29,12 @@ from localroute.errors import (
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from localroute.gateway.learn import Learning
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
 from localroute.host.lifecycle import Placement
 from localroute.observe import tracing
+from localroute.observe.feedback import Featurize
 from localroute.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from localroute.observe.metrics import Metrics
 from localroute.observe.stats import parse_since, summarize_timed
@@ -41,12 +43,15 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts, resolve
 from localroute.protocol.backend import Backend, Embedder
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
+from localroute.protocol.feedback import parse_feedback
 from localroute.protocol.records import Attempt, Stats
 from localroute.protocol.surface import CHAT, Surface
 from localroute.protocol.wire import EngineHealth, Health, Model, ModelList
+from localroute.routing.deciding import explanation
 from localroute.routing.embeddings import EmbeddingRouter
 from localroute.routing.policy import Hints
 from localroute.routing.router import Router
+from localroute.routing.traffic_features import heuristic_featurizer
 
 log = logging.getLogger("localroute")
 STATS_CACHE_S = 1.0
@@ -108,6 +113,7 @@ class Gateway:
         audit: AuditLog | None,
         placement: Placement | None = None,
         embedders: Mapping[str, Embedder] | None = None,
+        featurize: Featurize | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -120,6 +126,8 @@ class Gateway:
         self._stats_cache: dict[str, tuple[float, Stats]] = {}
         self.metrics = Metrics(self.engines)
         self.recorder = Recorder(config, audit, self.metrics)
+        featurize = featurize or heuristic_featurizer(self.router.policy)
+        self.learning = Learning(config, backends, self.router, featurize)
 
     def engines(self) -> dict[str, EngineHealth]:
         """Every rung's health, chat and embedding rungs alike."""
@@ -206,6 +214,7 @@ class Gateway:
             {"http.request.method": "POST", "url.path": path, "localroute.request_id": rid,
              "localroute.api": api, "gen_ai.operation.name": "chat", "gen_ai.request.model": req.model},
         )  # fmt: skip
+        self.learning.preempt()
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
@@ -224,6 +233,7 @@ class Gateway:
                 self.recorder.record(
                     rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
                 )
+                self.learning.answered(rid, req, trace, privacy, answer)
                 return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
             self.recorder.record(
@@ -242,8 +252,7 @@ class Gateway:
 
         async def events() -> AsyncIterator[bytes]:
             status, error = 200, None
-            parts: list[str] = []  # the answer, kept only for an operator who opted into content
-            keep = self.config.privacy.audit_content
+            parts: list[str] = []  # the answer: its digest for stickiness, its text for a shadow run
             first: float | None = None  # when the first content reached the client: TTFT
             try:
                 while True:
@@ -255,13 +264,11 @@ class Gateway:
                         break
                     except TimeoutError:
                         raise late from None
-                    if keep or first is None:
-                        for ch in chunk.get("choices") or ():
-                            text = (ch.get("delta") or {}).get("content") or ""
-                            if text and first is None:
-                                first = time.monotonic()
-                            if keep:
-                                parts.append(text)
+                    for ch in chunk.get("choices") or ():
+                        text = (ch.get("delta") or {}).get("content") or ""
+                        if text and first is None:
+                            first = time.monotonic()
+                        parts.append(text)
                     frames = out.feed(chunk)
                     if frames:
                         yield frames
@@ -285,6 +292,8 @@ class Gateway:
                     rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)), stream=True,
                     ttft=first, api=api,
                 )  # fmt: skip
+                if status == 200:
+                    self.learning.answered(rid, req, trace, privacy, "".join(parts))
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -312,9 +321,16 @@ class Gateway:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def explain(self, request: Request) -> Response:
+        """The decision serving would make, privacy class included (classified as serving does)."""
         req = parse_chat_request(await self.receive(request, self.deadline()))
-        decision = self.router.decide(req, parse_hints(request.headers))
-        return JSONResponse(decision.as_json())
+        privacy = self.classify(request, req)
+        decision = self.router.decide(req, parse_hints(request.headers), privacy.private)
+        return JSONResponse(explanation(self.config, decision, privacy))
+
+    async def feedback(self, request: Request) -> Response:
+        """`POST /v1/localroute/feedback`: a client's outcome for a request served here."""
+        fb = parse_feedback(await self.receive(request, self.deadline()))
+        return JSONResponse(self.learning.feedback(fb))
 
     async def models(self, request: Request) -> Response:
         names = ["auto", *(m.name for m in self.config.ladder())]

@@ -20,6 +20,7 @@ from localroute.gateway import openapi_responses
 from localroute.gateway.dashboard import ASSETS, CSP
 from localroute.gateway.openapi_schemas import STR, Schema, components, obj, ref
 from localroute.protocol.embeddings import MAX_INPUTS, MAX_TOKEN_ID, EmbeddingRequest
+from localroute.protocol.feedback import FeedbackRequest
 
 _ERRORS = {
     400: "The request is invalid: bad JSON, an unknown or out-of-range parameter, a bad routing "
@@ -249,7 +250,7 @@ def _paths() -> Schema:
                 {"description": "The policy's decision.", "content": _json(ref("Decision"))},
                 (400, 404, 413, *_GUARDED),
                 operationId="explainRoute",
-                parameters=_hints(),
+                parameters=[*_hints(), _privacy()],
                 requestBody=chat_body,
             )
         },
@@ -268,6 +269,15 @@ def _paths() -> Schema:
                 (404, *_GUARDED),
                 operationId="retrieveModel",
                 parameters=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            )
+        },
+        "/v1/localroute/feedback": {
+            "post": _op(
+                "A client's outcome for a request served here (by its `x-request-id`), kept locally",
+                {"description": "The label it gives.", "content": _json(ref("Feedback"))},
+                (400, 404, 408, 413, *_GUARDED),
+                operationId="postFeedback",
+                requestBody={"required": True, "content": _json(FeedbackRequest.model_json_schema())},
             )
         },
         "/v1/localroute/stats": {

@@ -20,6 +20,7 @@ from localroute.protocol.anthropic import MessagesRequest
 from localroute.protocol.anthropic_answer import AnthropicError, AnthropicMessage
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.protocol.completions import CompletionRequest
+from localroute.protocol.feedback import FeedbackAnswer
 
 Schema = dict[str, Any]
 STR: Schema = {"type": "string"}
@@ -94,6 +95,7 @@ def _answers() -> dict[str, TypeAdapter[Any]]:
         "TextCompletion": TypeAdapter(text_completion.TextCompletion),
         "ModelList": TypeAdapter(wire.ModelList),
         "Decision": TypeAdapter(wire.Explanation),
+        "Feedback": TypeAdapter(FeedbackAnswer),
         "Health": TypeAdapter(wire.Health),
         "Stats": TypeAdapter(records.Stats),
         "AnthropicMessage": TypeAdapter(AnthropicMessage),

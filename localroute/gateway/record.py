@@ -107,7 +107,13 @@ class Recorder:
         answered = self.config.model(trace.model) if trace.model else None
         usage = trace.usage
         return {
-            "decision": {"model": d.model, "tier": d.tier, "score": round(d.score, 4), "route": d.route},
+            "decision": {
+                "model": d.model,
+                "tier": d.tier,
+                "score": round(d.score, 4),
+                "route": d.route,
+                "sticky": d.sticky,
+            },
             "route": trace.route,
             "model": trace.model or None,
             "tier": trace.tier if trace.model else None,
@@ -126,4 +132,5 @@ class Recorder:
             ),
             # Whether the JSON or tool-call answer kept the request's contract (None: none was asked).
             "output_valid": trace.output_valid,
+            "confidence": trace.judgements,
         }

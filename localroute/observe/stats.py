@@ -19,13 +19,13 @@ from localroute.protocol.records import (
     Latency,
     ModelStats,
     Money,
-    PrivacyClass,
     RecentRequest,
     RequestRecord,
     SeriesPoint,
     Spend,
     Stats,
 )
+from localroute.protocol.wire import PrivacyClass
 
 # Latency bounds (ms) for the histogram; the Prometheus histograms use the same, in seconds.
 LATENCY_BOUNDS_MS = (25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)

@@ -17,7 +17,7 @@ from typing import Any
 from localroute.config.privacy import PrivacyConfig
 from localroute.errors import APIError
 from localroute.privacy.detect import Detector
-from localroute.protocol.records import PrivacyClass, PrivacyLabel
+from localroute.protocol.wire import PrivacyClass, PrivacyLabel
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
-from localroute.protocol.wire import Count, closed
+from localroute.protocol.wire import Count, PrivacyClass, PrivacyLabel, closed
 
-PrivacyClass = Literal["private", "public"]
 Outcome = Literal["ok", "escalated", "error", "refused"]
 USD = Annotated[float, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
@@ -31,11 +30,6 @@ class Tokens(TypedDict):
     completion: Count
 
 
-# `class` is a keyword: this one is spelled the functional way.
-PrivacyLabel = TypedDict("PrivacyLabel", {"class": PrivacyClass, "reason": str, "kinds": list[str]})
-PrivacyLabel.__doc__ = "A request's privacy class, why, and the kinds of data found (never the data)."
-
-
 class RecordDecision(TypedDict):
     """The policy's first choice, in a record."""
 
@@ -43,6 +37,7 @@ class RecordDecision(TypedDict):
     tier: int
     score: float
     route: str
+    sticky: NotRequired[str | None]  # the rung that answered earlier turns, when remembered
 
 
 class Attempt(TypedDict):
@@ -93,6 +88,9 @@ class Served(TypedDict, total=False):
     tokens: Tokens
     compute_s: float
     output_valid: bool | None  # the answer kept the JSON / tool-call contract; None: none asked
+    # Each local answer the cascade judged: model -> its signals (mean, tail, min, p10, p25, p50,
+    # margin: the first token's top-2 logprob gap, n: tokens judged).
+    confidence: dict[str, dict[str, float]]
 
 
 class RecordTail(Served):

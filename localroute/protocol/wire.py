@@ -34,6 +34,11 @@ FinishReason = Annotated[str | None, Field(examples=["stop", "length"])]  # prov
 closed = with_config(ConfigDict(extra="forbid"))
 extensible = with_config(ConfigDict(extra="allow"))
 
+PrivacyClass = Literal["private", "public"]
+# `class` is a keyword: this one is spelled the functional way.
+PrivacyLabel = TypedDict("PrivacyLabel", {"class": PrivacyClass, "reason": str, "kinds": list[str]})
+PrivacyLabel.__doc__ = "A request's privacy class, why, and the kinds of data found (never the data)."
+
 # -- chat completions ---------------------------------------------------------------------------
 
 
@@ -234,6 +239,11 @@ class Explanation(TypedDict):
     escalation: list[str]
     needs: list[str]  # capabilities the request needs of a rung (tools, json_schema, vision, ...)
     ruled_out: dict[str, str]  # rung -> the capability it lacks
+    sticky: str | None  # the rung that answered earlier turns of the conversation, if remembered
+    # The request's privacy class as serving resolves it, and the rungs it may use as a result
+    # (explain only; a private request's set holds no remote rung).
+    privacy: NotRequired[PrivacyLabel]
+    rungs: NotRequired[list[str]]
 
 
 @extensible

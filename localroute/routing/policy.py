@@ -49,6 +49,14 @@ class Cold:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """The rung that answered earlier turns of this conversation: a follow-up is not sent lower."""
+
+    model: str
+    tier: int
+
+
+@dataclass(frozen=True)
 class Features:
     estimated_tokens: int
     fit_tokens: int  # pessimistic prompt size used for context fit
@@ -72,6 +80,7 @@ class Decision:
     features: Features | None = field(default=None, compare=False)
     needs: tuple[str, ...] = ()  # capabilities the request needs of a rung
     ruled_out: tuple[tuple[str, str], ...] = ()  # (rung, the capability it lacks)
+    sticky: str | None = None  # the rung that answered earlier turns, when it was an input
 
     def as_json(self) -> Explanation:
         return {
@@ -85,6 +94,7 @@ class Decision:
             "escalation": list(self.escalation),
             "needs": list(self.needs),
             "ruled_out": dict(self.ruled_out),
+            "sticky": self.sticky,
         }
 
 
@@ -109,6 +119,10 @@ class Policy:
         self.scorer = scorer
 
     # -- features and score ----------------------------------------------------------------------
+
+    def signal_names(self) -> tuple[str, ...]:
+        """Every keyword signal the score uses, in a fixed order."""
+        return tuple(self._weights)
 
     def signal_hits(self, text: str) -> tuple[tuple[str, int], ...]:
         """Capped hits per signal in a bounded window of `text`."""
@@ -174,10 +188,12 @@ class Policy:
         hints: Hints = NO_HINTS,
         unavailable: Iterable[str] = (),
         cold: Mapping[str, Cold] | None = None,
+        floor: Floor | None = None,
     ) -> Decision:
         """Pick a rung for `req`. A concrete model name bypasses the policy. `cold` names the rungs
         not loaded now: a request does not wait more than `max_cold_wait_s` for one when an
-        equally admissible rung is warm."""
+        equally admissible rung is warm. `floor`: the rung that answered this conversation before;
+        `auto` never goes below its tier (the highest rung that fits, when none that high does)."""
         f = self.features(req)
         if self.scorer is not None:
             scored = self.scorer.score([Turn(m.role, m.text()) for m in req.messages])
@@ -192,7 +208,8 @@ class Policy:
         def make(m: ModelConfig, route: str, above: Iterable[ModelConfig], why: str) -> Decision:
             esc = tuple(x.name for x in above if x.name != m.name)
             return Decision(m.name, m.tier, score, (*reasons, why), f.estimated_tokens, self._thresholds,
-                            route, esc, f, tuple(sorted(needs)), ruled_out)  # fmt: skip
+                            route, esc, f, tuple(sorted(needs)), ruled_out,
+                            floor.model if floor is not None else None)  # fmt: skip
 
         if req.model != "auto":
             m = self.config.model(req.model)
@@ -229,6 +246,12 @@ class Policy:
         # The cheapest rung whose max_score admits the score, else the top one that fits.
         idx = next((i for i, m in enumerate(fits) if score <= m.max_score), len(fits) - 1)
         chosen, above = fits[idx], fits[idx + 1 :]
+        if floor is not None and chosen.tier < floor.tier:  # upward only: never below the earlier rung
+            up = next((i for i, m in enumerate(fits) if m.tier >= floor.tier), len(fits) - 1)
+            if up > idx:
+                why = (f"conversation answered before by {floor.model} (tier {floor.tier}); not sent "
+                       f"lower than {fits[up].name}")  # fmt: skip
+                return make(fits[up], "policy:sticky", fits[up + 1 :], why)
         load, how = _load_time(chosen, cold)
         limit = self.config.resources.max_cold_wait_s
         if load is not None and load > limit:

@@ -11,14 +11,11 @@ from typing import Any, TypeVar
 
 import anyio
 
-from localroute.config.models import LOCAL_ENGINES, ModelConfig, RemoteModel, capabilities
+from localroute.config.models import LOCAL_ENGINES, ModelConfig, RemoteModel
 from localroute.config.schema import Config
 from localroute.errors import (
     APIError,
     EngineUnavailableError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    UnsupportedCapabilityError,
 )
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
@@ -26,10 +23,12 @@ from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.protocol.records import Attempt
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
-from localroute.routing.confidence import logprobs_of, measure, too_unsure
+from localroute.routing.confidence import first_margin, logprobs_of, measure, signals, too_unsure
 from localroute.routing.contract import Assembler, broken, has_contract
+from localroute.routing.deciding import decide
 from localroute.routing.failures import before, fail_closed, failure_route, outcome
 from localroute.routing.policy import NO_HINTS, Cold, Decision, Hints, Policy
+from localroute.routing.sticky import Conversations
 from localroute.routing.trace import Trace, usage_of
 
 Chunks = AsyncGenerator[ChatCompletionChunk, None]
@@ -53,12 +52,16 @@ class Router:
         backends: Mapping[str, Backend],
         detector: Detector,
         policy: Policy | None = None,
+        thresholds: Mapping[str, tuple[str, float]] | None = None,
     ):
         self.config = config
         self.backends = backends
         self.detector = detector  # the app's one Detector: it redacts what a public override sends
         self.policy = policy or Policy(config)
         self.cascade = config.routing.cascade
+        self.conversations = Conversations(config.routing.sticky_conversations)
+        # Per local model, a threshold calibrated from feedback: escalate when `signal` < `cutoff`.
+        self.thresholds: Mapping[str, tuple[str, float]] = thresholds or {}
 
     def _rungs(self) -> tuple[set[str], dict[str, Cold]]:
         """Rungs that cannot run here, and local rungs not loaded now with what their last load took
@@ -75,48 +78,9 @@ class Router:
 
     def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False) -> Decision:
         """The policy's decision; for a private request remote rungs do not exist."""
-        if req.model != "auto" and self.config.model(req.model) is None:
-            raise ModelNotFoundError(
-                f"The model '{req.model[:64]}' does not exist. Use 'auto' or one of: "
-                + ", ".join(m.name for m in self.config.models) + ".",
-                param="model",
-            )  # fmt: skip
-        if req.model != "auto" and self.config.model(req.model) not in self.policy.ladder:
-            raise InvalidRequestError(
-                f"The model '{req.model}' is an embedding model; use it with /v1/embeddings.",
-                param="model",
-                code="model_not_supported",
-            )
         unavailable, cold = self._rungs()
-        if not private:
-            return self.policy.decide(req, hints, unavailable, cold)
-        named = self.config.model(req.model)
-        if (named is not None and named.engine not in LOCAL_ENGINES) or hints.tier == "remote":
-            raise InvalidRequestError(
-                "This request is private and cannot be sent to a remote model.",
-                code="private_request_unservable",
-            )
-        remote = {m.name for m in self.config.models if m.engine not in LOCAL_ENGINES}
-        try:
-            return self.policy.decide(req, hints, unavailable | remote, cold)
-        except UnsupportedCapabilityError as exc:
-            if not any(exc.capability in capabilities(m) for m in self.config.models if m.name in remote):
-                raise  # no rung anywhere has it: the request itself asks the impossible
-            raise InvalidRequestError(  # asks what only leaving could give: the client has to change it
-                f"This request is private and needs {exc.capability}, which no local model supports; "
-                "it is not sent off this machine.",
-                param=exc.param,
-                code="private_request_unservable",
-            ) from None
-        except InvalidRequestError as exc:
-            if exc.code != "no_route":
-                raise
-            if hints.tier is not None:  # the client asked for rungs a private request may not use
-                raise InvalidRequestError(
-                    "This request is private and its X-LocalRoute-Tier names no local model.",
-                    code="private_request_unservable",
-                ) from None
-            raise PrivacyViolationError("No local model is available for this private request.") from None
+        floor = self.conversations.floor(req) if req.model == "auto" else None
+        return decide(self.config, self.policy, req, hints, private, unavailable, cold, floor)
 
     def _chain(self, d: Decision, req: ChatCompletionRequest, private: bool) -> list[ModelConfig]:
         names = [d.model, *d.escalation] if req.model == "auto" else [d.model]
@@ -140,18 +104,33 @@ class Router:
         overridden = privacy is not None and privacy.reason == "override" and not privacy.private
         if overridden and self.config.privacy.redact and m.engine not in LOCAL_ENGINES:
             redact_body(body, self.detector)
-        if judge:
+        if judge:  # two alternatives at least: the first token's top-2 margin is a signal
             body["logprobs"] = True
+            body["top_logprobs"] = max(2, req.top_logprobs or 0)
         if req.stream:  # always ask for usage: the audit log counts tokens; the client gets it if asked
             # A provider gets the client's other stream options too; a local engine has no use for them.
             kept = body.get("stream_options", {}) if isinstance(m, RemoteModel) else {}
             body["stream_options"] = {**kept, "include_usage": True}
         return body
 
-    def _verdict(self, logprobs: list[float], finish: str | None, tokens: int, asked: int) -> str | None:
+    def _verdict(
+        self,
+        m: ModelConfig,
+        logprobs: list[float],
+        margin: float | None,
+        finish: str | None,
+        tokens: int,
+        asked: int,
+        trace: Trace,
+    ) -> str | None:
+        judged = signals(logprobs, self.cascade.tail_fraction, margin)
+        trace.judgements[m.name] = judged
         # Cut off early by the engine's context, not by the client's own max_tokens.
         if finish == "length" and tokens < min(self.cascade.min_length_tokens, asked):
             return "length"
+        calibrated = self.thresholds.get(m.name)
+        if calibrated is not None and calibrated[0] in judged:  # this model's own, from feedback
+            return "low_confidence" if judged[calibrated[0]] < calibrated[1] else None
         if too_unsure(measure(logprobs, self.cascade.tail_fraction), self.cascade):
             return "low_confidence"
         return None
@@ -159,9 +138,14 @@ class Router:
     def _finish(self, item: Answer, m: ModelConfig, req: ChatCompletionRequest) -> Answer:
         item["model"] = m.name
         item.pop("x_localroute", None)  # engine accounting, not for the client
-        if not req.logprobs:
-            for ch in item.get("choices") or ():
+        keep = req.top_logprobs or 0
+        for ch in item.get("choices") or ():
+            if not req.logprobs:
                 ch.pop("logprobs", None)
+            elif isinstance(lp := ch.get("logprobs"), dict):  # the cascade's alternatives trimmed off
+                for e in lp.get("content") or ():
+                    if isinstance(e, dict) and len(e.get("top_logprobs") or ()) > keep:
+                        e["top_logprobs"] = e["top_logprobs"][:keep]
         return item
 
     # -- non-streaming ---------------------------------------------------------------------------
@@ -224,7 +208,15 @@ class Router:
                 usage: Mapping[str, Any] = result.get("usage") or {}  # ... or `"usage": null`
                 tokens = int(usage.get("completion_tokens", 0))
                 asked = req.output_limit() or m.default_max_tokens
-                why = self._verdict(logprobs_of(choice), choice.get("finish_reason"), tokens, asked)
+                why = self._verdict(
+                    m,
+                    logprobs_of(choice),
+                    first_margin(choice),
+                    choice.get("finish_reason"),
+                    tokens,
+                    asked,
+                    trace,
+                )
                 if why is not None:
                     trace.attempt(m, "escalated", why, t0, result)
                     trace.moved(f"escalated:{why}")
@@ -268,7 +260,7 @@ class Router:
                 chunks = self.backends[m.name].stream(self._body(req, m, judge, privacy))
                 try:
                     opening = self._prefetch(chunks, judge)
-                    buffered, logprobs, finish, done = await (
+                    buffered, logprobs, margin, finish, done = await (
                         before(opening, deadline) if held is not None else opening
                     )
                 except APIError as exc:
@@ -285,7 +277,7 @@ class Router:
                     continue
                 if judge:
                     asked = req.output_limit() or m.default_max_tokens
-                    why = self._verdict(logprobs, finish, len(logprobs), asked)
+                    why = self._verdict(m, logprobs, margin, finish, len(logprobs), asked, trace)
                     if why is not None:
                         trace.attempt(m, "escalated", why, t0)
                         trace.moved(f"escalated:{why}")
@@ -310,19 +302,23 @@ class Router:
 
     async def _prefetch(
         self, chunks: Chunks, judge: bool
-    ) -> tuple[list[ChatCompletionChunk], list[float], str | None, bool]:
-        """Read the first chunk, or the first `buffer_tokens` tokens when judging."""
+    ) -> tuple[list[ChatCompletionChunk], list[float], float | None, str | None, bool]:
+        """Read the first chunk, or the first `buffer_tokens` tokens when judging (their logprobs, and
+        the first token's top-2 margin)."""
         buffered: list[ChatCompletionChunk] = []
         logprobs: list[float] = []
+        margin: float | None = None
         finish: str | None = None
         async for chunk in chunks:
             buffered.append(chunk)
             for ch in chunk.get("choices") or ():
+                if not logprobs:
+                    margin = first_margin(ch)
                 logprobs += logprobs_of(ch)
                 finish = ch.get("finish_reason") or finish
             if not judge or finish or len(logprobs) >= self.cascade.buffer_tokens:
-                return buffered, logprobs, finish, False
-        return buffered, logprobs, finish, True
+                return buffered, logprobs, margin, finish, False
+        return buffered, logprobs, margin, finish, True
 
     def _relay(
         self,

@@ -30,6 +30,8 @@ class Trace:
     compute_s: float = 0.0  # local compute measured by the engines (CPU- or GPU-seconds)
     output_valid: bool | None = None  # the answer kept the JSON / tool-call contract; None: none asked
     baseline_usd: float | None = None  # set by a router whose baseline is not the chat one (embeddings)
+    # Each local answer judged by the cascade: model -> its confidence signals (`confidence.SIGNALS`).
+    judgements: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         tracing.mark("decide", time.monotonic())
@@ -87,7 +89,15 @@ class Trace:
             "x-localroute-tier": str(self.tier),
             "x-localroute-route": self.route,
             "x-localroute-escalations": str(self.escalations),
-        }
+        } | self._confidence_header()
+
+    def _confidence_header(self) -> dict[str, str]:
+        """The first judged answer's signals, `model; mean=-0.41; p10=-1.9; margin=2.3; ...`."""
+        if not self.judgements:
+            return {}
+        model, judged = next(iter(self.judgements.items()))
+        parts = [f"{k}={v:g}" for k, v in judged.items()]
+        return {"x-localroute-confidence": "; ".join([model, *parts])}
 
 
 def usage_of(result: ChatCompletion | ChatCompletionChunk) -> dict[str, int]:

@@ -186,10 +186,15 @@ class Runner:
             if i == len(gen.tokens) - 1 and gen.last_is_eog:
                 break
             raw = self.llm.detokenize([gen.tokens[i]])
+            tops = [self._entry(t, lp) for t, lp in gen.tops[i]] if i < len(gen.tops) else []
             out.append({"token": raw.decode("utf-8", "replace"), "logprob": round(gen.logprobs[i], 5),
-                        "bytes": list(raw), "top_logprobs": []})  # fmt: skip
+                        "bytes": list(raw), "top_logprobs": tops})  # fmt: skip
         gen.reported = max(gen.reported, min(upto, len(gen.logprobs)))
         return out
+
+    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+        raw = self.llm.detokenize([token])
+        return {"token": raw.decode("utf-8", "replace"), "logprob": round(logprob, 5), "bytes": list(raw)}
 
     def _kwargs(self, body: dict[str, Any], gen: Generation, stream: bool) -> dict[str, Any]:
         messages = body.get("messages")
@@ -372,6 +377,15 @@ class Runner:
             self.served += 1
         finally:
             gen.cancel.set()  # the client left or we finished: stop at the next token
+
+
+def chat_generation(body: dict[str, Any]) -> Generation:
+    """The per-request state for a chat body: logprobs if asked, with `top_logprobs` alternatives
+    (the cascade asks for 2: the margin between the two likeliest first tokens)."""
+    want = body.get("logprobs") is True
+    top = body.get("top_logprobs")
+    top_n = top if want and isinstance(top, int) and not isinstance(top, bool) and 0 < top <= 20 else 0
+    return Generation(want_logprobs=want, top_n=top_n)
 
 
 def _has_image(message: object) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from localroute.errors import APIError, InternalError, InvalidRequestError
 from localroute.rungs.llamacpp import text
-from localroute.rungs.llamacpp.runner import Generation, Runner
+from localroute.rungs.llamacpp.runner import Generation, Runner, chat_generation
 
 __all__ = ["Generation", "Runner", "build_app", "load_llama", "main"]
 
@@ -64,7 +64,7 @@ def build_app(runner: Runner) -> Any:
         if not isinstance(body, dict):
             return error(InvalidRequestError("Request body must be a JSON object."))
         try:
-            gen = text.generation(body) if raw else Generation(want_logprobs=body.get("logprobs") is True)
+            gen = text.generation(body) if raw else chat_generation(body)
         except APIError as exc:
             return error(exc)
         # Watch from the start: a client that leaves while queued must not cost a prompt evaluation.

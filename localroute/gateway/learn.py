@@ -1,0 +1,144 @@
+"""Learning from this deployment's own traffic, on this machine: after each answered request, its
+decision and features go to the feedback store and its answer's digest to the conversation map
+(stickiness); `POST /v1/localroute/feedback` labels it; a shadow run may label it too.
+
+Shadow runs: for a sample of *public* requests answered by a paid rung, the cheapest local rung answers
+the same request in the background, only when that rung is loaded and idle, and is cancelled the moment
+another request arrives (a client waits at most for the token being decoded, or the rest of the
+shadow's prompt evaluation: llama.cpp checks for cancellation between tokens). Its agreement with
+the paid answer (`routing.agreement`) is stored as the label. Never for a private request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from localroute.config.models import LOCAL_ENGINES, ModelConfig
+from localroute.config.schema import Config
+from localroute.errors import APIError, NotFoundError
+from localroute.host.lifecycle import Managed
+from localroute.observe.feedback import Featurize, FeedbackStore, UnknownRequestError
+from localroute.privacy.guard import Privacy
+from localroute.protocol.backend import Backend
+from localroute.protocol.chat import ChatCompletionRequest
+from localroute.protocol.feedback import FeedbackAnswer, FeedbackRequest
+from localroute.routing.agreement import agreement
+from localroute.routing.calibrate import calibrate
+from localroute.routing.router import Router
+from localroute.routing.trace import Trace
+
+log = logging.getLogger("localroute")
+# A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
+SHADOW_PROMPT_TOKENS = 512
+
+
+class Learning:
+    """The feedback store, the conversation map's updates and the shadow runs of one gateway."""
+
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        router: Router,
+        featurize: Featurize,
+    ) -> None:
+        self.config = config
+        self.cfg = config.feedback
+        self.backends = backends
+        self.router = router
+        self.store = FeedbackStore(config.feedback_path(), self.cfg, featurize) if self.cfg.enabled else None
+        self.shadows: set[asyncio.Task[None]] = set()
+        self._random = random.Random()
+        self.cheapest: ModelConfig | None = next(
+            (m for m in config.ladder() if m.engine in LOCAL_ENGINES), None
+        )
+        if self.store is not None:  # each local model's own threshold, once it has enough feedback
+            fitted = calibrate(
+                self.store.labelled(), self.cfg.calibrate_min_rows, self.cfg.calibrate_escalate_above
+            )
+            router.thresholds = {m: (c.signal, c.cutoff) for m, c in fitted.items()}
+            for c in fitted.values():
+                log.info("calibrated %s: escalate when %s < %.3f (%d rows, AUROC %.3f)",
+                         c.model, c.signal, c.cutoff, c.rows, c.auroc)  # fmt: skip
+
+    def close(self) -> None:
+        for t in self.shadows:
+            t.cancel()
+        if self.store is not None:
+            self.store.close()
+
+    def preempt(self) -> None:
+        """A request arrived: stop any shadow run now, so it never holds a rung the client needs."""
+        for t in self.shadows:
+            t.cancel()
+
+    def answered(
+        self, rid: str, req: ChatCompletionRequest, trace: Trace, privacy: Privacy, answer: str | None
+    ) -> None:
+        """Called once per request served with a 200: remember it, and maybe shadow it."""
+        if not trace.model:
+            return
+        self.router.conversations.remember(answer, trace.model, trace.tier)
+        if self.store is None:
+            return
+        model = self.config.model(trace.model)
+        local = model is not None and model.engine in LOCAL_ENGINES
+        judged, signals = next(iter(trace.judgements.items()), (None, None))
+        d = trace.decision
+        try:
+            self.store.remember(
+                rid, req, rung=trace.model, tier=trace.tier, local=local, decided=d.model, score=d.score,
+                route=trace.route, private=privacy.private, signals=signals, judged=judged,
+            )  # fmt: skip
+        except Exception as exc:  # the store must never fail a request that was answered
+            log.error("feedback store write failed: %s", exc.__class__.__name__)
+            return
+        short = d.estimated_tokens <= SHADOW_PROMPT_TOKENS
+        if not local and not privacy.private and answer and short and self._shadow_now():
+            task = asyncio.create_task(self._shadow(rid, req, answer), name="localroute-shadow")
+            self.shadows.add(task)
+            task.add_done_callback(self.shadows.discard)
+
+    def _shadow_now(self) -> bool:
+        """Sampled, no shadow running, and the cheapest local rung loaded with nothing admitted."""
+        if self.cfg.shadow_sample <= 0 or self.shadows or self.cheapest is None:
+            return False
+        if self._random.random() >= self.cfg.shadow_sample:
+            return False
+        b = self.backends.get(self.cheapest.name)
+        if b is None or b.brief().state != "ready":  # never load a model for a shadow run
+            return False
+        return not (isinstance(b, Managed) and b.busy())
+
+    async def _shadow(self, rid: str, req: ChatCompletionRequest, paid: str) -> None:
+        m = self.cheapest
+        assert m is not None and self.store is not None
+        limit = min(req.output_limit() or m.default_max_tokens, self.cfg.shadow_max_tokens, m.n_ctx)
+        body = req.engine_body(m.name, limit)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        try:
+            result = await self.backends[m.name].complete(body)
+        except APIError as exc:
+            log.debug("shadow run of %s on %s failed: %s", rid, m.name, exc.code or exc.type)
+            return
+        choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
+        local = (choices[0].get("message") or {}).get("content") or ""
+        with contextlib.suppress(Exception):  # pruned since, or the store closed at shutdown
+            self.store.shadow(rid, m.name, agreement(paid, local))
+
+    def feedback(self, fb: FeedbackRequest) -> FeedbackAnswer:
+        """Label one served request; a 404 for an id not stored here (never served, or pruned)."""
+        if self.store is None:
+            raise NotFoundError("Feedback is turned off here ([feedback] enabled = false).")
+        outcome = fb.outcome or "score"
+        try:
+            label = self.store.feedback(fb.id, outcome, fb.score or 0.0)
+        except UnknownRequestError:
+            raise NotFoundError(f"No request with id '{fb.id}' is stored here.", param="id") from None
+        return {"object": "localroute.feedback", "id": fb.id, "outcome": outcome, "label": label}

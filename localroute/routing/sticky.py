@@ -1,0 +1,61 @@
+"""Conversation stickiness, upward only: remember which rung gave each answer, by a digest of the
+answer's text, so that a follow-up carrying that answer back is not sent to a lower rung.
+
+Stateless on the client's side (no conversation id): the conversation is recognised by its own earlier
+assistant messages. The map is bounded (least recently used out) and holds digests, never text.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+
+from localroute.protocol.chat import ChatCompletionRequest
+from localroute.routing.policy import Floor
+
+DIGEST_BYTES = 16
+
+
+def digest(text: str) -> bytes:
+    """The answer's identity: whitespace-normalised, so a client's re-indentation does not lose it."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8", "surrogatepass")).digest()[:DIGEST_BYTES]
+
+
+class Conversations:
+    """A bounded LRU map: answer digest -> the rung (name, tier) that produced it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map: collections.OrderedDict[bytes, Floor] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def remember(self, answer: str | None, model: str, tier: int) -> None:
+        if self.size <= 0 or not answer or not answer.strip():
+            return
+        key = digest(answer)
+        self._map[key] = Floor(model, tier)
+        self._map.move_to_end(key)
+        while len(self._map) > self.size:
+            self._map.popitem(last=False)
+
+    def floor(self, req: ChatCompletionRequest) -> Floor | None:
+        """The highest rung that answered any earlier assistant turn of `req`, if remembered."""
+        if self.size <= 0:
+            return None
+        best: Floor | None = None
+        for m in req.messages:
+            if m.role != "assistant":
+                continue
+            text = m.text()
+            if not text.strip():
+                continue
+            key = digest(text)
+            found = self._map.get(key)
+            if found is None:
+                continue
+            self._map.move_to_end(key)
+            if best is None or found.tier > best.tier:
+                best = found
+        return best
