@@ -170,11 +170,9 @@ def _with_scorer(cfg: Config, scorer: str | None) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from localroute.routing.train_cmd import run_train
+    from localroute.routing.train_cmd import main
 
-    cfg = _heuristic(_load(args.config))
-    return run_train(cfg, args.data, args.weak, args.strong, Path(args.out), folds=args.folds,
-                     cv=not args.no_cv, as_json=args.json, argv=sys.argv[2:])  # fmt: skip
+    return main(args, _heuristic(_load(args.config)))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -371,9 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scorer", help="score with this learned artifact, beside the heuristic")
     ev.set_defaults(func=cmd_eval)
     tr = sub.add_parser("train", help="fit a learned scorer; report leave-groups-out APGR")
-    tr.add_argument("--data", nargs="+", required=True, help="CSV or JSONL files, or folders of them")
-    tr.add_argument("--weak", required=True, help="weak model's boolean column (a,b: first one present)")
-    tr.add_argument("--strong", required=True, help="strong model's boolean column (a,b: first one present)")
+    tr.add_argument("--data", nargs="+", help="CSV or JSONL files, or folders of them")
+    tr.add_argument("--weak", help="weak model's boolean column (a,b: first one present)")
+    tr.add_argument("--strong", help="strong model's boolean column (a,b: first one present)")
+    tr.add_argument(
+        "--from-traffic", action="store_true", help="fit on the feedback store's labelled requests"
+    )
     tr.add_argument("--out", required=True, help="where to write the artifact (.json)")
     tr.add_argument("--config", help="path to models.toml (the heuristic shown beside the scorer)")
     tr.add_argument("--folds", type=int, default=8, help="leave-groups-out folds (default 8)")

@@ -51,7 +51,7 @@ from localroute.routing.deciding import explanation
 from localroute.routing.embeddings import EmbeddingRouter
 from localroute.routing.policy import Hints
 from localroute.routing.router import Router
-from localroute.routing.traffic_features import heuristic_featurizer
+from localroute.routing.traffic_features import recipe_featurizer
 
 log = logging.getLogger("localroute")
 STATS_CACHE_S = 1.0
@@ -126,7 +126,7 @@ class Gateway:
         self._stats_cache: dict[str, tuple[float, Stats]] = {}
         self.metrics = Metrics(self.engines)
         self.recorder = Recorder(config, audit, self.metrics)
-        featurize = featurize or heuristic_featurizer(self.router.policy)
+        featurize = featurize or recipe_featurizer()
         self.learning = Learning(config, backends, self.router, featurize)
 
     def engines(self) -> dict[str, EngineHealth]:

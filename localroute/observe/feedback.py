@@ -68,6 +68,7 @@ class Labelled:
     source: Literal["client", "shadow"]
     signals: dict[str, float]  # confidence signals of the local answer judged (empty if none)
     judged: str | None  # the local rung those signals are of
+    score: float = 0.0  # the difficulty the serving policy gave it
 
 
 def label_of(outcome: Outcome, value: float, local: bool) -> float | None:
@@ -168,10 +169,10 @@ class FeedbackStore:
     def labelled(self) -> Iterator[Labelled]:
         """Every row with a label, oldest first; a client's own outcome wins over a shadow run's."""
         rows = self._db.execute(
-            "SELECT features, label, shadow, rung, tier, ts, signals, judged FROM requests"
+            "SELECT features, label, shadow, rung, tier, ts, signals, judged, score FROM requests"
             " WHERE label IS NOT NULL OR shadow IS NOT NULL ORDER BY ts"
         )
-        for features, label, shadow, rung, tier, ts, signals, judged in rows:
+        for features, label, shadow, rung, tier, ts, signals, judged, score in rows:
             yield Labelled(
                 json.loads(features),
                 float(label if label is not None else shadow),
@@ -181,6 +182,7 @@ class FeedbackStore:
                 "client" if label is not None else "shadow",
                 json.loads(signals),
                 judged,
+                float(score),
             )
 
     def count(self) -> int:

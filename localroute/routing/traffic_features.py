@@ -1,5 +1,6 @@
-"""The features kept with each served request for learning from traffic, until a learned scorer's
-featuriser replaces them: today's heuristic inputs (length, depth, each keyword signal's hits)."""
+"""The features kept with each served request for learning from traffic: the learned scorer's recipe
+(routing/features.py), so that `localroute train --from-traffic` fits an artifact the gateway can
+serve; or today's heuristic inputs (length, depth, each keyword signal's hits)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from collections.abc import Callable
 
 from localroute.protocol.chat import ChatCompletionRequest
+from localroute.routing.features import Featuriser, Turn
 from localroute.routing.policy import Policy
 
 RECIPE = "heuristic-1"
@@ -27,5 +29,18 @@ def heuristic_featurizer(policy: Policy) -> Callable[[ChatCompletionRequest], di
         out |= {f"hits:{n}": 0.0 for n in names}
         out |= {f"hits:{n}": float(h) for n, h in f.hits}
         return out
+
+    return featurize
+
+
+def recipe_featurizer(
+    featuriser: Featuriser | None = None,
+) -> Callable[[ChatCompletionRequest], dict[str, float]]:
+    """A `featurize` for the feedback store in the learned scorer's recipe (what `train --from-traffic`
+    fits on): request -> {feature: number}, no text."""
+    f = featuriser or Featuriser()
+
+    def featurize(req: ChatCompletionRequest) -> dict[str, float]:
+        return f.featurise([Turn(m.role, m.text()) for m in req.messages])
 
     return featurize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -75,3 +76,16 @@ def run_train(
             print(report.table(), file=stdout)
         print(f"scorer written to {out} (sha256 {sha}); {len(rows)} prompts", file=stdout)
     return 0
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    """`localroute train`: on labelled files (`--data`), or on the feedback store (`--from-traffic`)."""
+    if args.from_traffic:
+        from localroute.routing.train_traffic import run_from_traffic
+
+        return run_from_traffic(config, Path(args.out), as_json=args.json)
+    if not (args.data and args.weak and args.strong):
+        print("localroute: train needs --data, --weak and --strong (or --from-traffic)", file=sys.stderr)
+        return 2
+    return run_train(config, args.data, args.weak, args.strong, Path(args.out), folds=args.folds,
+                     cv=not args.no_cv, as_json=args.json, argv=sys.argv[2:])  # fmt: skip
