@@ -61,6 +61,10 @@ class Generation:
         """The measured compute, for the gateway's cost record (removed before the client sees it)."""
         return {"compute_s": round(self.compute_s, 6)}
 
+    def running(self) -> dict[str, Any]:
+        """The accounting so far, on each stream chunk: what a stream cut before its end is charged."""
+        return {"compute_s": round(time.process_time() - self.cpu_start, 6), "so_far": self.usage()}
+
     def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
         return self.cancel.is_set()
 
@@ -85,6 +89,7 @@ class Runner:
         self.lock = asyncio.Lock()
         self.busy = False
         self.served = 0
+        self.sampled = 0  # tokens sampled since the worker started: a request cut short shows here
         self._grammars: dict[str, Any] = {}  # schema text -> LlamaGrammar, least recently used first
         self.current: Generation | None = None
         self._longest_token = 0  # bytes of the vocabulary's longest token; measured when first needed
@@ -156,6 +161,7 @@ class Runner:
 
         def sample(*args: Any, **kwargs: Any) -> int:
             token: int = original(*args, **kwargs)
+            self.sampled += 1
             gen = self.current
             if gen is None:
                 return token
@@ -350,6 +356,7 @@ class Runner:
                     continue
                 item, sampled = item
                 last = item
+                item["x_localroute"] = gen.running()
                 ch = item["choices"][0] if item["choices"] else {}
                 text, finish = (ch.get("delta") or {}).get("content") or "", ch.get("finish_reason")
                 if shape is not None and (text or finish):

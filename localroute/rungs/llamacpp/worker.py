@@ -45,6 +45,7 @@ def build_app(runner: Runner) -> Any:
                 "n_ctx": runner.n_ctx,
                 "busy": runner.busy,
                 "served": runner.served,
+                "sampled": runner.sampled,
                 "pid": os.getpid(),
             }
         )
