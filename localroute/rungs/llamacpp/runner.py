@@ -26,6 +26,7 @@ from localroute.errors import (
 from localroute.protocol import sse
 from localroute.rungs.llamacpp import prompt_cache
 from localroute.rungs.llamacpp.markers import control_markers, defuse
+from localroute.rungs.llamacpp.render_clock import RenderClock, RenderTimeout
 from localroute.rungs.llamacpp.structured import Structured, flatten
 
 _CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
@@ -81,8 +82,11 @@ class Generation:
 class Runner:
     """Owns the Llama object; serialises requests onto it."""
 
-    def __init__(self, llm: Any, name: str, n_ctx: int, cache_prompt: bool = True) -> None:
+    def __init__(
+        self, llm: Any, name: str, n_ctx: int, cache_prompt: bool = True, render_timeout_s: float = 10.0
+    ) -> None:
         self.llm = llm
+        self.render = RenderClock(render_timeout_s)  # a hostile chat template cannot hold the model
         self.cache_prompt = cache_prompt
         self.name = name
         self.n_ctx = n_ctx
@@ -108,6 +112,7 @@ class Runner:
         def create_completion(*args: Any, **kwargs: Any) -> Any:
             from llama_cpp import StoppingCriteriaList
 
+            self.render.rendered()  # the chat template is rendered: its clock stops here
             hooks = StoppingCriteriaList()
             if self.current is not None:
                 hooks.append(self.current.stopping_criteria)
@@ -283,7 +288,7 @@ class Runner:
         try:
             kw = self._kwargs(body, gen, stream=False)
             gen.start_clock()
-            fut = self._launch(lambda: self.llm.create_chat_completion(**kw))
+            fut = self._launch(lambda: self.render.bounded(lambda: self.llm.create_chat_completion(**kw)))
         except BaseException:
             self._release()
             raise
@@ -294,6 +299,8 @@ class Runner:
             raise
         except (ValueError, RuntimeError) as exc:
             raise self._translate(exc) from None
+        except RenderTimeout:
+            raise self.render.error() from None
         self.served += 1
         gen.stop_clock()
         result["usage"] = gen.usage()
@@ -328,11 +335,15 @@ class Runner:
         def produce() -> None:
             gen.start_clock()
             try:
-                chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
+                chunks: Iterator[dict[str, Any]] = self.render.bounded(
+                    lambda: self.llm.create_chat_completion(**kw)
+                )
                 for chunk in chunks:
                     put("chunk", (chunk, len(gen.tokens)))  # tokens sampled up to this chunk
             except APIError as exc:  # ours, raised from a hook
                 put("error", exc)
+            except RenderTimeout:
+                put("error", self.render.error())
             except (ValueError, RuntimeError) as exc:
                 put("error", self._translate(exc))
             except Exception as exc:  # report, never let the thread die silently
