@@ -365,6 +365,7 @@ def test_stream_error_status_before_first_chunk(standin: StandinProvider) -> Non
 # -- timeouts ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_slow_beyond_read_timeout_times_out_after_retries(standin: StandinProvider) -> None:
     standin.set("slow", delay_s=5)
     backend = remote(standin.base_url, read_timeout_s=0.2, max_retries=1)
