@@ -11,7 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, answering, config_text, pid_alive, start_gateway, worker_health
+from tests.conftest import (
+    Server,
+    answering,
+    config_text,
+    pid_alive,
+    remote_rung,
+    start_gateway,
+    worker_health,
+)
+from tests.standin_fixtures import STANDIN_KEY
+from tests.standin_provider import StandinProvider
 from tests.test_gguf_check import with_chat_template
 
 pytestmark = pytest.mark.timing
@@ -21,16 +31,26 @@ ENDLESS = (
     "{% endfor %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}"
 )
 NAME = "endless"
+KEY_ENV = "LR_RENDER_KEY"
 
 
 @pytest.fixture(scope="module")
-def gateway(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("render")
-    endless = tmp / "endless.gguf"
-    with_chat_template(smollm2, endless, ENDLESS)
-    model = {"name": NAME, "engine": "llama_cpp", "n_ctx": 512, "default_max_tokens": 8, "threads": 1,
-             "render_timeout_s": 1, "source": {"kind": "path", "path": str(endless)}}  # fmt: skip
-    srv = start_gateway(tmp, config_text(models=[model]), until=answering)
+def endless(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("endless") / "endless.gguf"
+    with_chat_template(smollm2, path, ENDLESS)
+    return path
+
+
+def rung(path: Path) -> dict[str, object]:
+    return {"name": NAME, "engine": "llama_cpp", "n_ctx": 512, "default_max_tokens": 8, "threads": 1,
+            "render_timeout_s": 1, "source": {"kind": "path", "path": str(path)}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gateway(endless: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_gateway(
+        tmp_path_factory.mktemp("render"), config_text(models=[rung(endless)]), until=answering
+    )
     yield srv
     srv.stop()
 
@@ -56,3 +76,30 @@ def test_an_endless_chat_template_is_stopped_and_the_worker_lives(gateway: Serve
     after = gateway.health()["engines"][NAME]  # type: ignore[index]
     assert after["pid"] == pid and after["state"] == "ready" and after["restarts"] == 0
     assert after["in_flight"] == 0
+
+
+def test_a_private_request_whose_template_times_out_never_leaves_the_machine(
+    endless: Path, tmp_path: Path
+) -> None:
+    """Tripwire: with a remote rung above, the template's failure is an engine error; a public
+    request may fall back to the remote rung, a private one fails closed and sends nothing."""
+    with StandinProvider(api_key=STANDIN_KEY) as provider:
+        models = [rung(endless), remote_rung(provider.base_url, KEY_ENV, max_retries=0)]
+        srv = start_gateway(tmp_path, config_text(models=models), {KEY_ENV: STANDIN_KEY}, until=answering)
+        try:
+            for stream in (False, True):
+                r = httpx.post(srv.url + "/v1/chat/completions", headers={"X-LocalRoute-Privacy": "private"},
+                               json={"model": "auto", "messages": [{"role": "user", "content": "hi"}],
+                                     "max_tokens": 4, "stream": stream}, timeout=120)  # fmt: skip
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "private_request_unservable"
+            assert provider.requests == []
+            public = httpx.post(srv.url + "/v1/chat/completions",
+                                json={"model": "auto", "messages": [{"role": "user", "content": "hi"}],
+                                      "max_tokens": 4}, timeout=120)  # fmt: skip
+            assert (
+                public.status_code == 200 and public.headers["x-localroute-route"] == "fallback:engine_error"
+            )
+            assert len(provider.requests) == 1
+        finally:
+            srv.stop()
