@@ -132,6 +132,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def worker_health(pid: int) -> dict[str, Any]:
+    """A llama.cpp worker's own /health (`busy`, `served`, `sampled`: tokens sampled since it started),
+    asked on its Unix socket, which its command line names."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    sock = argv[argv.index(b"--socket") + 1].decode()
+    with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://worker", timeout=60) as c:
+        return c.get("/health").json()  # type: ignore[no-any-return]
+
+
 def wait_until(pred: object, timeout: float = 10.0, every: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from tests.fake_vllm import vector
 
-MODES = frozenset({"ok", "slow", "drip", "fail", "reset", "stream_break", "hang"})
+MODES = frozenset({"ok", "slow", "drip", "fail", "reset", "stream_break", "stall", "hang"})
 # The embedding models the stand-in serves, with their native sizes. MiniLM stands for a provider that
 # hosts open weights (the same space as a local copy of them).
 EMBEDDING_MODELS = {
@@ -108,7 +108,8 @@ class StandinProvider:
 
         ok; slow(delay_s) before the headers; drip(delay_s) one byte at a time; fail(status, message,
         code, retry_after); reset: abort the TCP connection (RST) unanswered; stream_break(chunks):
-        send that many SSE events, then close without [DONE]; hang: never answer until shutdown.
+        send that many SSE events, then close without [DONE]; stall(chunks): send that many SSE events
+        at once, then hold the stream open, silent, until shutdown; hang: never answer until shutdown.
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(MODES)}")
@@ -204,6 +205,10 @@ class StandinProvider:
         if mode == "stream_break":
             return StreamingResponse(
                 self._break(request, events[: int(p.get("chunks", 2))]), media_type="text/event-stream"
+            )
+        if mode == "stall":
+            return StreamingResponse(
+                self._stall(events[: int(p.get("chunks", 2))]), media_type="text/event-stream"
             )
         return StreamingResponse(_aiter(events), media_type="text/event-stream")
 
@@ -397,6 +402,11 @@ class StandinProvider:
         for i in range(len(data)):
             yield data[i : i + 1]
             await self._sleep(float(params.get("delay_s", 0.05)))
+
+    async def _stall(self, events: list[bytes]) -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+        await self._sleep(float("inf"))
 
     async def _break(self, request: Request, events: list[bytes]) -> AsyncIterator[bytes]:
         for event in events:

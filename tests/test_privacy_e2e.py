@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -407,9 +406,11 @@ def test_engine_killed_mid_request(
 # -- (d) the local engine timing out ---------------------------------------------------------------------
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("private", [True, False], ids=["private", "public-twin"])
 def test_engine_timing_out(slow: EnvServer, provider: StandinProvider, private: bool) -> None:
-    t0 = time.monotonic()
+    """1,000 tokens cannot be decoded within the engine's 1 s on any box, and a busier box is only
+    slower: the timeout is certain; which error it was is asserted, not how long it took."""
     r = call(slow, COUNT, privacy="private" if private else None, max_tokens=1000)
     if private:
         unservable(r)
@@ -418,7 +419,6 @@ def test_engine_timing_out(slow: EnvServer, provider: StandinProvider, private: 
         assert_private(slow, r, "header", tried=[(MODEL, "error")])
     else:
         reached_remote(r, provider, "fallback:engine_error")
-    assert time.monotonic() - t0 < 30  # it was the 1 s timeout, not the whole answer
 
 
 # -- (e) streaming with buffered judgement ---------------------------------------------------------------

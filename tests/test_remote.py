@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -366,6 +365,7 @@ def test_stream_error_status_before_first_chunk(standin: StandinProvider) -> Non
 # -- timeouts ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_slow_beyond_read_timeout_times_out_after_retries(standin: StandinProvider) -> None:
     standin.set("slow", delay_s=5)
     backend = remote(standin.base_url, read_timeout_s=0.2, max_retries=1)
@@ -375,11 +375,11 @@ def test_slow_beyond_read_timeout_times_out_after_retries(standin: StandinProvid
     assert backend.attempts == 2 and len(standin.requests) == 2
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("streaming", [False, True])
 def test_hang_is_cut_by_the_total_deadline(standin: StandinProvider, streaming: bool) -> None:
     standin.set("hang")
     backend = remote(standin.base_url, total_timeout_s=1, read_timeout_s=60)
-    t0 = time.monotonic()
     if streaming:
         chunks, error = stream(backend)
         assert chunks == []
@@ -387,18 +387,17 @@ def test_hang_is_cut_by_the_total_deadline(standin: StandinProvider, streaming: 
         with pytest.raises(RemoteTimeoutError) as info:
             complete(backend)
         error = info.value
-    assert isinstance(error, RemoteTimeoutError) and "total_timeout_s=1s" in error.message
-    assert time.monotonic() - t0 < 10
+    assert isinstance(error, RemoteTimeoutError) and "total_timeout_s=1s" in error.message  # not the read's
     assert backend.attempts == 1
 
 
+@pytest.mark.timing
 def test_drip_within_read_timeout_is_cut_by_the_total_deadline(standin: StandinProvider) -> None:
     standin.set("drip", delay_s=0.02)
     backend = remote(standin.base_url, total_timeout_s=1, read_timeout_s=2)
-    t0 = time.monotonic()
     _, error = stream(backend)
     assert isinstance(error, RemoteTimeoutError) and "total_timeout_s" in error.message
-    assert time.monotonic() - t0 < 10 and backend.attempts == 1
+    assert backend.attempts == 1
 
 
 def test_drip_completes_when_the_deadline_allows(standin: StandinProvider) -> None:

@@ -380,6 +380,7 @@ def test_private_request_naming_the_remote_tier_is_refused_before_any_call(mode:
 # -- the deadline --------------------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("mode", MODES)
 def test_escalation_past_the_deadline_keeps_the_local_answer(mode: str) -> None:
     async def go() -> None:
@@ -397,6 +398,7 @@ def test_escalation_past_the_deadline_keeps_the_local_answer(mode: str) -> None:
     run(go)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("mode", MODES)
 def test_escalation_well_before_the_deadline_is_served(mode: str) -> None:
     async def go() -> None:
@@ -411,6 +413,7 @@ def test_escalation_well_before_the_deadline_is_served(mode: str) -> None:
 # -- the client goes away -------------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_client_gone_during_complete_cancels_the_rung() -> None:
     async def go() -> None:
         r = rig(Reply(hang_after=0), Reply())
@@ -425,6 +428,7 @@ def test_client_gone_during_complete_cancels_the_rung() -> None:
     run(go)
 
 
+@pytest.mark.timing
 def test_client_closing_a_stream_closes_the_rungs_stream() -> None:
     async def go() -> None:
         r = rig(Reply(), Reply())
@@ -439,6 +443,7 @@ def test_client_closing_a_stream_closes_the_rungs_stream() -> None:
     run(go)
 
 
+@pytest.mark.timing
 def test_client_gone_mid_stream_cancels_the_rung() -> None:
     async def go() -> None:
         r = rig(Reply(hang_after=5), Reply())  # judged on 4 tokens, relayed, then the engine stalls
@@ -460,6 +465,7 @@ def test_client_gone_mid_stream_cancels_the_rung() -> None:
     run(go)
 
 
+@pytest.mark.timing
 def test_client_gone_during_escalation_frees_both_rungs() -> None:
     async def go() -> None:
         r = rig(Reply(logprobs=UNSURE), Reply(hang_after=0))

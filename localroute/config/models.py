@@ -209,6 +209,9 @@ class LlamaCppModel(Endpoints, Serves):
     cache_prompt: bool = True
     load_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    # How long the model's own chat template (from the GGUF) may take to render; past it the request
+    # fails (502 chat_template_timeout) and the worker carries on. Bounds a hostile or broken template.
+    render_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     # Stop the worker after this long without a request, returning its memory; None: never.
     idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     price: Price = Price()

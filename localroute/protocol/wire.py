@@ -113,6 +113,9 @@ class EngineAccounting(TypedDict):
     """What a local engine measured, for the request's cost; the router removes it before answering."""
 
     compute_s: float
+    # On a stream's content chunks: the tokens counted so far, so that a stream cut before its usage
+    # chunk (a client that leaves, an engine that dies) is still charged for what it computed.
+    so_far: NotRequired[Usage]
 
 
 class ChatCompletion(TypedDict):

@@ -29,7 +29,7 @@ from localroute.routing.deciding import decide
 from localroute.routing.failures import before, fail_closed, failure_route, outcome
 from localroute.routing.policy import NO_HINTS, Cold, Decision, Hints, Policy
 from localroute.routing.sticky import Conversations
-from localroute.routing.trace import Trace, usage_of
+from localroute.routing.trace import Tally, Trace, usage_of
 
 Chunks = AsyncGenerator[ChatCompletionChunk, None]
 Answer = TypeVar("Answer", ChatCompletion, ChatCompletionChunk)
@@ -280,6 +280,7 @@ class Router:
                     why = self._verdict(m, logprobs, margin, finish, len(logprobs), asked, trace)
                     if why is not None:
                         trace.attempt(m, "escalated", why, t0)
+                        trace.settle_cut(m, Tally.of(buffered))  # the tokens judged were computed
                         trace.moved(f"escalated:{why}")
                         if held is not None:
                             await _close(held.chunks)
@@ -344,28 +345,36 @@ class Router:
     ) -> Chunks:
         wants_usage = req.stream_options is not None and req.stream_options.include_usage
         seen = Assembler() if has_contract(req) else None  # the answer, to judge its contract at the end
+        tally = Tally()  # what the engine reported so far, should the stream end without its usage
         try:
             for chunk in buffered:
                 if seen is not None:
                     seen.feed(chunk)
-                if self._keep(chunk, m, trace, wants_usage):
+                if self._keep(chunk, m, trace, wants_usage, tally):
                     yield self._finish(chunk, m, req)
             if not done:
                 async for chunk in chunks:
                     if seen is not None:
                         seen.feed(chunk)
-                    if self._keep(chunk, m, trace, wants_usage):
+                    if self._keep(chunk, m, trace, wants_usage, tally):
                         yield self._finish(chunk, m, req)
             if seen is not None:
                 trace.output_valid = broken(req, seen.message()) is None
         finally:
             await _close(chunks)
+            if not tally.settled:  # cut: the client left or the engine died before the usage chunk
+                trace.settle_cut(m, tally)
+                trace.usage = tally.usage()
 
     @staticmethod
-    def _keep(chunk: ChatCompletionChunk, m: ModelConfig, trace: Trace, wants_usage: bool) -> bool:
+    def _keep(
+        chunk: ChatCompletionChunk, m: ModelConfig, trace: Trace, wants_usage: bool, tally: Tally
+    ) -> bool:
         """Record a usage chunk; pass it on only if the client asked for one."""
+        tally.feed(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
+            tally.settled = True
             trace.usage = usage_of(chunk)
             trace.settle(m, chunk)
             if not chunk.get("choices"):

@@ -4,6 +4,7 @@ answered. The router fills it in; the gateway turns it into headers and the requ
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig
@@ -59,7 +60,19 @@ class Trace:
         """Charge the last attempt for the tokens and compute that `result` reports (a stream's
         usage arrives in its last chunk, after the attempt was recorded)."""
         usage = usage_of(result)
-        compute = _compute_s(result) if m.engine in LOCAL_ENGINES else 0.0  # only our engines measure
+        compute = (
+            _compute_s(result.get("x_localroute")) if m.engine in LOCAL_ENGINES else 0.0
+        )  # only our engines measure
+        self._charge(m, usage, compute)
+
+    def settle_cut(self, m: ModelConfig, tally: Tally) -> None:
+        """Charge the last attempt of `m` for what its stream reported before it was cut (the client
+        left, the engine died, the router closed it to escalate): no usage chunk came."""
+        usage = tally.usage()
+        compute = tally.compute_s() if m.engine in LOCAL_ENGINES else 0.0
+        self._charge(m, usage, compute)
+
+    def _charge(self, m: ModelConfig, usage: dict[str, int], compute: float) -> None:
         cost = attempt_cost(m, usage, compute)
         a = next((a for a in reversed(self.attempts) if a["model"] == m.name), None)
         if a is None:
@@ -100,17 +113,57 @@ class Trace:
         return {"x-localroute-confidence": "; ".join([model, *parts])}
 
 
+class Tally:
+    """What a stream has reported on its way: the engine's running accounting (`x_localroute` on
+    each chunk: compute and tokens so far) and the chunks that carried text, for a stream that ends
+    without its usage chunk."""
+
+    def __init__(self) -> None:
+        self.settled = False  # a usage chunk came: the engine's own figures stand
+        self.pieces = 0  # chunks that carried text or a tool call: the token count when nothing better
+        self._last: Mapping[str, object] = {}
+
+    @classmethod
+    def of(cls, chunks: Sequence[ChatCompletionChunk]) -> Tally:
+        tally = cls()
+        for chunk in chunks:
+            tally.feed(chunk)
+        return tally
+
+    def feed(self, chunk: ChatCompletionChunk) -> None:
+        extra = chunk.get("x_localroute")
+        if isinstance(extra, dict):
+            self._last = extra
+        for ch in chunk.get("choices") or ():
+            delta: Mapping[str, object] = ch.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls") or ch.get("text"):
+                self.pieces += 1
+                break
+
+    def usage(self) -> dict[str, int]:
+        counted = _counts(self._last.get("so_far"))
+        if counted:
+            return counted
+        return {"prompt_tokens": 0, "completion_tokens": self.pieces, "total_tokens": self.pieces}
+
+    def compute_s(self) -> float:
+        return _compute_s(self._last)
+
+
 def usage_of(result: ChatCompletion | ChatCompletionChunk) -> dict[str, int]:
-    usage = result.get("usage")
+    return _counts(result.get("usage"))
+
+
+def _counts(usage: object) -> dict[str, int]:
     if not isinstance(usage, dict):
         return {}
     # Counts from an engine or a provider: whole, non-negative and sane, or not counted at all.
     return {k: v for k, v in usage.items() if type(v) is int and 0 <= v < 2**31}
 
 
-def _compute_s(result: ChatCompletion | ChatCompletionChunk) -> float:
-    extra = result.get("x_localroute")
-    value = extra.get("compute_s") if isinstance(extra, dict) else None
+def _compute_s(extra: object) -> float:
+    """`compute_s` of an engine's `x_localroute` accounting, if it is a plausible figure."""
+    value = extra.get("compute_s") if isinstance(extra, Mapping) else None
     if not isinstance(value, int | float) or isinstance(value, bool):
         return 0.0
     return float(value) if 0 <= value < 86_400 * 365 else 0.0  # finite, plausible seconds, or nothing

@@ -101,6 +101,11 @@ class TimeShare:
         self._n += 1
         return self._acc
 
+    def so_far(self, mark: float) -> float:
+        """The request's share since `enter`, while it is still in flight."""
+        self._tick()
+        return self._acc - mark
+
     def leave(self, mark: float) -> float:
         """The request ended: its share of the engine's time since `enter`, in seconds."""
         self._tick()

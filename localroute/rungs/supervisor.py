@@ -380,6 +380,10 @@ class SupervisedEngine(Generic[C]):
                         mark = None
                         if accounting is not None:
                             chunk["x_localroute"] = accounting
+                    elif mark is not None and chunk.get("choices") and "x_localroute" not in chunk:
+                        # Running accounting: what a stream cut before its usage chunk is charged.
+                        if (running := self._accounting(self._share.so_far(mark))) is not None:
+                            chunk["x_localroute"] = running
                     yield chunk
             except ConnectionLostError:
                 raise await self._lost() from None

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None, loader: Callable[[argparse.Namespace], A
     # The chat worker's options, given by the shared launch code (engine.py); they mean nothing here.
     p.add_argument("--chat-format", default=None)
     p.add_argument("--no-cache-prompt", action="store_true")
+    p.add_argument("--render-timeout-s", default=None)
     args = p.parse_args(argv)
     _die_with_parent(args.parent_pid)
     try:

@@ -94,6 +94,7 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
             "--socket", str(self.socket), "--model-path", str(held),
             "--name", self.name, "--n-ctx", str(self.cfg.n_ctx),
             "--n-batch", str(self.cfg.n_batch), "--parent-pid", str(os.getpid()),
+            "--render-timeout-s", str(self.cfg.render_timeout_s),
         ]  # fmt: skip
         if self.cfg.threads:
             cmd += ["--threads", str(self.cfg.threads)]

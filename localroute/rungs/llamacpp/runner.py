@@ -26,6 +26,7 @@ from localroute.errors import (
 from localroute.protocol import sse
 from localroute.rungs.llamacpp import prompt_cache
 from localroute.rungs.llamacpp.markers import control_markers, defuse
+from localroute.rungs.llamacpp.render_clock import RenderClock, RenderTimeout
 from localroute.rungs.llamacpp.structured import Structured, flatten
 
 _CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
@@ -61,6 +62,10 @@ class Generation:
         """The measured compute, for the gateway's cost record (removed before the client sees it)."""
         return {"compute_s": round(self.compute_s, 6)}
 
+    def running(self) -> dict[str, Any]:
+        """The accounting so far, on each stream chunk: what a stream cut before its end is charged."""
+        return {"compute_s": round(time.process_time() - self.cpu_start, 6), "so_far": self.usage()}
+
     def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
         return self.cancel.is_set()
 
@@ -77,14 +82,18 @@ class Generation:
 class Runner:
     """Owns the Llama object; serialises requests onto it."""
 
-    def __init__(self, llm: Any, name: str, n_ctx: int, cache_prompt: bool = True) -> None:
+    def __init__(
+        self, llm: Any, name: str, n_ctx: int, cache_prompt: bool = True, render_timeout_s: float = 10.0
+    ) -> None:
         self.llm = llm
+        self.render = RenderClock(render_timeout_s)  # a hostile chat template cannot hold the model
         self.cache_prompt = cache_prompt
         self.name = name
         self.n_ctx = n_ctx
         self.lock = asyncio.Lock()
         self.busy = False
         self.served = 0
+        self.sampled = 0  # tokens sampled since the worker started: a request cut short shows here
         self._grammars: dict[str, Any] = {}  # schema text -> LlamaGrammar, least recently used first
         self.current: Generation | None = None
         self._longest_token = 0  # bytes of the vocabulary's longest token; measured when first needed
@@ -103,6 +112,7 @@ class Runner:
         def create_completion(*args: Any, **kwargs: Any) -> Any:
             from llama_cpp import StoppingCriteriaList
 
+            self.render.rendered()  # the chat template is rendered: its clock stops here
             hooks = StoppingCriteriaList()
             if self.current is not None:
                 hooks.append(self.current.stopping_criteria)
@@ -156,6 +166,7 @@ class Runner:
 
         def sample(*args: Any, **kwargs: Any) -> int:
             token: int = original(*args, **kwargs)
+            self.sampled += 1
             gen = self.current
             if gen is None:
                 return token
@@ -282,7 +293,7 @@ class Runner:
         try:
             kw = self._kwargs(body, gen, stream=False)
             gen.start_clock()
-            fut = self._launch(lambda: self.llm.create_chat_completion(**kw))
+            fut = self._launch(lambda: self.render.bounded(lambda: self.llm.create_chat_completion(**kw)))
         except BaseException:
             self._release()
             raise
@@ -293,6 +304,8 @@ class Runner:
             raise
         except (ValueError, RuntimeError) as exc:
             raise self._translate(exc) from None
+        except RenderTimeout:
+            raise self.render.error() from None
         self.served += 1
         gen.stop_clock()
         result["usage"] = gen.usage()
@@ -327,11 +340,15 @@ class Runner:
         def produce() -> None:
             gen.start_clock()
             try:
-                chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(**kw)
+                chunks: Iterator[dict[str, Any]] = self.render.bounded(
+                    lambda: self.llm.create_chat_completion(**kw)
+                )
                 for chunk in chunks:
                     put("chunk", (chunk, len(gen.tokens)))  # tokens sampled up to this chunk
             except APIError as exc:  # ours, raised from a hook
                 put("error", exc)
+            except RenderTimeout:
+                put("error", self.render.error())
             except (ValueError, RuntimeError) as exc:
                 put("error", self._translate(exc))
             except Exception as exc:  # report, never let the thread die silently
@@ -355,6 +372,7 @@ class Runner:
                     continue
                 item, sampled = item
                 last = item
+                item["x_localroute"] = gen.running()
                 ch = item["choices"][0] if item["choices"] else {}
                 text, finish = (ch.get("delta") or {}).get("content") or "", ch.get("finish_reason")
                 if shape is not None and (text or finish):

@@ -163,6 +163,7 @@ async def stream(runner: Runner, body: dict[str, Any], gen: Generation) -> Async
                 continue
             item, sampled = item
             last = item
+            item["x_localroute"] = gen.running()
             ch = item["choices"][0] if item["choices"] else {}
             if gen.want_logprobs and (ch.get("text") or ch.get("finish_reason")):
                 _pad_tops(gen)

@@ -45,6 +45,7 @@ def build_app(runner: Runner) -> Any:
                 "n_ctx": runner.n_ctx,
                 "busy": runner.busy,
                 "served": runner.served,
+                "sampled": runner.sampled,
                 "pid": os.getpid(),
             }
         )
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None, loader: Callable[[argparse.Namespace], A
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--chat-format", default=None)
     p.add_argument("--no-cache-prompt", dest="cache_prompt", action="store_false")
+    p.add_argument("--render-timeout-s", type=float, default=10.0)
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     args = p.parse_args(argv)
     _die_with_parent(args.parent_pid)
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None, loader: Callable[[argparse.Namespace], A
     import uvicorn
 
     uvicorn.run(
-        build_app(Runner(llm, args.name, args.n_ctx, args.cache_prompt)),
+        build_app(Runner(llm, args.name, args.n_ctx, args.cache_prompt, args.render_timeout_s)),
         uds=args.socket,
         log_level="warning",
         access_log=False,

@@ -1,0 +1,91 @@
+"""A time limit on rendering the model's chat template, in the worker.
+
+The template comes with the GGUF (the operator's model, not the client): llama-cpp-python renders it
+with Jinja in an immutable sandbox, which stops escapes but not work: three nested `range(99999)`
+loops hold the decoding thread, and with it the model, for ever. The render runs on the executor
+thread that then decodes, so neither SIGALRM (main thread only) nor `asyncio.timeout` (the thread
+would go on) can stop it. A timer raises `RenderTimeout` in that thread instead
+(`PyThreadState_SetAsyncExc`), which Python delivers at the next bytecode: a Jinja loop is Python
+code, so the render stops within the limit and the thread, the lock and the worker are free again.
+
+The clock is armed when a chat completion starts and disarmed when llama-cpp-python asks for the
+completion of the rendered prompt (the runner's `create_completion` hook): only the render is timed,
+never the decode. Rejected: counting loop iterations in a sandbox subclass (a loop over a long
+string or list calls no hook) and rendering in a child process (a fork per request).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from localroute.errors import InternalError
+
+T = TypeVar("T")
+
+
+class RenderTimeout(Exception):
+    """Raised in the rendering thread when the chat template ran past its limit."""
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Ask Python to raise `exc` in the thread at its next bytecode (None: withdraw a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else ctypes.py_object()
+    )
+
+
+class RenderClock:
+    """Bounds the render of one chat completion at a time (the runner serialises them)."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._lock = threading.Lock()
+        self._thread: int | None = None  # the thread rendering now; None: nothing is timed
+        self._fired = False
+        self._timer: threading.Timer | None = None
+
+    def bounded(self, call: Callable[[], T]) -> T:
+        """`call()` on this thread, its template render limited to `limit_s` (see `rendered`)."""
+        with self._lock:
+            self._thread, self._fired = threading.get_ident(), False
+            self._timer = threading.Timer(self.limit_s, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        try:
+            return call()
+        finally:
+            self._stop()
+
+    def rendered(self) -> None:
+        """The template is rendered: stop the clock. Raises `RenderTimeout` if it had already run out
+        (the exception it sent may not have been delivered yet: it is withdrawn, then raised here)."""
+        if self._thread == threading.get_ident() and self._stop():
+            raise RenderTimeout
+
+    def _stop(self) -> bool:
+        with self._lock:
+            thread, fired, timer = self._thread, self._fired, self._timer
+            self._thread, self._timer = None, None
+        if timer is not None:
+            timer.cancel()
+        if fired and thread is not None:
+            _raise_in(thread, None)
+        return fired
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                return
+            self._fired = True
+            _raise_in(self._thread, RenderTimeout)
+
+    def error(self) -> InternalError:
+        """What the client gets: the model's template is at fault, not the request."""
+        return InternalError(
+            f"The model's chat template did not render within {self.limit_s:g} s; the operator "
+            "should check the model file's template (or set `chat_format`).",
+            code="chat_template_timeout",
+        )
