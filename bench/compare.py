@@ -19,6 +19,10 @@ same venv and the same dependencies), both with one remote rung in front of the 
 It prints the two sides and the ratio tree / ref for each figure (below 1: the tree is cheaper or
 faster). Nothing is asserted: the numbers are for a human, with the machine's load printed beside them.
 `--append` records the table in bench/RESULTS.md.
+
+`--otel` measures what tracing costs: the `tree` gateway exports OpenTelemetry spans (OTLP/HTTP, to a
+receiver in this process that keeps nothing) and the `ref` one does not; give the same commit as REF
+(`HEAD`) so that tracing is the only difference.
 """
 
 from __future__ import annotations
@@ -54,7 +58,29 @@ def checkout(ref: str, where: Path) -> str:
     return sha.stdout.strip()[:10]
 
 
-def start_gateway(name: str, tree: Path, mock_port: int, work: Path, audit: bool) -> servers.Child:
+def otlp_sink() -> tuple[str, object]:
+    """A loopback OTLP/HTTP receiver that answers 200 and drops what it gets."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+def start_gateway(
+    name: str, tree: Path, mock_port: int, work: Path, audit: bool, extra: dict[str, str] | None = None
+) -> servers.Child:
     """`python -m localroute serve` from `tree`, one remote rung on the mock (as bench.overhead runs it)."""
     side = work / name
     side.mkdir()
@@ -67,6 +93,7 @@ def start_gateway(name: str, tree: Path, mock_port: int, work: Path, audit: bool
         servers.KEY_ENV: "sk-bench-mock",
         "LOCALROUTE_AUDIT_PATH": str(side / "audit.jsonl"),
         "PYTHONPATH": str(tree),
+        **(extra or {}),
     }
     child = servers.spawn(name, cmd, port, side, env)
     servers.wait_ready(child, "/health", 60)
@@ -167,6 +194,7 @@ def main() -> None:
     ap.add_argument("--stream-only", action="store_true", help="sweep streams instead of JSON requests")
     ap.add_argument("--no-audit", action="store_true", help="both gateways with audit_enabled = false")
     ap.add_argument("--append", action="store_true", help="record the table in bench/RESULTS.md")
+    ap.add_argument("--otel", action="store_true", help="the tree side exports traces; the ref side does not")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     mode = "stream" if args.stream_only else "json"
@@ -178,9 +206,13 @@ def main() -> None:
         try:
             mock = servers.start_mock(work)
             children.append(mock)
+            extra = None
+            if args.otel:
+                url, _sink = otlp_sink()
+                extra = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
             gw = {
                 "ref": start_gateway("ref", ref_tree, mock.port, work, not args.no_audit),
-                "tree": start_gateway("tree", servers.ROOT, mock.port, work, not args.no_audit),
+                "tree": start_gateway("tree", servers.ROOT, mock.port, work, not args.no_audit, extra),
             }
             children += gw.values()
             targets = {s: make_target(s, gw[s].port, None, gw[s].proc.pid) for s in SIDES}
@@ -196,8 +228,9 @@ def main() -> None:
             drop = ["git", "worktree", "remove", "--force", str(ref_tree)]
             subprocess.run(drop, cwd=servers.ROOT, check=False)
     out = table(lat, sweeps, levels, mode)
+    traced = " exporting traces (--otel)" if args.otel else ""
     notes = (
-        f"ref = `{args.ref}` ({sha}), tree = the working tree; load average {load0:.2f} before, "
+        f"ref = `{args.ref}` ({sha}), tree = the working tree{traced}; load average {load0:.2f} before, "
         f"{load1:.2f} after; both gateways in front of the same mock, requests interleaved."
     )
     if args.append:
