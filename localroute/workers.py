@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from localroute.config.models import Balance, LlamaCppModel, VllmModel
+from localroute.config.privacy import LOOPBACK_NETWORKS
 from localroute.config.schema import Config
 from localroute.rungs.supervise import die_with_parent
 
@@ -156,7 +157,11 @@ def workers_config(cfg: Config, engines: list[Engine]) -> Config:
         if isinstance(m, VllmModel):
             update["launch"] = False
         models.append(m.model_copy(update=update))
-    return cfg.model_copy(update={"models": models})
+    # The engines are this run's own children on loopback: trusted whatever `trusted_networks` lists
+    # for other hosts, so that private requests reach them as they would in one process.
+    networks = list(dict.fromkeys([*cfg.privacy.trusted_networks, *LOOPBACK_NETWORKS]))
+    privacy = cfg.privacy.model_copy(update={"trusted_networks": networks})
+    return cfg.model_copy(update={"models": models, "privacy": privacy})
 
 
 def serve(cfg: Config, cfg_path: Path, host: str, port: int, workers: int) -> int:
@@ -180,7 +185,9 @@ def serve(cfg: Config, cfg_path: Path, host: str, port: int, workers: int) -> in
             e.start()
         for e, m in zip(engines, engine_rungs(cfg), strict=True):
             if not _ready(e, token, m.load_timeout_s + 30):
-                print(f"localroute: engine {e.name} did not start; its log: {e.log}", file=sys.stderr)
+                tail = e.log.read_text(errors="replace").splitlines()[-15:] if e.log.exists() else []
+                print(f"localroute: engine {e.name} did not start; the end of its log:", file=sys.stderr)
+                print("\n".join("  " + line for line in tail), file=sys.stderr)
                 return 1
             t = threading.Thread(target=e.watch, name=f"watch-{e.name}", daemon=True)
             t.start()

@@ -352,3 +352,10 @@ def test_a_key_pasted_into_config_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text)
     assert "api_key_env" in str(info.value) and secret not in str(info.value)
+
+
+def test_a_state_url_with_a_password_is_not_echoed_in_the_error() -> None:
+    text = '[[models]]\nname = "m"\nengine = "llama_cpp"\nsource = { kind = "path", path = "m.gguf" }\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text + '[state]\nurl = "redis//:hunter2-secret@h:6379"\n')
+    assert "state.url" in str(info.value) and "hunter2-secret" not in str(info.value)

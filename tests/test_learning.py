@@ -86,6 +86,24 @@ def remember(store: FeedbackStore, rid: str, local: bool = True, **kw: Any) -> N
 # -- the feedback store ---------------------------------------------------------------------------------
 
 
+def test_a_private_request_keeps_no_hashed_words(tmp_path: Path) -> None:
+    from localroute.routing.traffic_features import recipe_featurizer
+
+    store = FeedbackStore(tmp_path / "fb.sqlite3", FeedbackConfig(), recipe_featurizer())
+    r = req(("user", "Wire 4100 to account 7731 for Mara Quist, the usual way."))
+    for rid, private in (("pub", False), ("priv", True)):
+        store.remember(rid, r, rung="small", tier=0, local=True, decided="small", score=0.2,
+                       route="policy:score<=0.30", private=private)  # fmt: skip
+    store.close()
+    with sqlite3.connect(tmp_path / "fb.sqlite3") as db:
+        rows = dict(db.execute("SELECT id, features FROM requests"))
+    public, private_ = json.loads(rows["pub"]), json.loads(rows["priv"])
+    hashed = [k for k in public if k[0] == "h" and k[1:].isdigit()]
+    assert hashed, "the learned recipe hashes words: the public row keeps them"
+    assert not [k for k in private_ if k[0] == "h" and k[1:].isdigit()]  # a dictionary could reverse them
+    assert "len" in private_ and any(k.startswith("e") for k in private_)  # dense features remain
+
+
 @pytest.mark.parametrize(
     ("outcome", "value", "local", "label"),
     [("good", 0, True, 0.0), ("bad", 0, True, 1.0), ("score", 0.75, True, 0.25),
@@ -285,6 +303,7 @@ def test_a_shadow_run_is_only_for_public_requests(tmp_path: Path, private: bool)
         learning.answered("req-1", r, trace, Privacy(private, "header"), "Paris")
         await asyncio.gather(*learning.shadows)
         assert learning.store is not None
+        learning.flush()  # store calls run on the writer thread
         labels = [(x.source, x.label) for x in learning.store.labelled()]
         learning.close()
         assert (rung.calls, labels) == (([], []) if private else ([rung.calls[0]], [("shadow", 0.0)]))

@@ -101,7 +101,7 @@ def test_an_unreachable_store_falls_back_to_a_per_replica_limit() -> None:
 
     waits = asyncio.run(run())
     assert [w == 0 for w in waits] == [True, True, False]  # still limited, by this process
-    assert len(errors) == 3
+    assert len(errors) == 1  # then left alone for RETRY_S: no timeout paid on every request
 
 
 # -- two real gateways -----------------------------------------------------------------------------

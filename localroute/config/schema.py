@@ -254,7 +254,8 @@ def _describe_loc(loc: tuple[int | str, ...], data: object) -> str:
 
 
 def _may_hold_secret(loc: tuple[int | str, ...]) -> bool:
-    return loc[:1] == ("keys",) or any(isinstance(p, str) and "key" in p for p in loc)
+    # [state] url may be redis://:password@host; keys and anything named *key* hold secrets.
+    return loc[:1] in (("keys",), ("state",)) or any(isinstance(p, str) and "key" in p for p in loc)
 
 
 def parse_config(text: str, *, source: str = "models.toml", base_dir: Path | None = None) -> Config:

@@ -330,7 +330,7 @@ class Gateway:
     async def feedback(self, request: Request) -> Response:
         """`POST /v1/localroute/feedback`: a client's outcome for a request served here."""
         fb = parse_feedback(await self.receive(request, self.deadline()))
-        return JSONResponse(self.learning.feedback(fb))
+        return JSONResponse(await self.learning.feedback(fb))
 
     async def models(self, request: Request) -> Response:
         names = ["auto", *(m.name for m in self.config.ladder())]

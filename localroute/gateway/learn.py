@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig
 from localroute.config.schema import Config
-from localroute.errors import APIError, NotFoundError
+from localroute.errors import APIError, NotFoundError, OverloadedError
 from localroute.host.lifecycle import Managed
 from localroute.observe.feedback import Featurize, FeedbackStore, UnknownRequestError
 from localroute.privacy.guard import Privacy
@@ -35,6 +36,7 @@ from localroute.routing.trace import Trace
 log = logging.getLogger("localroute")
 # A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
 SHADOW_PROMPT_TOKENS = 512
+MAX_PENDING = 2048  # store calls queued for the writer thread before new rows are dropped
 
 
 class Learning:
@@ -53,6 +55,10 @@ class Learning:
         self.router = router
         self.store = FeedbackStore(config.feedback_path(), self.cfg, featurize) if self.cfg.enabled else None
         self.shadows: set[asyncio.Task[None]] = set()
+        # Every store call runs here, in order, off the event loop; a backlog beyond MAX_PENDING is
+        # dropped (a row lost to learning, never a request delayed).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="localroute-feedback")
+        self._pending = 0
         self._random = random.Random()
         self.cheapest: ModelConfig | None = next(
             (m for m in config.ladder() if m.engine in LOCAL_ENGINES), None
@@ -69,8 +75,28 @@ class Learning:
     def close(self) -> None:
         for t in self.shadows:
             t.cancel()
+        self._writer.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
+
+    def flush(self) -> None:
+        """Wait for every store call queued so far (tests; the writer runs them in order)."""
+        self._writer.submit(lambda: None).result()
+
+    def _write(self, call: Callable[[], Any]) -> Future[Any] | None:
+        """Queue a store call on the writer thread; None when the backlog is full (dropped)."""
+        if self._pending >= MAX_PENDING:
+            log.warning("feedback store backlog full: a row is dropped")
+            return None
+        self._pending += 1
+
+        def run() -> Any:
+            try:
+                return call()
+            finally:
+                self._pending -= 1
+
+        return self._writer.submit(run)
 
     def preempt(self) -> None:
         """A request arrived: stop any shadow run now, so it never holds a rung the client needs."""
@@ -90,14 +116,18 @@ class Learning:
         local = model is not None and model.engine in LOCAL_ENGINES
         judged, signals = next(iter(trace.judgements.items()), (None, None))
         d = trace.decision
-        try:
-            self.store.remember(
-                rid, req, rung=trace.model, tier=trace.tier, local=local, decided=d.model, score=d.score,
-                route=trace.route, private=privacy.private, signals=signals, judged=judged,
-            )  # fmt: skip
-        except Exception as exc:  # the store must never fail a request that was answered
-            log.error("feedback store write failed: %s", exc.__class__.__name__)
-            return
+        store = self.store
+
+        def remember() -> None:
+            try:
+                store.remember(
+                    rid, req, rung=trace.model, tier=trace.tier, local=local, decided=d.model, score=d.score,
+                    route=trace.route, private=privacy.private, signals=signals, judged=judged,
+                )  # fmt: skip
+            except Exception as exc:  # the store must never fail a request that was answered
+                log.error("feedback store write failed: %s", exc.__class__.__name__)
+
+        self._write(remember)
         short = d.estimated_tokens <= SHADOW_PROMPT_TOKENS
         if not local and not privacy.private and answer and short and self._shadow_now():
             task = asyncio.create_task(self._shadow(rid, req, answer), name="localroute-shadow")
@@ -129,16 +159,27 @@ class Learning:
             return
         choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
         local = (choices[0].get("message") or {}).get("content") or ""
-        with contextlib.suppress(Exception):  # pruned since, or the store closed at shutdown
-            self.store.shadow(rid, m.name, agreement(paid, local))
+        store, verdict = self.store, agreement(paid, local)
 
-    def feedback(self, fb: FeedbackRequest) -> FeedbackAnswer:
+        def shadow() -> None:
+            with contextlib.suppress(Exception):  # pruned since, or the store closed at shutdown
+                store.shadow(rid, m.name, verdict)
+
+        self._write(shadow)
+
+    async def feedback(self, fb: FeedbackRequest) -> FeedbackAnswer:
         """Label one served request; a 404 for an id not stored here (never served, or pruned)."""
         if self.store is None:
             raise NotFoundError("Feedback is turned off here ([feedback] enabled = false).")
         outcome = fb.outcome or "score"
+        store = self.store
+        queued = self._write(lambda: store.feedback(fb.id, outcome, fb.score or 0.0))
+        if queued is None:
+            raise OverloadedError(
+                "The feedback store is busy; try again shortly.", headers={"Retry-After": "1"}
+            )
         try:
-            label = self.store.feedback(fb.id, outcome, fb.score or 0.0)
+            label = await asyncio.wrap_future(queued)
         except UnknownRequestError:
             raise NotFoundError(f"No request with id '{fb.id}' is stored here.", param="id") from None
         return {"object": "localroute.feedback", "id": fb.id, "outcome": outcome, "label": label}

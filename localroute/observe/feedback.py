@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ from localroute.protocol.chat import ChatCompletionRequest
 Featurize = Callable[[ChatCompletionRequest], Mapping[str, float]]
 Outcome = Literal["good", "bad", "strong_needed", "score"]
 SCHEMA_VERSION = 1
+_HASHED = re.compile(r"h\d+$")  # the learned recipe's hashed word / n-gram buckets
 PRUNE_EVERY = 500  # inserts between two retention passes
 
 _SCHEMA = """
@@ -86,7 +88,8 @@ def label_of(outcome: Outcome, value: float, local: bool) -> float | None:
 
 
 class FeedbackStore:
-    """One SQLite file, written from the gateway's event loop (short transactions, WAL)."""
+    """One SQLite file. The gateway calls it from one writer thread (gateway/learn.py), never from
+    the event loop: featurising a long prompt and an insert cost milliseconds."""
 
     def __init__(self, path: Path, cfg: FeedbackConfig, featurize: Featurize) -> None:
         self.path = path
@@ -95,7 +98,9 @@ class FeedbackStore:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():  # features and, if opted in, prompts: readable by this user only
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # One thread uses it at a time (the writer, or startup before it); workers of `serve --workers`
+        # share the file, so a lock held by another process is waited for briefly, then the row dropped.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.5)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last rows, never corrupt
         self._db.executescript(_SCHEMA)
@@ -122,6 +127,8 @@ class FeedbackStore:
     ) -> None:
         """Keep one served request's decision and features (and its prompt, if opted in)."""
         features = {k: float(v) for k, v in self.featurize(req).items() if math.isfinite(v)}
+        if private:  # hashed word buckets can be reversed by a dictionary: a private prompt keeps none
+            features = {k: v for k, v in features.items() if not _HASHED.match(k)}
         prompt = None
         if self.cfg.store_prompts:
             prompt = json.dumps([{"role": m.role, "content": m.text()} for m in req.messages])

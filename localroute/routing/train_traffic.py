@@ -63,6 +63,10 @@ def run_from_traffic(
         return 2
     cut = max(1, min(len(rows) - 1, round(len(rows) * (1 - holdout))))
     train, held = rows[:cut], rows[cut:]
+    if len(set(y[:cut])) < 2 or all(r.label < 0.5 for r in held):
+        print("localroute: the older rows, or the newest ones held back, have one outcome only: "
+              "more labelled requests of both kinds are needed", file=sys.stderr)  # fmt: skip
+        return 2
     model = fit([r.features for r in train], y[:cut], [1.0] * cut)
     weak_right = [r.label < 0.5 for r in held]
     figures = {

@@ -108,7 +108,12 @@ class EndpointsBackend:
         client = self._http[ep].client
         try:
             limit = self.balance.health_timeout_s
-            r = await client.get(self.balance.health_path, timeout=limit, extensions={PEER_CHECK: check})
+            req = client.build_request(
+                "GET", self.balance.health_path, timeout=limit, extensions={PEER_CHECK: check}
+            )
+            # /health needs no secret, and any peer may answer a probe: the secret is not sent with it.
+            req.headers.pop("Authorization", None)
+            r = await client.send(req)
             problem = None if r.status_code == 200 else f"health check answered {r.status_code}"
         except TRANSPORT_ERRORS as exc:
             problem = f"health check failed ({type(exc).__name__})"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("localroute.state")
+RETRY_S = 5.0  # after the store failed a call, this long on the replica's own buckets before retrying
 
 
 class Limiter(Protocol):
@@ -91,8 +92,11 @@ class SharedRateLimiter:
         self._local = RateLimiter()  # while the store is unreachable
         self._on_error = on_error
         self._warned_at = -1e9
+        self._down_until = -1e9  # after a failure, the store is left alone for RETRY_S
 
     async def take(self, caller: str, per_minute: int) -> float:
+        if time.monotonic() < self._down_until:  # known down: no timeout paid on every request
+            return self._local.spend(caller, per_minute)
         try:
             async with asyncio.timeout(self._timeout * 2):
                 wait = await self._script(keys=[f"{self._prefix}rl:{caller}"], args=[per_minute])
@@ -102,6 +106,7 @@ class SharedRateLimiter:
             return self._local.spend(caller, per_minute)
 
     def _degraded(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + RETRY_S
         if self._on_error is not None:
             self._on_error()
         now = time.monotonic()
