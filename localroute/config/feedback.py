@@ -18,8 +18,10 @@ class FeedbackConfig(BaseModel):
     path: str | None = None
     # Keep the prompt text with each row. Off: only numeric features, never text.
     store_prompts: bool = False
-    # Bounded: the oldest rows go first beyond `max_rows`, and rows older than `retention_days`.
-    max_rows: Annotated[int, Field(ge=100, le=10_000_000)] = 200_000
+    # Bounded: the oldest rows go first beyond `max_rows`, and rows older than `retention_days`. A row
+    # of the learned recipe's features takes about 5-35 KB (its hashed word buckets): 20,000 rows are
+    # roughly 0.1-0.7 GB.
+    max_rows: Annotated[int, Field(ge=100, le=10_000_000)] = 20_000
     retention_days: Annotated[float, Field(gt=0, le=3650)] = 90.0
     # Share of public requests answered by a paid rung that the cheapest local rung also answers, in
     # the background and only while it is idle, to label them (0: never).
