@@ -106,9 +106,11 @@ def test_feedback_round_trip_with_the_new_signals_in_the_record(srv: Server) -> 
         h["x-localroute-confidence"].startswith(MODEL + "; mean=")
         and "margin=" in h["x-localroute-confidence"]
     )
+    assert wait_until(lambda: row(srv, rid) is not None, timeout=30)  # written by the store's own thread
     stored = row(srv, rid)
     assert stored is not None and stored["label"] is None and stored["prompt"] is None
-    assert json.loads(stored["features"])["depth"] == 1 and json.loads(stored["signals"]) == signals
+    features = json.loads(stored["features"])  # the learned scorer's recipe: depth counts earlier turns
+    assert features["depth"] == 0 and "len" in features and json.loads(stored["signals"]) == signals
 
     r = post(srv, "/v1/localroute/feedback", {"id": rid, "outcome": "bad"})
     assert r.status_code == 200 and r.json() == {"object": "localroute.feedback", "id": rid, "outcome": "bad",
@@ -239,6 +241,7 @@ def test_shadow_runs_label_public_paid_answers_only_when_the_local_rung_is_idle(
     seen = len(provider.requests)
     private = [{"role": "user", "content": HARD}]
     _, h = chat(srv, private, max_tokens=8, extra_headers={"X-LocalRoute-Privacy": "private"})
+    assert wait_until(lambda: row(srv, h["x-request-id"]) is not None, timeout=30)
     stored = row(srv, h["x-request-id"]) or {}
     assert (stored["rung"], stored["private"], stored["shadow"]) == (MODEL, 1, None)
     assert len(provider.requests) == seen
