@@ -270,14 +270,18 @@ def test_openai_multi_turn_append_after_remote_answer(base: str, provider: Stand
     forwarded = provider.requests[-1].body["messages"][1]
     assert forwarded["content"] == echoed.content and forwarded["annotations"] == []
     assert forwarded.get("refusal") is None
-    # The same history, with both echoed answers, served by the local rung.
+    # The same history, with both echoed answers: `auto` keeps the conversation on the rung that last
+    # answered it (stickiness is upward only), and the local rung takes the echoed fields when named.
     messages.append(second.choices[0].message)
     messages.append({"role": "user", "content": "Thanks, say bye."})
     raw = sdk.chat.completions.with_raw_response.create(model="auto", messages=messages, max_tokens=16)
+    assert (raw.headers["x-localroute-model"], raw.headers["x-localroute-route"]) == (REMOTE, "policy:sticky")
+    assert len(provider.requests) == 3
+    raw = sdk.chat.completions.with_raw_response.create(model=LOCAL, messages=messages, max_tokens=16)
     assert raw.headers["x-localroute-model"] == LOCAL
     assert raw.parse().choices[0].message.content
-    assert sent[2]["messages"][3]["refusal"] is None and sent[2]["messages"][3]["annotations"] == []
-    assert len(provider.requests) == 2
+    assert sent[3]["messages"][3]["refusal"] is None and sent[3]["messages"][3]["annotations"] == []
+    assert len(provider.requests) == 3
 
 
 def test_openai_streamed_tool_call_from_the_remote_rung(base: str, provider: StandinProvider) -> None:
