@@ -242,3 +242,39 @@ def test_a_request_recorded_in_two_logs_is_reported(tmp_path: Path) -> None:
     result = verify_set(sorted(tmp_path.glob("*.jsonl")))
     assert not result.ok
     assert "request req-1 recorded also in" in result.report()
+
+
+def test_a_conversation_stays_up_across_replicas(
+    tmp_path: Path, provider: StandinProvider, redis_url: str
+) -> None:
+    """Stickiness through the shared store: a follow-up that reaches the other replica is not sent lower."""
+    redis.Redis.from_url(redis_url).flushdb()
+    cheap = remote_rung(provider.base_url, KEY_ENV, name="cheap", tier=1, max_retries=0)
+    models = [cheap, remote_rung(provider.base_url, KEY_ENV, max_retries=0)]
+    keys = [{"name": "open", "sha256": sha(OPEN)}]
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(conftest.config_text(models=models, keys=keys) + f'\n[state]\nurl = "{redis_url}"\n')
+    a, b = replica(cfg, "gw-a"), replica(cfg, "gw-b")
+    try:
+        auth = {"authorization": f"Bearer {OPEN}"}
+        first = [{"role": "user", "content": "Plan the migration."}]
+        pinned = {"model": conftest.REMOTE_RUNG, "messages": first}
+        r = httpx.post(a.url + "/v1/chat/completions", json=pinned, headers=auth, timeout=60)
+        assert r.status_code == 200 and r.headers["x-localroute-model"] == conftest.REMOTE_RUNG
+        answer = r.json()["choices"][0]["message"]["content"]
+        follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
+
+        def route() -> tuple[str, str]:
+            got = httpx.post(b.url + "/v1/chat/completions", json={"model": "auto", "messages": follow},
+                             headers=auth, timeout=60)  # fmt: skip
+            return got.headers["x-localroute-model"], got.headers["x-localroute-route"]
+
+        # Replica b never saw the first answer; the store has it (written in the background by a).
+        assert wait_until(lambda: route() == (conftest.REMOTE_RUNG, "policy:sticky"), timeout=30)
+        fresh = [{"role": "user", "content": "Go on."}]  # no earlier answer: the cheap rung, as usual
+        got = httpx.post(b.url + "/v1/chat/completions", json={"model": "auto", "messages": fresh},
+                         headers=auth, timeout=60)  # fmt: skip
+        assert got.headers["x-localroute-model"] == "cheap"
+    finally:
+        a.stop()
+        b.stop()

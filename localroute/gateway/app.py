@@ -41,7 +41,7 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol.backend import Backend, Embedder
 from localroute.rungs.registry import build_backends, build_embedders
-from localroute.state.limits import open_limiter
+from localroute.state.limits import SharedConversations, SharedRateLimiter, open_limiter
 
 log = logging.getLogger("localroute")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -131,6 +131,8 @@ def create_app(
                 placement.manage(b)
         gateway = Gateway(config, live, detector, audit, placement, vectors, featurize)
         counted[:] = [gateway]
+        if isinstance(limiter, SharedRateLimiter):  # the stickiness map is shared through the same store
+            gateway.router.conversations.shared = SharedConversations(limiter)
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             rungs: dict[str, Backend | Embedder] = {**live, **vectors}

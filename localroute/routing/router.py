@@ -161,6 +161,8 @@ class Router:
         """Serve `req`. Every rung tried is appended to `attempts` too: the caller's record of them
         when this raises (the audit log lists the rungs a failed request tried)."""
         private = privacy is not None and privacy.private
+        if req.model == "auto":
+            await self.conversations.prefetch(req)  # what other replicas answered in it ([state] url)
         d = self.decide(req, hints, private)
         trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
@@ -247,6 +249,8 @@ class Router:
         first byte reaches the client; after that the rung is committed and chunks flow through.
         `attempts` as for `complete`."""
         private = privacy is not None and privacy.private
+        if req.model == "auto":
+            await self.conversations.prefetch(req)  # what other replicas answered in it ([state] url)
         d = self.decide(req, hints, private)
         trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)

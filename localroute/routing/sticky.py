@@ -12,6 +12,7 @@ import hashlib
 
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.routing.policy import Floor
+from localroute.state.limits import SharedConversations
 
 DIGEST_BYTES = 16
 
@@ -27,6 +28,8 @@ class Conversations:
     def __init__(self, size: int) -> None:
         self.size = size
         self._map: collections.OrderedDict[bytes, Floor] = collections.OrderedDict()
+        # With `[state] url`: every replica's answers, read before a decision (`prefetch`).
+        self.shared: SharedConversations | None = None
 
     def __len__(self) -> int:
         return len(self._map)
@@ -35,10 +38,25 @@ class Conversations:
         if self.size <= 0 or not answer or not answer.strip():
             return
         key = digest(answer)
-        self._map[key] = Floor(model, tier)
+        self._keep(key, Floor(model, tier))
+        if self.shared is not None:
+            self.shared.put(key, tier, model)
+
+    def _keep(self, key: bytes, floor: Floor) -> None:
+        self._map[key] = floor
         self._map.move_to_end(key)
         while len(self._map) > self.size:
             self._map.popitem(last=False)
+
+    async def prefetch(self, req: ChatCompletionRequest) -> None:
+        """Bring in what other replicas remember of this conversation's earlier answers (one MGET),
+        so that the pure `floor` sees it. Nothing without a shared store or earlier answers."""
+        if self.shared is None or self.size <= 0:
+            return
+        keys = [digest(t) for m in req.messages if m.role == "assistant" and (t := m.text()).strip()]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._map]
+        for key, (tier, model) in (await self.shared.get_many(missing)).items():
+            self._keep(key, Floor(model, tier))
 
     def floor(self, req: ChatCompletionRequest) -> Floor | None:
         """The highest rung that answered any earlier assistant turn of `req`, if remembered."""

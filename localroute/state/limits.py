@@ -11,6 +11,7 @@ request while Redis is down. docs/scale-out.md says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -126,3 +127,45 @@ def open_limiter(cfg: StateConfig, on_error: Callable[[], None] | None = None) -
     """The limiter `[state]` asks for: shared when a store URL is set, else in this process."""
     url = cfg.resolved_url()
     return SharedRateLimiter(url, cfg, on_error) if url else RateLimiter()
+
+
+STICKY_TTL_S = 86_400  # a conversation's rung is remembered in the shared store for a day
+
+
+class SharedConversations:
+    """The stickiness map's shared half (routing/sticky.py): answer digest -> "tier:rung" in
+    Redis/Valkey, so that a follow-up reaching another replica is not sent lower either. Best effort:
+    a store that fails or is slow only costs that replica the other replicas' memory."""
+
+    def __init__(self, limiter: SharedRateLimiter) -> None:
+        self._client = limiter._client
+        self._prefix = limiter._prefix + "st:"
+        self._timeout = limiter._timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, key: bytes, tier: int, model: str) -> None:
+        """Store in the background (never delays the answer)."""
+
+        async def run() -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout * 2):
+                    await self._client.set(self._prefix + key.hex(), f"{tier}:{model}", ex=STICKY_TTL_S)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def get_many(self, keys: list[bytes]) -> dict[bytes, tuple[int, str]]:
+        if not keys:
+            return {}
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                values = await self._client.mget([self._prefix + k.hex() for k in keys])
+        except Exception:  # down or slow: this replica decides from what it remembers itself
+            return {}
+        out: dict[bytes, tuple[int, str]] = {}
+        for k, v in zip(keys, values, strict=True):
+            tier, _, model = (v or "").partition(":")
+            if model and tier.lstrip("-").isdigit():
+                out[k] = (int(tier), model)
+        return out
