@@ -249,7 +249,6 @@ class Explanation(TypedDict):
     rungs: NotRequired[list[str]]
 
 
-@extensible
 @closed
 class EndpointHealth(TypedDict):
     """One engine server of a rung with `endpoints` (rungs/balancer.py), in `GET /health`."""
@@ -267,6 +266,7 @@ class EndpointHealth(TypedDict):
     last_error: str | None
 
 
+@extensible
 class EngineHealth(TypedDict):
     """One engine's state in `GET /health`; each kind of engine adds keys of its own."""
 
