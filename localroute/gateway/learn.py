@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -59,6 +60,7 @@ class Learning:
         # dropped (a row lost to learning, never a request delayed).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="localroute-feedback")
         self._pending = 0
+        self._pending_lock = threading.Lock()  # counted on the loop, discounted on the writer
         self._random = random.Random()
         self.cheapest: ModelConfig | None = next(
             (m for m in config.ladder() if m.engine in LOCAL_ENGINES), None
@@ -85,16 +87,18 @@ class Learning:
 
     def _write(self, call: Callable[[], Any]) -> Future[Any] | None:
         """Queue a store call on the writer thread; None when the backlog is full (dropped)."""
-        if self._pending >= MAX_PENDING:
-            log.warning("feedback store backlog full: a row is dropped")
-            return None
-        self._pending += 1
+        with self._pending_lock:
+            if self._pending >= MAX_PENDING:
+                log.warning("feedback store backlog full: a row is dropped")
+                return None
+            self._pending += 1
 
         def run() -> Any:
             try:
                 return call()
             finally:
-                self._pending -= 1
+                with self._pending_lock:
+                    self._pending -= 1
 
         return self._writer.submit(run)
 
