@@ -12,10 +12,20 @@ from typing import TextIO
 from localroute.config.schema import Config
 from localroute.routing.evaluate import EvalError
 from localroute.routing.features import Featuriser
-from localroute.routing.fit import fit
+from localroute.routing.fit import Linear, fit
 from localroute.routing.policy import Policy
 from localroute.routing.scorer import Artifact
 from localroute.routing.train import cross_validate, featurise_all, labels, load_labelled
+
+
+def write_artifact(out: Path, model: Linear, featuriser: Featuriser, meta: dict[str, object]) -> str | None:
+    """Save a fitted scorer with the recipe it was fitted on; its sha256, or None (said on stderr)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Artifact(model.bias, model.weights, featuriser.recipe, meta).save(out)
+    except OSError as exc:
+        print(f"localroute: {out}: cannot write the scorer ({exc.strerror})", file=sys.stderr)
+        return None
 
 
 def run_train(
@@ -62,11 +72,8 @@ def run_train(
     }
     if report is not None:
         meta["cv_pooled"] = dict(zip(report.routers, report.pooled, strict=True))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sha = Artifact(model.bias, model.weights, featuriser.recipe, meta).save(out)
-    except OSError as exc:
-        print(f"localroute: {out}: cannot write the scorer ({exc.strerror})", file=sys.stderr)
+    sha = write_artifact(out, model, featuriser, meta)
+    if sha is None:
         return 2
     if as_json:
         doc = {"artifact": str(out), "sha256": sha, "cv": report.as_json() if report else None}

@@ -22,7 +22,7 @@ from localroute.observe.feedback import FeedbackStore, Labelled
 from localroute.routing.evaluate import apgr, pgr_curve, quality_curve
 from localroute.routing.features import Featuriser
 from localroute.routing.fit import fit
-from localroute.routing.scorer import Artifact
+from localroute.routing.train_cmd import write_artifact
 
 MIN_ROWS = 20  # fewer labelled requests than this (or one class only): nothing worth fitting
 
@@ -83,11 +83,8 @@ def run_from_traffic(
         "label": "stronger model needed (feedback or shadow run)",
         "command": "localroute train --from-traffic",
     }
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sha = Artifact(model.bias, model.weights, featuriser.recipe, meta).save(out)
-    except OSError as exc:
-        print(f"localroute: {out}: cannot write the scorer ({exc.strerror})", file=sys.stderr)
+    sha = write_artifact(out, model, featuriser, meta)
+    if sha is None:
         return 2
     if as_json:
         print(json.dumps({"artifact": str(out), "sha256": sha, **meta}), file=stdout)
