@@ -69,11 +69,13 @@ def toml_value(v: object) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, Mapping):
-        keys = (k if _BARE_KEY.match(k) else json.dumps(k) for k in v)
-        return (
-            "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in zip(keys, v.values(), strict=True)) + " }"
-        )
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"no TOML form for {type(v).__name__}")
+
+
+def toml_key(k: str) -> str:
+    """A key as TOML reads it back: bare when it can be, else quoted (`"config.json"`)."""
+    return k if _BARE_KEY.match(k) else json.dumps(k)
 
 
 Outcome = Measured | str  # the figures, or why there are none
