@@ -17,8 +17,9 @@ from localroute.config.schema import parse_config
 from localroute.errors import EngineUnavailableError, InvalidRequestError, OverloadedError, UpstreamError
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, EgressGuard, Privacy, PrivacyViolationError
-from localroute.protocol.anthropic import MessagesRequest, messages_body, parse_messages_request
+from localroute.protocol.anthropic import MessagesRequest, parse_messages_request
 from localroute.protocol.anthropic_answer import ChunkReader, MessagesStream
+from localroute.protocol.anthropic_outbound import messages_body
 from localroute.rungs.anthropic import AnthropicBackend
 from localroute.rungs.registry import build_backend
 from tests.anthropic_standin import AnthropicStandin

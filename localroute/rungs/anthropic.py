@@ -4,7 +4,7 @@ can be the top of the ladder with no translating proxy (`engine = "remote"`, `ap
 It is the remote rung (rungs/remote.py) with another wire: the same HTTP client, timeouts, bounded
 retries and error mapping, and the same egress guard, which sees the Messages body itself right before
 it is sent. Only the translation differs: a chat body out as a Messages request
-(`protocol.anthropic.messages_body`), a `message` or event stream back as a chat completion or chunks
+(`protocol.anthropic_outbound.messages_body`), a `message` or event stream back as a chat completion or chunks
 (`protocol.anthropic_answer`). Authentication is `x-api-key`, with `anthropic-version: 2023-06-01`.
 """
 
@@ -21,8 +21,8 @@ from localroute.config.models import RemoteModel
 from localroute.config.schema import Config
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
-from localroute.protocol.anthropic import messages_body
 from localroute.protocol.anthropic_answer import ChunkReader, ProviderStreamError, chat_completion
+from localroute.protocol.anthropic_outbound import messages_body
 from localroute.protocol.wire import ChatCompletion
 from localroute.rungs.remote import RETRY_STATUSES, RemoteBackend
 
