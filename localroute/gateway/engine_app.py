@@ -30,7 +30,8 @@ from starlette.routing import Route
 
 from localroute.config.models import LlamaCppModel, VllmModel
 from localroute.config.schema import Config
-from localroute.errors import APIError, AuthenticationError, EngineUnavailableError, PayloadTooLargeError
+from localroute.errors import APIError, AuthenticationError, EngineUnavailableError
+from localroute.gateway.body import read_body
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
@@ -91,7 +92,7 @@ class EngineServer:
         if (refused := self._refused(request)) is not None:
             return refused
         try:
-            req = parse_chat_request(await _body(request))
+            req = parse_chat_request(await read_body(request, MAX_BODY_BYTES))
             body = req.engine_body(self.model.name, req.output_limit() or self.model.default_max_tokens)
             if not req.stream:
                 return JSONResponse(await self.backend.complete(body))
@@ -100,16 +101,6 @@ class EngineServer:
         except APIError as exc:
             return _error(exc)
         return StreamingResponse(_events(first, chunks), media_type="text/event-stream")
-
-
-async def _body(request: Request) -> bytes:
-    parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-        parts.append(part)
-    return b"".join(parts)
 
 
 async def _events(first: Any, chunks: Any) -> AsyncIterator[bytes]:

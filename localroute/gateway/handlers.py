@@ -25,10 +25,10 @@ from localroute.errors import (
     InternalError,
     InvalidRequestError,
     ModelNotFoundError,
-    PayloadTooLargeError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from localroute.gateway.body import read_body
 from localroute.gateway.learn import Learning
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
@@ -57,21 +57,6 @@ log = logging.getLogger("localroute")
 STATS_CACHE_S = 1.0
 _READ_AS_JSON = frozenset({"", "application/json", "application/x-www-form-urlencoded", "text/plain"})
 EMBEDDINGS_OWNER = "localroute:embeddings"  # `owned_by` of embedding models in GET /v1/models
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def parse_hints(headers: Mapping[str, str]) -> Hints:
