@@ -32,27 +32,46 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class FakeEngine:
-    """A `vllm serve` stand-in process on a fixed loopback port: `kill`, `hang`, `resume`, `restart`."""
+    """A `vllm serve` stand-in process on a fixed loopback port: `kill`, `hang`, `resume`, `restart`,
+    `stop`. `args` go to `vllm serve` after the address; with a `log` its output goes there and is shown
+    when it fails to start."""
 
-    def __init__(self, port: int | None = None, model: str = MODEL) -> None:
+    def __init__(
+        self, port: int | None = None, model: str = MODEL, args: tuple[str, ...] = (), log: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.model = model
+        self.args = args
+        self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FakeEngine:
         cmd = [sys.executable, str(FAKE), "serve", self.model, "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd += ["--port", str(self.port), *self.args]
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(self.log.open("ab")) if self.log is not None else subprocess.DEVNULL
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"fake engine on port {self.port} exited with {self.proc.returncode}")
+                raise RuntimeError(
+                    f"fake engine on port {self.port} exited with {self.proc.returncode}{self._tail()}"
+                )
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
             time.sleep(0.05)
-        raise RuntimeError(f"fake engine on port {self.port} did not start")
+        raise RuntimeError(f"fake engine on port {self.port} did not start{self._tail()}")
+
+    def _tail(self) -> str:
+        return "" if self.log is None else ":\n" + self.log.read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator's service manager would stop it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,8 @@ import openai
 import pytest
 
 from tests import conftest
-from tests.conftest import Server, free_port, remote_rung, repo_routing, repo_rung, start_gateway, wait_until
+from tests.conftest import Server, remote_rung, repo_routing, repo_rung, start_gateway, wait_until
+from tests.endpoint_servers import FakeEngine
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider, legacy_text
 
@@ -31,7 +30,6 @@ LOCAL = "smollm2-135m"
 REMOTE = "frontier"
 GPU = "gpu"
 KEY_ENV = "LR_COMPLETIONS_KEY"
-FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
 LENIENT = {"min_mean_logprob": -50.0, "min_tail_logprob": -50.0, "min_length_tokens": 0}
 STRICT = {"min_mean_logprob": -0.01, "min_length_tokens": 0}
 COUNT = "1, 2, 3, 4, 5, 6,"  # the model goes on counting: no early end of text
@@ -70,28 +68,12 @@ def lenient(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider)
 @pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A stand-in vLLM server started as an operator would: its root URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("compl-vllm") / "fake.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, str(FAKE_VLLM), "serve", "fake-org/Fake-7B", "--host", "127.0.0.1",
-             "--port", str(port), "--max-model-len", "2048"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    root = f"http://127.0.0.1:{port}"
+    engine = FakeEngine(model="fake-org/Fake-7B", args=("--max-model-len", "2048"), log=log).start()
     try:
-        assert wait_until(lambda: _healthy(root), timeout=30, every=0.1), log.read_text()
-        yield root
+        yield engine.url
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _healthy(root: str) -> bool:
-    try:
-        return httpx.get(root + "/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+        engine.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,12 +23,12 @@ from tests import conftest
 from tests.conftest import (
     Server,
     answering,
-    free_port,
     remote_rung,
     start_gateway,
     wait_until,
     worker_health,
 )
+from tests.endpoint_servers import FakeEngine
 from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
 
@@ -41,7 +38,6 @@ MODEL = "smollm2-135m"
 LOCAL = "gpu-local"  # the stand-in local engine: instant, so a 3 s deadline cannot catch it
 REMOTE = conftest.REMOTE_RUNG
 KEY_ENV = "LR_DEADLINE_KEY"
-FAKE = Path(__file__).resolve().parent / "fake_vllm.py"
 COUNT_TO = "Count from 1 to 1000, separated by commas: 1, 2, 3,"
 
 
@@ -60,28 +56,12 @@ def fresh(provider: StandinProvider) -> None:
 @pytest.fixture(scope="module")
 def fake_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The vLLM stand-in served directly (a GPU engine cannot run here): its root URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("fake-local") / "fake.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, str(FAKE), "serve", "fake-org/Local-7B", "--host", "127.0.0.1",
-             "--port", str(port), "--max-model-len", "2048"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    root = f"http://127.0.0.1:{port}"
+    engine = FakeEngine(model="fake-org/Local-7B", args=("--max-model-len", "2048"), log=log).start()
     try:
-        assert wait_until(lambda: _healthy(root), timeout=60, every=0.1), log.read_text()
-        yield root
+        yield engine.url
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _healthy(root: str) -> bool:
-    try:
-        return httpx.get(root + "/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
+        engine.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -32,7 +30,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -41,10 +38,10 @@ from localroute.errors import ConfigError, OverloadedError
 from localroute.host.pull import pull_models
 from localroute.rungs.vllm import VllmEngine, from_config, gpu_problem
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
+from tests.endpoint_servers import FakeEngine
 from tests.fake_vllm import install
 from tests.toml_text import toml_value
 
-FAKE = Path(__file__).resolve().parent / "fake_vllm.py"
 SMOL = "smollm2-135m"
 GREETING = "Hi there!"
 # Scores ~0.9 (code, proof and analysis keywords): above smollm2's max_score 0.45, so `auto` goes up.
@@ -122,29 +119,12 @@ def starts(srv: Server, model: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def url_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A stand-in vLLM server started directly, as an operator would: its root URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("url-fake") / "fake.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, str(FAKE), "serve", "fake-org/Url-7B", "--host", "127.0.0.1",
-             "--port", str(port), "--max-model-len", "2048"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    root = f"http://127.0.0.1:{port}"
+    engine = FakeEngine(model="fake-org/Url-7B", args=("--max-model-len", "2048"), log=log).start()
     try:
-        ok = wait_until(lambda: _healthy(root), timeout=30, every=0.1)
-        assert ok, log.read_text()
-        yield root
+        yield engine.url
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _healthy(root: str) -> bool:
-    try:
-        return httpx.get(root + "/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+        engine.stop()
 
 
 @pytest.fixture(scope="module")
