@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from bench.local_sides import RawSide
 from localroute.config.models import LlamaCppModel
 from localroute.config.schema import load_config
 from localroute.host.measure import MeasureError, measure
+from localroute.host.measure_embed import measure_embed
 from tests.conftest import ROOT, Server, free_port
 
 # Two rungs would double the minutes on a shared 2-core box; 300 MiB keeps SmolLM2 (~290 MiB) and leaves
@@ -190,3 +192,19 @@ def test_a_model_that_cannot_be_measured_is_one_line(tmp_path: Path) -> None:
         measure(bad, m, on="test", reps=1, max_tokens=4)
     reason = exc.value.reason
     assert reason and "\n" not in reason and "Traceback" not in reason
+
+
+def test_the_embedder_is_measured_for_a_comment(tmp_path: Path) -> None:
+    """The real MiniLM GGUF: load time and inputs/s, as comment lines; a file llama.cpp cannot load
+    gives one line saying why."""
+    cfg = load_config(ROOT / "models.toml")
+    m = cfg.model("all-minilm-l6-v2")
+    assert isinstance(m, LlamaCppModel)
+    env_dir = _env()["LOCALROUTE_MODELS_DIR"]
+    note = measure_embed(Path(env_dir) / cfg.model_path(m).name, m)
+    assert re.fullmatch(r"# measured by `localroute init` on this box \(1 threads\): load [\d.]+ s, "
+                        r"[\d.]+ inputs/s\n# \(32 one-line sentences .*\)\.", note), note  # fmt: skip
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    assert measure_embed(bad, m).startswith("# not measured: ")
+    assert "\n" not in measure_embed(bad, m)

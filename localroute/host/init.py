@@ -21,6 +21,7 @@ from localroute.errors import ConfigError
 from localroute.host.catalogue import load_catalogue
 from localroute.host.init_toml import Outcome, Threshold, render
 from localroute.host.measure import MeasureError, Probe, measure, steps
+from localroute.host.measure_embed import measure_embed
 from localroute.host.plan import Box, Plan, inspect_box, plan_ladder
 from localroute.host.probe_set import ProbeAnswer
 from localroute.host.pull import ensure_model
@@ -140,6 +141,16 @@ def _measure_all(
     return outcomes, thresholds
 
 
+def _measure_embedder(cfg: Config, failed: dict[str, str], err: TextIO) -> str:
+    m = next((m for m in cfg.models if isinstance(m, LlamaCppModel) and m.task == "embed"), None)
+    if m is None or m.name in failed:
+        return ""
+    with _bar(1, f"measure {m.name}", err) as bar:
+        note = measure_embed(cfg.model_path(m), m)
+        bar.update(1)
+    return note
+
+
 def _threshold(name: str, answers: Sequence[ProbeAnswer], note: str, cfg: Config, opts: Options) -> Threshold:
     if opts.fit is None or not opts.probe:
         return "--probe-questions 0 was given"
@@ -180,21 +191,23 @@ def run(opts: Options, out: TextIO, err: TextIO) -> int:
     old_text, old_figures, old_thresholds = _previous(opts.config)
     probe = f"{opts.probe} probe questions (host/probe_set.py, seed {PROBE_SEED})"
 
-    def text_for(outcomes: dict[str, Outcome], thresholds: dict[str, Threshold]) -> str:
+    def text_for(outcomes: dict[str, Outcome], thresholds: dict[str, Threshold], embed_note: str = "") -> str:
         return render(plan, box, catalogue_version=cat.version, budget=opts.budget, hub_line=hub_line,
                       outcomes=outcomes, threads=opts.threads or box.threads, thresholds=thresholds,
-                      probe=probe)  # fmt: skip
+                      probe=probe, embed_note=embed_note)  # fmt: skip
 
     base = opts.config.resolve().parent
     cfg = parse_config(text_for({}, {}), source="the generated models.toml", base_dir=base)
     failed = _pull(cfg, err)
+    embed_note = ""
     if opts.measure:
         outcomes, thresholds = _measure_all(cfg, box, opts, failed, err)
+        embed_note = _measure_embedder(cfg, failed, err)
     else:
         names = [r.entry.name for r in plan.chat]
         outcomes = {n: old_figures.get(n, "--no-measure was given") for n in names}
         thresholds = {n: old_thresholds.get(n, "--no-measure was given") for n in names}
-    text = text_for(outcomes, thresholds)
+    text = text_for(outcomes, thresholds, embed_note)
     parse_config(text, source="the generated models.toml", base_dir=base)  # never write what cannot load
     return _apply(opts, old_text, text, out)
 

@@ -175,15 +175,17 @@ def _vllm_rung(e: Entry, tier: int, max_score: float) -> list[str]:
         f"n_ctx = {e.n_ctx}",
         "preload = false",
         "price = { per_hour = 1.0 }   # $ per GPU-hour: set your own",
+        "# no `measured`: init cannot start vLLM without its GPU here, so the policy's defaults apply",
         f"max_score = {max_score}",
         "",
     ]
 
 
-def _embed_rung(e: Entry, threads: int) -> list[str]:
+def _embed_rung(e: Entry, note: str) -> list[str]:
     assert e.source is not None
     return [
         f"# Embeddings (`POST /v1/embeddings`): {e.note} ({e.licence}, {e.dimensions} dimensions).",
+        *([note] if note else []),
         "[[models]]",
         f"name = {toml_value(e.name)}",
         'task = "embed"',
@@ -211,10 +213,11 @@ def render(
     threads: int,
     thresholds: Mapping[str, Threshold] | None = None,
     probe: str = "its probe questions",
+    embed_note: str = "",
 ) -> str:
     """The whole models.toml. `outcomes` holds each llama.cpp chat rung's measurement or why none,
     `thresholds` its confidence threshold or why none (`probe` names the question set);
-    `threads` is each llama.cpp chat rung's thread count."""
+    `threads` is each llama.cpp chat rung's thread count; `embed_note` the embedder's measured line(s)."""
     thresholds = thresholds or {}
     out = [
         "# localroute models.toml, written by `localroute init` from its model catalogue "
@@ -239,7 +242,7 @@ def render(
             threshold = thresholds.get(r.entry.name, "not measured")
             out += _llama_rung(r.entry, r.tier, r.max_score, threads, outcome, threshold, probe)
     if plan.embed is not None:
-        out += _embed_rung(plan.embed, threads)
+        out += _embed_rung(plan.embed, embed_note)
     out += [REMOTE, "[resources]", f"memory_budget = {toml_value(budget)}",
             cold_wait_line(outcomes), "",
             TAIL]  # fmt: skip
