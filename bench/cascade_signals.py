@@ -9,9 +9,9 @@ temperature 0. Every signal is computed by `localroute.routing.confidence.signal
 router's cascade uses: mean, low-tail mean, minimum, p10/p25/median of the sampled tokens' logprobs,
 and the margin between the two likeliest first tokens.
 
-The questions are generated with a fixed seed (localroute/host/probe_set.py, which `localroute init`
-also asks) (arithmetic, comparisons, sequences, capitals), so
-every answer can be checked exactly; /work/shared/eval records which models were right, not the right
+The questions are generated with a fixed seed (arithmetic, comparisons, sequences, capitals;
+localroute/host/probe_set.py, the set `localroute init` calibrates on), so every answer can be checked
+exactly; /work/shared/eval records which models were right, not the right
 answers, and no other MMLU data is used. Per signal: AUROC (right vs wrong answers) and the APGR of
 escalating the least confident first, with the strong rung taken as always right on these questions.
 Then each model's threshold is calibrated (routing.calibrate, isotonic) on one half of its answers,

@@ -166,7 +166,10 @@ def start_request(
 ) -> None:
     """Open this request's SERVER span (a child of the caller's `traceparent`, if any); none for a
     private request when its spans may not go to the collector."""
-    if _tracer is None or (private and not _private_ok):
+    if _tracer is None:
+        return
+    if private and not _private_ok:
+        _CURRENT.set(None)  # no span, and nothing of an earlier request's in this context either
         return
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
