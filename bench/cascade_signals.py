@@ -9,8 +9,9 @@ temperature 0. Every signal is computed by `localroute.routing.confidence.signal
 router's cascade uses: mean, low-tail mean, minimum, p10/p25/median of the sampled tokens' logprobs,
 and the margin between the two likeliest first tokens.
 
-The questions are generated here with a fixed seed (arithmetic, comparisons, sequences, capitals), so
-every answer can be checked exactly; /work/shared/eval records which models were right, not the right
+The questions are generated with a fixed seed (arithmetic, comparisons, sequences, capitals;
+localroute/host/probe_set.py, the set `localroute init` calibrates on), so every answer can be checked
+exactly; /work/shared/eval records which models were right, not the right
 answers, and no other MMLU data is used. Per signal: AUROC (right vs wrong answers) and the APGR of
 escalating the least confident first, with the strong rung taken as always right on these questions.
 Then each model's threshold is calibrated (routing.calibrate, isotonic) on one half of its answers,
@@ -34,34 +35,12 @@ from bench.cascade_quality import gateway, temp_config
 from bench.common import append_result
 from localroute.config.models import LlamaCppModel
 from localroute.config.schema import parse_config
+from localroute.host.probe_set import SYSTEM, Question, is_right, messages, questions
 from localroute.observe.feedback import Labelled
 from localroute.routing.calibrate import auroc, calibrate
 from localroute.routing.confidence import SIGNALS, signals
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEM = "Reply with the answer only: a number or a name, no explanation."
-# Two worked turns, so that a small model answers at once (its first token is the answer's).
-SHOTS = [
-    {"role": "user", "content": "What is 2 + 3?"},
-    {"role": "assistant", "content": "5"},
-    {"role": "user", "content": "What is the capital of Spain?"},
-    {"role": "assistant", "content": "Madrid"},
-]
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
-            ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Egypt", "Cairo"),
-            ("Russia", "Moscow"), ("China", "Beijing"), ("Kenya", "Nairobi"), ("Norway", "Oslo"),
-            ("Peru", "Lima"), ("Turkey", "Ankara"), ("Poland", "Warsaw"), ("Greece", "Athens"),
-            ("Portugal", "Lisbon"), ("Sweden", "Stockholm"), ("Ireland", "Dublin"), ("Thailand", "Bangkok"),
-            ("Vietnam", "Hanoi"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Austria", "Vienna"),
-            ("Hungary", "Budapest"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
-            ("Mexico", "Mexico City"), ("Switzerland", "Bern"), ("Nigeria", "Abuja")]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Question:
-    kind: str
-    prompt: str
-    answer: str
 
 
 @dataclass(frozen=True)
@@ -70,51 +49,6 @@ class Answer:
     text: str
     right: bool
     signals: dict[str, float]
-
-
-def questions(n: int, seed: int) -> list[Question]:
-    """`n` questions, the kinds in turn, numbers drawn from `seed`."""
-    rng = random.Random(seed)
-    out: list[Question] = []
-    kinds = ["add", "sub", "mul", "larger", "next", "capital"]
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        if kind == "add":
-            a, b = rng.randint(1, 99), rng.randint(1, 99)
-            out.append(Question(kind, f"What is {a} + {b}?", str(a + b)))
-        elif kind == "sub":
-            a = rng.randint(10, 99)
-            b = rng.randint(1, a - 1)
-            out.append(Question(kind, f"What is {a} - {b}?", str(a - b)))
-        elif kind == "mul":
-            a, b = rng.randint(2, 12), rng.randint(2, 12)
-            out.append(Question(kind, f"What is {a} times {b}?", str(a * b)))
-        elif kind == "larger":
-            a, b = rng.sample(range(100, 1000), 2)
-            out.append(Question(kind, f"Which number is larger, {a} or {b}?", str(max(a, b))))
-        elif kind == "next":
-            start, step = rng.randint(1, 20), rng.randint(2, 9)
-            seq = ", ".join(str(start + step * k) for k in range(4))
-            out.append(Question(kind, f"What number comes next: {seq}, ...?", str(start + step * 4)))
-        else:
-            country, capital = rng.choice(CAPITALS)
-            out.append(Question(kind, f"What is the capital of {country}?", capital))
-    rng.shuffle(out)
-    return out
-
-
-def is_right(q: Question, text: str) -> bool:
-    """The capital among the first words; the larger number first ("475 is larger than 457", not an
-    echo "475 or 457"); else the last number ("23 + 48 = 71", "The answer is 71.")."""
-    if q.kind == "capital":
-        head = " ".join(re.findall(r"[\w]+", text.casefold())[:6])
-        return q.answer.casefold() in head
-    numbers = re.findall(r"-?\d+", text.replace(",", ""))
-    if not numbers:
-        return False
-    if q.kind == "larger":  # "873 or 197" echoes the question: not an answer
-        return numbers[0] == q.answer and " or " not in text.split("\n", 1)[0]
-    return numbers[-1] == q.answer
 
 
 def model_configs() -> dict[str, LlamaCppModel]:
@@ -145,7 +79,7 @@ def ask_all(m: LlamaCppModel, qs: list[Question], args: argparse.Namespace) -> t
                     break
                 r = client.chat.completions.create(
                     model=m.name, temperature=0, max_tokens=args.max_tokens, logprobs=True, top_logprobs=2,
-                    messages=[{"role": "system", "content": SYSTEM}, *SHOTS, {"role": "user", "content": q.prompt}],  # noqa: E501
+                    messages=messages(q),  # type: ignore[arg-type]
                 )  # fmt: skip
                 ch = r.choices[0]
                 entries = ch.logprobs.content if ch.logprobs and ch.logprobs.content else []

@@ -107,10 +107,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from localroute.host.init import Options, run
+    from localroute.routing.probe_fit import fit_probe
 
     path = Path(args.config) if args.config else default_config_path()
     opts = Options(path, write=args.write, measure=not args.no_measure, budget=args.budget, reps=args.reps,
-                   max_tokens=args.decode_tokens, threads=args.threads)  # fmt: skip
+                   max_tokens=args.decode_tokens, threads=args.threads, probe=args.probe_questions,
+                   probe_minutes=args.probe_minutes, fit=fit_probe)  # fmt: skip
     return run(opts, sys.stdout, sys.stderr)
 
 
@@ -332,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--reps", type=int, default=3, help="measurement repetitions per model (median)")
     it.add_argument("--decode-tokens", type=int, default=64, help="tokens decoded per measurement")
     it.add_argument("--threads", type=int, help="llama.cpp threads per rung (default: physical cores, <= 8)")
+    it.add_argument("--probe-questions", type=int, default=60, help="checked questions per rung for its "
+                    "confidence threshold (0: keep the default thresholds)")  # fmt: skip
+    it.add_argument("--probe-minutes", type=float, default=5.0, help="time limit of those per rung")
     it.set_defaults(func=cmd_init)
     st = sub.add_parser("status", help="show a running gateway's models, memory and GPUs (its /health)")
     st.add_argument("--url", default="http://127.0.0.1:8000", help="gateway address (default: %(default)s)")

@@ -4,7 +4,9 @@ client, and a raw llama-cpp-python measurement of the same model in the same tes
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +18,26 @@ from bench.local_sides import RawSide
 from localroute.config.models import LlamaCppModel
 from localroute.config.schema import load_config
 from localroute.host.measure import MeasureError, measure
+from localroute.host.measure_embed import measure_embed
 from tests.conftest import ROOT, Server, free_port
 
 # Two rungs would double the minutes on a shared 2-core box; 300 MiB keeps SmolLM2 (~290 MiB) and leaves
 # out gemma3-270m (~460 MiB) and the embedder (it would not fit beside SmolLM2), which also exercises
 # the budget's reason lines.
 # One thread: on a box whose cores other processes share, llama.cpp's second thread spins at barriers.
-INIT_ARGS = ["--budget", "300MiB", "--reps", "2", "--decode-tokens", "32", "--threads", "1"]
+# 60 probe questions (the default) take SmolLM2 ~3.5 minutes here; the time limit leaves room for a busy box.
+INIT_ARGS = [
+    "--budget",
+    "300MiB",
+    "--reps",
+    "2",
+    "--decode-tokens",
+    "32",
+    "--threads",
+    "1",
+    "--probe-minutes",
+    "15",
+]
 
 
 def _env() -> dict[str, str]:
@@ -68,6 +83,26 @@ def test_offline_init_writes_a_measured_ladder_and_names_what_it_left_out(
     assert (
         "# measured by `localroute init` at" in text and "#   qwen2.5-14b: needs the Hugging Face hub" in text
     )
+    assert cfg.resources.max_cold_wait_s == max(5.0, math.ceil(1.5 * fig.load_s))
+
+
+def test_init_calibrates_the_rungs_confidence_threshold_on_its_probe_answers(
+    initialised: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """SmolLM2 gets about a quarter of the probe right (bench.cascade_signals), enough of each outcome
+    to fit; the file says what the threshold was fitted on, and the fit is the probe's best signal."""
+    config, proc = initialised
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    smol = load_config(config).model("smollm2-135m")
+    assert isinstance(smol, LlamaCppModel)
+    t = smol.confidence
+    assert t is not None, proc.stderr[-2000:]
+    assert t.n == 60 and t.right is not None and 10 <= t.right <= 50 and t.auroc is not None and t.auroc > 0.5
+    text = config.read_text()
+    assert (
+        f"on 60 probe questions (host/probe_set.py, seed 0): {t.n} answers here, {t.right} right and\n"
+        f"# {t.n - t.right} wrong; {t.signal} ranks them with AUROC {t.auroc}"
+    ) in text
 
 
 def test_measured_decode_rate_agrees_with_raw_llama_cpp(
@@ -133,7 +168,10 @@ def test_a_rerun_shows_a_diff_and_writes_only_with_write(
         and "+port = 8000\n" in again.stdout
     )
     assert "-threads = 3\n" in again.stdout and "+threads = 1\n" in again.stdout
-    assert not any(line[:1] in "+-" and "measured =" in line for line in again.stdout.splitlines())
+    assert not any(
+        line[:1] in "+-" and ("measured =" in line or "confidence" in line)
+        for line in again.stdout.splitlines()
+    )
     assert "left unchanged; re-run with --write" in again.stdout
     assert config.read_text() == edited  # nothing written
 
@@ -154,3 +192,19 @@ def test_a_model_that_cannot_be_measured_is_one_line(tmp_path: Path) -> None:
         measure(bad, m, on="test", reps=1, max_tokens=4)
     reason = exc.value.reason
     assert reason and "\n" not in reason and "Traceback" not in reason
+
+
+def test_the_embedder_is_measured_for_a_comment(tmp_path: Path) -> None:
+    """The real MiniLM GGUF: load time and inputs/s, as comment lines; a file llama.cpp cannot load
+    gives one line saying why."""
+    cfg = load_config(ROOT / "models.toml")
+    m = cfg.model("all-minilm-l6-v2")
+    assert isinstance(m, LlamaCppModel)
+    env_dir = _env()["LOCALROUTE_MODELS_DIR"]
+    note = measure_embed(Path(env_dir) / cfg.model_path(m).name, m)
+    assert re.fullmatch(r"# measured by `localroute init` on this box \(1 threads\): load [\d.]+ s, "
+                        r"[\d.]+ inputs/s\n# \(32 one-line sentences .*\)\.", note), note  # fmt: skip
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    assert measure_embed(bad, m).startswith("# not measured: ")
+    assert "\n" not in measure_embed(bad, m)

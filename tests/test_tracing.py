@@ -17,6 +17,8 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from localroute.observe.tracing import PrivateSpans, private_exported
+from localroute.privacy.trust import TrustedNetworks
 from tests import conftest
 from tests.conftest import (
     DEFAULT_MODEL,
@@ -35,6 +37,7 @@ CANARY = "zebra-canary-5e1f0c"
 EMAIL = "mara.quist@example.org"
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+EMBEDDER = "all-minilm-l6-v2"
 
 
 class Receiver:
@@ -113,6 +116,7 @@ def traced(
 ) -> Iterator[Server]:
     models = [
         repo_rung(DEFAULT_MODEL, cache_prompt=False, n_ctx=512, default_max_tokens=32),
+        repo_rung(EMBEDDER),  # the real local embedder
         remote_rung(provider.base_url, KEY_ENV, max_retries=0),
     ]
     # Every local answer judged unsure: `auto` escalates a public request to the stand-in.
@@ -190,3 +194,79 @@ def test_no_prompt_text_or_detected_data_in_any_span(traced: Server, receiver: R
     raw = b"".join(receiver.bodies)
     assert receiver.spans() and CANARY.encode() not in raw and EMAIL.encode() not in raw
     assert b"email" not in raw  # not even the kind of data that was found
+
+
+def test_an_embeddings_request_is_traced_with_genai_attributes_and_no_text(
+    traced: Server, receiver: Receiver
+) -> None:
+    body = {"model": EMBEDDER, "input": [f"{CANARY} first", "second"]}
+    r = httpx.post(traced.url + "/v1/embeddings", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    used = r.json()["usage"]["prompt_tokens"]
+    root, kids = receiver.tree(r.headers["x-request-id"])
+    assert root.name == "POST /v1/embeddings" and root.kind == root.SPAN_KIND_SERVER
+    a = attrs(root)
+    assert (a["gen_ai.operation.name"], a["localroute.api"], a["gen_ai.response.model"]) == (
+        "embeddings", "embeddings", EMBEDDER,
+    )  # fmt: skip
+    assert a["gen_ai.usage.input_tokens"] == used > 0 and a["http.response.status_code"] == 200
+    assert [k.name for k in kids] == ["localroute.decide", "localroute.attempt"]
+    attempt = attrs(kids[1])
+    assert attempt["gen_ai.operation.name"] == "embeddings" and attempt["localroute.rung"] == EMBEDDER
+    assert attempt["gen_ai.usage.input_tokens"] == used and attempt["localroute.outcome"] == "ok"
+    assert CANARY.encode() not in b"".join(receiver.bodies)
+
+
+# -- private spans and the collector's address ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def untrusted_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Receiver]]:
+    """A gateway whose `[privacy] trusted_networks` leaves out loopback, where its collector is."""
+    receiver = Receiver()
+    models = [repo_rung(DEFAULT_MODEL, cache_prompt=False, n_ctx=512, default_max_tokens=8)]
+    privacy = {"default": "public", "trusted_networks": ["10.0.0.0/8"]}
+    text = conftest.config_text(models=models, privacy=privacy)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    srv = start_gateway(Path(tmp_path_factory.mktemp("otel-untrusted")), text, env)
+    yield srv, receiver
+    srv.stop()
+    receiver.server.shutdown()
+
+
+def test_a_collector_outside_trusted_networks_gets_no_private_span(
+    untrusted_collector: tuple[Server, Receiver],
+) -> None:
+    srv, receiver = untrusted_collector
+    private = chat(srv, f"Write to {EMAIL}. {CANARY}", DEFAULT_MODEL)
+    assert private.status_code == 200, private.text  # private: the e-mail address (as in the test above)
+    public = chat(srv, "Say hello.", DEFAULT_MODEL)
+    assert public.status_code == 200, public.text
+    # The public request ended after the private one: its span is exported in the same or a later batch.
+    receiver.tree(public.headers["x-request-id"])
+    ids = {attrs(s).get("localroute.request_id") for s in receiver.spans()}
+    assert public.headers["x-request-id"] in ids and private.headers["x-request-id"] not in ids
+    assert all(attrs(s).get("localroute.privacy") != "private" for s in receiver.spans())
+    log = srv.log.read_text(errors="replace")
+    assert "private requests are not traced" in log and 'private_spans = \\"always\\"' in log
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "mode", "exported"),
+    [
+        ("http://127.0.0.1:4318", "trusted", True),
+        ("http://localhost:4318", "trusted", True),
+        ("http://[::1]:4318/v1/traces", "trusted", True),
+        ("http://10.1.2.3:4318", "trusted", False),  # outside loopback
+        ("http://otel.example.net:4318", "trusted", False),  # a name could be re-pointed
+        ("http://otel.example.net:4318", "always", True),  # the explicit opt-in
+        ("http://127.0.0.1:4318", "never", False),
+    ],
+)
+def test_which_collector_gets_private_spans(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str, mode: PrivateSpans, exported: bool
+) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    loopback = TrustedNetworks(["127.0.0.0/8", "::1/128"])
+    assert private_exported(mode, loopback.__contains__) is exported

@@ -188,6 +188,23 @@ class Measured(BaseModel):
     on: Annotated[str, Field(max_length=200)] = ""
 
 
+# The cascade's confidence signals (routing/confidence.py `signals`), by name.
+SignalName = Literal["mean", "tail", "min", "p10", "p25", "p50", "margin"]
+
+
+class ConfidenceThreshold(BaseModel):
+    """This rung's own escalation rule, calibrated by `localroute init` on this box: escalate `auto`
+    answers whose `signal` is below `below`. Thresholds fitted from feedback replace it at runtime.
+    `n`, `right`, `auroc`: what it was fitted on (answers, right ones, ranking); routing ignores them."""
+
+    model_config = FORBID
+    signal: SignalName
+    below: float
+    n: Annotated[int, Field(ge=0)] | None = None
+    right: Annotated[int, Field(ge=0)] | None = None
+    auroc: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
 class LlamaCppModel(Endpoints, Serves):
     """A GGUF model served by llama.cpp in a supervised worker process on the CPU."""
 
@@ -223,6 +240,8 @@ class LlamaCppModel(Endpoints, Serves):
     capabilities: list[Capability] | None = None
     # Figures `localroute init` measured on this box; None: the policy's fixed guesses apply.
     measured: Measured | None = None
+    # Its own confidence threshold (from `localroute init`); None: the [routing.cascade] thresholds.
+    confidence: ConfidenceThreshold | None = None
 
     @field_validator("capabilities")
     @classmethod

@@ -71,3 +71,6 @@ class PrivacyConfig(BaseModel):
     # address of each connection (privacy/trust.py), never by a name in the config. Loopback only by
     # default; a LAN of engine hosts is added here (e.g. "10.0.0.0/24").
     trusted_networks: Annotated[list[str], AfterValidator(_networks_parse)] = LOOPBACK_NETWORKS
+    # Spans of private requests (ids, models, token counts; never text) go to the OTLP collector only
+    # when its address is inside trusted_networks ("trusted"), always (an explicit opt-in) or never.
+    private_spans: Literal["trusted", "always", "never"] = "trusted"

@@ -39,6 +39,7 @@ from localroute.observe.feedback import Featurize
 from localroute.privacy.audit import AuditLog
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
+from localroute.privacy.trust import TrustedNetworks
 from localroute.protocol.backend import Backend, Embedder
 from localroute.rungs.registry import build_backends, build_embedders
 from localroute.state.limits import SharedConversations, SharedRateLimiter, open_limiter
@@ -116,7 +117,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        tracing.setup(__version__)
+        networks = TrustedNetworks(config.privacy.trusted_networks)
+        tracing.setup(__version__, trusted=networks.__contains__, private_spans=config.privacy.private_spans)
         runtime = Path(tempfile.mkdtemp(prefix="localroute-"))  # 0700: only we reach the sockets
         owned = backends is None
         detector = Detector(config.privacy.detect, config.privacy.extra_patterns)

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from localroute.errors import APIError, DeadlineExceededError, InternalError, InvalidRequestError
 from localroute.gateway.handlers import Gateway, parse_hints
+from localroute.observe import tracing
 from localroute.privacy.guard import CURRENT
 from localroute.protocol import embeddings as shape
 from localroute.protocol.records import Attempt
@@ -34,6 +35,11 @@ async def handler(gw: Gateway, request: Request) -> Response:
     router = gw.embedding_router
     privacy = gw.classify(request, req, UNREADABLE if req.token_arrays() else ())
     CURRENT.set(privacy)  # this request's task: the egress guard reads it
+    path = request.url.path
+    attrs = {"http.request.method": "POST", "url.path": path, "localroute.request_id": rid,
+             "localroute.api": "embeddings", "gen_ai.operation.name": "embeddings",
+             "gen_ai.request.model": req.model}  # fmt: skip
+    tracing.start_request(f"POST {path}", request.headers, privacy.private, t0, attrs)
     attempts: list[Attempt] = []
     try:
         plan = router.plan(req.model, privacy, hints)

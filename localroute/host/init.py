@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from localroute.config.models import DEFAULT_MODELS_DIR, LlamaCppModel, Measured
+from localroute.config.models import DEFAULT_MODELS_DIR, ConfidenceThreshold, LlamaCppModel, Measured
 from localroute.config.schema import Config, load_config, parse_config
 from localroute.errors import ConfigError
 from localroute.host.catalogue import load_catalogue
-from localroute.host.init_toml import Outcome, render
-from localroute.host.measure import MeasureError, measure, steps
+from localroute.host.init_toml import Outcome, Threshold, render
+from localroute.host.measure import MeasureError, Probe, measure, steps
+from localroute.host.measure_embed import measure_embed
 from localroute.host.plan import Box, Plan, inspect_box, plan_ladder
+from localroute.host.probe_set import ProbeAnswer
 from localroute.host.pull import ensure_model
 from localroute.host.resources import MiB, parse_budget
 
@@ -36,6 +39,14 @@ class Options:
     reps: int = 3
     max_tokens: int = 64  # decoded per measurement
     threads: int | None = None  # llama.cpp threads per chat rung; None: the box's (Box.threads)
+    probe: int = 60  # probe questions per chat rung for its confidence threshold; 0: none
+    probe_minutes: float = 5.0  # per rung
+    # Fits a rung's threshold on its probe answers (rung, answers, tail fraction); routing/probe_fit.py,
+    # given by the CLI (host sits below routing). None: no thresholds.
+    fit: Callable[[str, Sequence[ProbeAnswer], float], Threshold] | None = None
+
+
+PROBE_SEED = 0
 
 
 def hub_status(timeout: float = 3.0) -> tuple[bool, str]:
@@ -60,17 +71,19 @@ def _models_dir() -> Path:
     return Path(os.environ.get("LOCALROUTE_MODELS_DIR") or DEFAULT_MODELS_DIR).expanduser()
 
 
-def _previous(path: Path) -> tuple[str | None, dict[str, Measured]]:
-    """The existing file's text and the figures it holds, by rung name (kept by `--no-measure`)."""
+def _previous(path: Path) -> tuple[str | None, dict[str, Measured], dict[str, ConfidenceThreshold]]:
+    """The existing file's text, the figures and thresholds it holds, by rung name (kept by
+    `--no-measure`)."""
     if not path.is_file():
-        return None, {}
+        return None, {}, {}
     text = path.read_text(encoding="utf-8")
     try:
         cfg = load_config(path)
     except ConfigError:
-        return text, {}
-    figures = {m.name: m.measured for m in cfg.models if isinstance(m, LlamaCppModel) and m.measured}
-    return text, figures
+        return text, {}, {}
+    local = [m for m in cfg.models if isinstance(m, LlamaCppModel)]
+    figures = {m.name: m.measured for m in local if m.measured}
+    return text, figures, {m.name: m.confidence for m in local if m.confidence}
 
 
 def _bar(total: int, desc: str, err: TextIO, unit: str = "step"):  # type: ignore[no-untyped-def]
@@ -96,15 +109,18 @@ def _pull(cfg: Config, err: TextIO) -> dict[str, str]:
 
 def _measure_all(
     cfg: Config, box: Box, opts: Options, failed: dict[str, str], err: TextIO
-) -> dict[str, Outcome]:
+) -> tuple[dict[str, Outcome], dict[str, Threshold]]:
     outcomes: dict[str, Outcome] = {}
+    thresholds: dict[str, Threshold] = {}
+    n = opts.probe if opts.fit is not None else 0
+    probe = Probe(n, PROBE_SEED, budget_s=60 * opts.probe_minutes)
     for m in cfg.ladder():
         if not isinstance(m, LlamaCppModel):
             continue
         if m.name in failed:
-            outcomes[m.name] = "its GGUF could not be pulled"
+            outcomes[m.name] = thresholds[m.name] = "its GGUF could not be pulled"
             continue
-        with _bar(steps(opts.reps), f"measure {m.name}", err) as bar:
+        with _bar(steps(opts.reps, n), f"measure {m.name}", err) as bar:
 
             def tick(step: str, bar=bar) -> None:  # type: ignore[no-untyped-def]
                 bar.set_postfix_str(step)
@@ -112,12 +128,34 @@ def _measure_all(
 
             try:
                 on = f"{box.cpu}, {m.threads} threads"
-                outcomes[m.name] = measure(cfg.model_path(m), m, on=on, reps=opts.reps,
-                                           max_tokens=opts.max_tokens, progress=tick)  # fmt: skip
+                got = measure(cfg.model_path(m), m, on=on, reps=opts.reps, max_tokens=opts.max_tokens,
+                              probe=probe, progress=tick)  # fmt: skip
             except MeasureError as exc:
-                outcomes[m.name] = f"the measurement failed ({exc.reason})"
+                outcomes[m.name] = thresholds[m.name] = f"the measurement failed ({exc.reason})"
                 bar.write(f"model {m.name}: measurement failed: {exc.reason}")
-    return outcomes
+                continue
+        outcomes[m.name] = got.figures
+        thresholds[m.name] = _threshold(m.name, got.answers, got.probe_note, cfg, opts)
+        if isinstance(thresholds[m.name], str):
+            print(f"init: {m.name}: confidence threshold not calibrated: {thresholds[m.name]}", file=err)
+    return outcomes, thresholds
+
+
+def _measure_embedder(cfg: Config, failed: dict[str, str], err: TextIO) -> str:
+    m = next((m for m in cfg.models if isinstance(m, LlamaCppModel) and m.task == "embed"), None)
+    if m is None or m.name in failed:
+        return ""
+    with _bar(1, f"measure {m.name}", err) as bar:
+        note = measure_embed(cfg.model_path(m), m)
+        bar.update(1)
+    return note
+
+
+def _threshold(name: str, answers: Sequence[ProbeAnswer], note: str, cfg: Config, opts: Options) -> Threshold:
+    if opts.fit is None or not opts.probe:
+        return "--probe-questions 0 was given"
+    fitted = opts.fit(name, answers, cfg.routing.cascade.tail_fraction)
+    return f"{note}; {fitted}" if note and isinstance(fitted, str) else fitted
 
 
 def _report(plan: Plan, box: Box, budget: int, hub_line: str, out: TextIO) -> None:
@@ -150,20 +188,26 @@ def run(opts: Options, out: TextIO, err: TextIO) -> int:
     if not plan.chat:
         print("init: no chat model of the catalogue fits this box; nothing written", file=err)
         return 1
-    old_text, old_figures = _previous(opts.config)
+    old_text, old_figures, old_thresholds = _previous(opts.config)
+    probe = f"{opts.probe} probe questions (host/probe_set.py, seed {PROBE_SEED})"
 
-    def text_for(outcomes: dict[str, Outcome]) -> str:
+    def text_for(outcomes: dict[str, Outcome], thresholds: dict[str, Threshold], embed_note: str = "") -> str:
         return render(plan, box, catalogue_version=cat.version, budget=opts.budget, hub_line=hub_line,
-                      outcomes=outcomes, threads=opts.threads or box.threads)  # fmt: skip
+                      outcomes=outcomes, threads=opts.threads or box.threads, thresholds=thresholds,
+                      probe=probe, embed_note=embed_note)  # fmt: skip
 
     base = opts.config.resolve().parent
-    cfg = parse_config(text_for({}), source="the generated models.toml", base_dir=base)
+    cfg = parse_config(text_for({}, {}), source="the generated models.toml", base_dir=base)
     failed = _pull(cfg, err)
+    embed_note = ""
     if opts.measure:
-        outcomes = _measure_all(cfg, box, opts, failed, err)
+        outcomes, thresholds = _measure_all(cfg, box, opts, failed, err)
+        embed_note = _measure_embedder(cfg, failed, err)
     else:
-        outcomes = {r.entry.name: old_figures.get(r.entry.name, "--no-measure was given") for r in plan.chat}
-    text = text_for(outcomes)
+        names = [r.entry.name for r in plan.chat]
+        outcomes = {n: old_figures.get(n, "--no-measure was given") for n in names}
+        thresholds = {n: old_thresholds.get(n, "--no-measure was given") for n in names}
+    text = text_for(outcomes, thresholds, embed_note)
     parse_config(text, source="the generated models.toml", base_dir=base)  # never write what cannot load
     return _apply(opts, old_text, text, out)
 

@@ -4,11 +4,12 @@ every measured figure with when and on what it was measured (or why it is missin
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
 
-from localroute.config.models import Measured
+from localroute.config.models import ConfidenceThreshold, Measured
 from localroute.host.catalogue import Entry
 from localroute.host.plan import Box, Plan
 
@@ -79,6 +80,34 @@ def toml_key(k: str) -> str:
 
 
 Outcome = Measured | str  # the figures, or why there are none
+Threshold = ConfidenceThreshold | str  # the fitted threshold, or why there is none
+COLD_WAIT_S = 5.0  # the schema's default, kept when nothing was measured
+
+
+def _threshold_lines(t: Threshold, probe: str) -> list[str]:
+    if isinstance(t, str):
+        return [f"# confidence: not calibrated ({t}); the [routing.cascade] thresholds apply."]
+    return [
+        f"# confidence: fitted by `localroute init` on {probe}: {t.n} answers here, {t.right} right and",
+        f"# {(t.n or 0) - (t.right or 0)} wrong; {t.signal} ranks them with AUROC {t.auroc} and an `auto` "
+        f"answer with {t.signal}",
+        "# below the cutoff is escalated (isotonic fit, routing/calibrate.py). Feedback refits it while",
+        "# serving (docs/learning.md).",
+        "confidence = " + toml_value(t.model_dump(mode="python", exclude_none=True)),
+    ]
+
+
+def cold_wait_line(outcomes: Mapping[str, Outcome]) -> str:
+    """`max_cold_wait_s`: 1.5x the slowest measured load, so a measured rung can be woken on demand
+    (at least the default, at most a minute); the default when nothing was measured."""
+    loads = {name: o.load_s for name, o in outcomes.items() if isinstance(o, Measured)}
+    if not loads:
+        return f"max_cold_wait_s = {COLD_WAIT_S}   # nothing measured: a cold rung slower to load yields"
+    slowest = max(loads, key=lambda n: loads[n])
+    wait = min(60.0, max(COLD_WAIT_S, float(math.ceil(1.5 * loads[slowest]))))
+    return (f"# 1.5x the slowest measured load ({slowest}: {loads[slowest]} s), at least {COLD_WAIT_S} s, "
+            "at most 60 s:\n# a cold rung slower to load than this yields to a warm one.\n"
+            f"max_cold_wait_s = {wait}")  # fmt: skip
 
 
 def _measured_lines(m: Outcome, threads: int, n_ctx: int) -> list[str]:
@@ -95,7 +124,9 @@ def _measured_lines(m: Outcome, threads: int, n_ctx: int) -> list[str]:
     ]
 
 
-def _llama_rung(e: Entry, tier: int, max_score: float, threads: int, outcome: Outcome) -> list[str]:
+def _llama_rung(
+    e: Entry, tier: int, max_score: float, threads: int, outcome: Outcome, threshold: Threshold, probe: str
+) -> list[str]:
     assert e.source is not None
     src = e.source.model_dump(exclude_none=True)
     src_note = ("# sha256 and size not pinned: the hub's own checksum is checked at first pull"
@@ -125,6 +156,7 @@ def _llama_rung(e: Entry, tier: int, max_score: float, threads: int, outcome: Ou
         "price = { per_hour = 0.02 }   # $ per CPU-core-hour (add watts and per_kwh for energy)",
         f"max_score = {max_score}           # default for this place on the ladder, not measured",
         *_measured_lines(outcome, threads, e.n_ctx),
+        *_threshold_lines(threshold, probe),
         "",
     ]
     return lines
@@ -143,15 +175,17 @@ def _vllm_rung(e: Entry, tier: int, max_score: float) -> list[str]:
         f"n_ctx = {e.n_ctx}",
         "preload = false",
         "price = { per_hour = 1.0 }   # $ per GPU-hour: set your own",
+        "# no `measured`: init cannot start vLLM without its GPU here, so the policy's defaults apply",
         f"max_score = {max_score}",
         "",
     ]
 
 
-def _embed_rung(e: Entry, threads: int) -> list[str]:
+def _embed_rung(e: Entry, note: str) -> list[str]:
     assert e.source is not None
     return [
         f"# Embeddings (`POST /v1/embeddings`): {e.note} ({e.licence}, {e.dimensions} dimensions).",
+        *([note] if note else []),
         "[[models]]",
         f"name = {toml_value(e.name)}",
         'task = "embed"',
@@ -177,9 +211,14 @@ def render(
     hub_line: str,
     outcomes: Mapping[str, Outcome],
     threads: int,
+    thresholds: Mapping[str, Threshold] | None = None,
+    probe: str = "its probe questions",
+    embed_note: str = "",
 ) -> str:
-    """The whole models.toml. `outcomes` holds each llama.cpp chat rung's measurement or why none;
-    `threads` is each llama.cpp chat rung's thread count."""
+    """The whole models.toml. `outcomes` holds each llama.cpp chat rung's measurement or why none,
+    `thresholds` its confidence threshold or why none (`probe` names the question set);
+    `threads` is each llama.cpp chat rung's thread count; `embed_note` the embedder's measured line(s)."""
+    thresholds = thresholds or {}
     out = [
         "# localroute models.toml, written by `localroute init` from its model catalogue "
         f"(version {catalogue_version}).",
@@ -200,10 +239,11 @@ def render(
             out += _vllm_rung(r.entry, r.tier, r.max_score)
         else:
             outcome = outcomes.get(r.entry.name, "not measured")
-            out += _llama_rung(r.entry, r.tier, r.max_score, threads, outcome)
+            threshold = thresholds.get(r.entry.name, "not measured")
+            out += _llama_rung(r.entry, r.tier, r.max_score, threads, outcome, threshold, probe)
     if plan.embed is not None:
-        out += _embed_rung(plan.embed, threads)
+        out += _embed_rung(plan.embed, embed_note)
     out += [REMOTE, "[resources]", f"memory_budget = {toml_value(budget)}",
-            "max_cold_wait_s = 5.0       # a cold rung slower to load than this yields to a warm one", "",
+            cold_wait_line(outcomes), "",
             TAIL]  # fmt: skip
     return "\n".join(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -21,11 +22,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from localroute.config.models import LlamaCppModel, Measured
+from localroute.host.probe_set import ProbeAnswer
 
 DECODE_PROMPT = "Count from 1 to 300, separated by commas: 1, 2, 3,"  # bench/local_sides.py's PROMPT
 DECODE_MESSAGES = [{"role": "user", "content": DECODE_PROMPT}]
@@ -36,6 +39,16 @@ PROMPT_PARAGRAPH = (
 )
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """The speed figures, and the probe's answers (empty when no probe was asked or it failed;
+    `probe_note` then says why)."""
+
+    figures: Measured
+    answers: tuple[ProbeAnswer, ...] = ()
+    probe_note: str = ""
+
+
 class MeasureError(Exception):
     """A rung that could not be measured; `reason` is one line for the user."""
 
@@ -44,9 +57,22 @@ class MeasureError(Exception):
         self.reason = reason
 
 
-def steps(reps: int) -> int:
-    """Progress steps the child reports: the load, then three measurements per repetition."""
-    return 1 + 3 * reps
+@dataclass(frozen=True)
+class Probe:
+    """`n` probe questions (seed `seed`), `max_tokens` each, for at most `budget_s` seconds."""
+
+    n: int = 0
+    seed: int = 0
+    max_tokens: int = 12
+    budget_s: float = 300.0
+
+
+NO_PROBE = Probe()
+
+
+def steps(reps: int, probe: int = 0) -> int:
+    """Progress steps the child reports: the load, three measurements per repetition, one per probe."""
+    return 1 + 3 * reps + probe
 
 
 def measure(
@@ -57,12 +83,16 @@ def measure(
     reps: int = 3,
     max_tokens: int = 64,
     timeout_s: float = 900.0,
+    probe: Probe = NO_PROBE,
     progress: Callable[[str], None] = lambda step: None,
-) -> Measured:
-    """Measure rung `m` (its GGUF at `path`); medians of `reps` repetitions. Raises MeasureError."""
+) -> Measurement:
+    """Measure rung `m` (its GGUF at `path`); medians of `reps` repetitions; then ask it the probe's
+    questions (host/probe_set.py). Raises MeasureError when the speed figures fail."""
     cmd = [sys.executable, "-m", "localroute.host.measure", "--model-path", str(path),
            "--n-ctx", str(m.n_ctx), "--n-batch", str(m.n_batch), "--reps", str(reps),
-           "--max-tokens", str(max_tokens)]  # fmt: skip
+           "--max-tokens", str(max_tokens), "--probe", str(probe.n), "--probe-seed", str(probe.seed),
+           "--probe-tokens", str(probe.max_tokens), "--probe-s", str(probe.budget_s)]  # fmt: skip
+    timeout_s += probe.budget_s if probe.n else 0
     if m.threads is not None:
         cmd += ["--threads", str(m.threads)]
     if m.chat_format is not None:
@@ -73,23 +103,30 @@ def measure(
         watchdog = threading.Timer(timeout_s, proc.kill)  # a hung load or decode ends the child
         watchdog.start()
         result: dict[str, float] | None = None
-        problem = ""
+        problem = note = ""
+        answers: list[ProbeAnswer] = []
         try:
             for line in proc.stdout:
                 event = json.loads(line)
+                if "answer" in event:
+                    a = event["answer"]
+                    answers.append(ProbeAnswer(bool(a["right"]), tuple(a["logprobs"]), a["margin"]))
                 if "step" in event:
                     progress(str(event["step"]))
                 elif "error" in event:
                     problem = str(event["error"])
                 elif "result" in event:
                     result = event["result"]
+                elif "probe_note" in event:
+                    note = str(event["probe_note"])
         except (json.JSONDecodeError, TypeError):
             problem = "the measuring process wrote something unexpected"
         finally:
             if proc.poll() is None and (result is None or problem):
                 proc.kill()
             code = proc.wait()
-            timed_out = not watchdog.is_alive() and result is None
+            fired = not watchdog.is_alive()
+            timed_out = fired and result is None
             watchdog.cancel()
         if result is None:
             if timed_out and not problem:
@@ -101,11 +138,14 @@ def measure(
                     f" ({tail[-1][:160]})" if tail else ""
                 )
             raise MeasureError(problem)
-    return Measured(
+    if probe.n and not note and (problem or fired):
+        note = f"the probe failed ({problem or f'no end within {timeout_s:g}s'})"
+    figures = Measured(
         load_s=round(result["load_s"], 3), prompt_tps=round(result["prompt_tps"], 1),
         decode_tps=round(result["decode_tps"], 1), ttft_ms=round(result["ttft_ms"], 1),
         at=datetime.now(UTC).replace(microsecond=0), on=on[:200],
     )  # fmt: skip
+    return Measurement(figures, tuple(answers), note)
 
 
 # -- the child ----------------------------------------------------------------------------------------
@@ -113,6 +153,47 @@ def measure(
 
 def _emit(**event: object) -> None:
     print(json.dumps(event), flush=True)
+
+
+def ask_probe(llm: Any, probe: Probe) -> None:
+    """Ask the probe's questions greedily, one JSON line per answer: right or not, each sampled
+    token's logprob and the first token's top-2 gap, read from the sampled row's logits with the
+    worker's math (rungs/llamacpp/runner.py, its sampler hook); end-of-generation tokens excluded."""
+    import llama_cpp
+    import numpy as np
+
+    from localroute.host.probe_set import is_right, messages, questions
+
+    original, n_vocab, vocab = llm.sample, llm.n_vocab(), llm._model.vocab
+    seen: list[tuple[float, float, bool]] = []  # logprob, top-2 gap, end of generation
+
+    def sample(*args: Any, **kwargs: Any) -> int:
+        token: int = original(*args, **kwargs)
+        idx = kwargs.get("idx")
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, idx - llm.n_tokens if idx is not None else -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+        two = np.partition(logits, -2)[-2:]
+        top = float(two.max())
+        lse = top + math.log(float(np.exp(logits - top).sum()))
+        eog = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        seen.append((float(logits[token]) - lse, top - float(two.min()), eog))
+        return token
+
+    llm.sample = sample
+    deadline = time.monotonic() + probe.budget_s
+    qs = questions(probe.n, probe.seed)
+    for i, q in enumerate(qs):
+        if time.monotonic() > deadline:
+            _emit(probe_note=f"its time limit ({probe.budget_s:g}s) ended the probe after {i} of {len(qs)}")
+            return
+        seen.clear()
+        llm.reset()
+        out = llm.create_chat_completion(messages=messages(q), max_tokens=probe.max_tokens, temperature=0.0)
+        kept = [(lp, gap) for lp, gap, eog in seen if not eog]
+        text = out["choices"][0]["message"]["content"] or ""
+        margin = kept[0][1] if kept else None
+        _emit(step="probe", answer={"right": is_right(q, text), "logprobs": [round(lp, 5) for lp, _ in kept],
+                                    "margin": margin})  # fmt: skip
 
 
 def _prompt_rate(llm: Any, tokens: list[int]) -> float:
@@ -195,6 +276,8 @@ def child(args: argparse.Namespace) -> None:
     med = statistics.median
     rates = {"prompt_tps": med(prompt), "decode_tps": med(decode), "ttft_ms": med(ttft)}
     _emit(result={"load_s": load_s, **rates})
+    if args.probe:
+        ask_probe(llm, Probe(args.probe, args.probe_seed, args.probe_tokens, args.probe_s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat-format", default=None)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--probe", type=int, default=0)
+    p.add_argument("--probe-seed", type=int, default=0)
+    p.add_argument("--probe-tokens", type=int, default=12)
+    p.add_argument("--probe-s", type=float, default=300.0)
     args = p.parse_args(argv)
     try:
         child(args)

@@ -12,6 +12,11 @@ counts, cost, outcome and reason codes. Never prompt or answer text, whatever th
 policy's reasons or the kinds of data the privacy scan found. Trace context goes to a remote
 provider only with a public request (`outgoing`).
 
+A private request's spans (ids, models, token counts: never text) go only to a collector whose address
+is inside `[privacy] trusted_networks` (an IP literal, or `localhost`; a name could be re-pointed), unless
+`[privacy] private_spans = "always"` opts in; `"never"` keeps them from any collector. Otherwise the
+request is not traced at all, and `setup` logs one warning saying so (docs/observability.md).
+
 Everything here is a no-op, one context-variable read, while tracing is off.
 """
 
@@ -21,8 +26,8 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -46,6 +51,9 @@ class _Request:
 _CURRENT: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("localroute_span", default=None)
 _tracer: Tracer | None = None
 _provider: Any = None
+_private_ok = False  # spans of private requests may be exported (see the module docstring)
+
+PrivateSpans = Literal["trusted", "always", "never"]
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
@@ -59,9 +67,41 @@ def wanted() -> bool:
     return any(os.environ.get(v) for v in ENDPOINT_VARS)
 
 
-def setup(service_version: str = "") -> bool:
-    """Start the SDK from the `OTEL_*` environment; False (and one log line) when off or not installed."""
-    global _tracer, _provider
+def collector_trusted(trusted: Callable[[str], bool]) -> bool:
+    """Whether the configured collector's host is inside the trusted networks (`trusted` judges an IP
+    literal): an IP literal judged so, or `localhost` (judged as 127.0.0.1); any other name is not."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    raw = next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), "")
+    try:
+        host = urlsplit(raw).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return trusted(host)
+
+
+def private_exported(mode: PrivateSpans, trusted: Callable[[str], bool]) -> bool:
+    """Whether spans of private requests go to the configured collector."""
+    return mode == "always" or (mode == "trusted" and collector_trusted(trusted))
+
+
+def setup(
+    service_version: str = "",
+    *,
+    trusted: Callable[[str], bool] = lambda address: False,
+    private_spans: PrivateSpans = "trusted",
+) -> bool:
+    """Start the SDK from the `OTEL_*` environment; False (and one log line) when off or not installed.
+    `trusted` judges an IP literal against `[privacy] trusted_networks`; with `private_spans` it decides
+    whether private requests are traced (the module docstring)."""
+    global _tracer, _provider, _private_ok
     if _tracer is not None or not wanted():
         return _tracer is not None
     try:
@@ -83,7 +123,15 @@ def setup(service_version: str = "") -> bool:
     _provider = TracerProvider(resource=resource)  # honours OTEL_TRACES_SAMPLER(_ARG)
     _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # OTEL_EXPORTER_OTLP_* config
     _tracer = _provider.get_tracer("localroute")
+    _private_ok = private_exported(private_spans, trusted)
     log.info("tracing on: OTLP/HTTP to %s", _endpoint_host())
+    if private_spans == "trusted" and not _private_ok:
+        log.warning(
+            "tracing: the OTLP collector %s is not inside [privacy] trusted_networks (an IP address or "
+            'localhost there): private requests are not traced; [privacy] private_spans = "always" '
+            "exports their spans too (ids, models, token counts; never text)",
+            _endpoint_host(),
+        )
     return True
 
 
@@ -98,10 +146,10 @@ def _endpoint_host() -> str:
 
 def shutdown() -> None:
     """Flush what is buffered and stop (the lifespan's end)."""
-    global _tracer, _provider
+    global _tracer, _provider, _private_ok
     if _provider is not None:
         _provider.shutdown()
-    _tracer, _provider = None, None
+    _tracer, _provider, _private_ok = None, None, False
 
 
 def _offset_ns() -> int:
@@ -116,8 +164,12 @@ def _ns(mono: float, offset: int) -> int:
 def start_request(
     name: str, headers: Mapping[str, str], private: bool, t0: float, attrs: dict[str, Any]
 ) -> None:
-    """Open this request's SERVER span (a child of the caller's `traceparent`, if any)."""
+    """Open this request's SERVER span (a child of the caller's `traceparent`, if any); none for a
+    private request when its spans may not go to the collector."""
     if _tracer is None:
+        return
+    if private and not _private_ok:
+        _CURRENT.set(None)  # no span, and nothing of an earlier request's in this context either
         return
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
@@ -163,14 +215,15 @@ def _decide_span(cur: _Request, rec: Mapping[str, Any], start: float, end: float
 
 
 def _attempt_span(
-    cur: _Request, a: Mapping[str, Any], start: float, end: float, provider_model: str | None
+    cur: _Request, a: Mapping[str, Any], start: float, end: float, provider_model: str | None, operation: str
 ) -> None:
-    """One rung tried: a CLIENT span `chat <model>` for a remote call, else `localroute.attempt`."""
+    """One rung tried: a CLIENT span `<operation> <model>` (chat, embeddings) for a remote call, else
+    `localroute.attempt`."""
     remote = bool(a.get("remote"))
     tokens = a.get("tokens") or {}
     model = str(a.get("model") or "")
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
+        "gen_ai.operation.name": operation,
         "gen_ai.request.model": provider_model or model,
         "gen_ai.usage.input_tokens": int(tokens.get("prompt", 0)),
         "gen_ai.usage.output_tokens": int(tokens.get("completion", 0)),
@@ -181,7 +234,7 @@ def _attempt_span(
     }
     if a.get("reason"):
         attrs["localroute.reason"] = str(a["reason"])
-    name = f"chat {provider_model or model}" if remote else "localroute.attempt"
+    name = f"{operation} {provider_model or model}" if remote else "localroute.attempt"
     span = _child(cur, name, start, end, attrs, client=remote)
     if a.get("outcome") not in ("ok", "escalated"):
         from opentelemetry.trace import Status, StatusCode
@@ -204,13 +257,14 @@ def finish(rec: Mapping[str, Any]) -> None:
         return
     _CURRENT.set(None)
     attempts = iter(rec.get("attempts") or ())
+    operation = "embeddings" if rec.get("api") == "embeddings" else "chat"  # GenAI operation names
     for what, start, end, detail in cur.marks:
         if what == "decide":
             _decide_span(cur, rec, start, end)
         elif what == "attempt":
             a = next(attempts, None)
             if a is not None:
-                _attempt_span(cur, a, start, end, detail)
+                _attempt_span(cur, a, start, end, detail, operation)
         elif what == "move" and detail:
             kind = "fallback" if detail.startswith("fallback") else "escalation"
             _child(cur, f"localroute.{kind}", start, end, {"localroute.route": detail})

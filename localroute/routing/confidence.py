@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
+from localroute.config.models import LlamaCppModel, ModelConfig, SignalName
 from localroute.config.routing import CascadeConfig
 
 
@@ -33,7 +34,7 @@ def measure(logprobs: Sequence[float], tail_fraction: float) -> Confidence | Non
     return Confidence(sum(values) / len(values), low[0], sum(low) / k, len(values))
 
 
-SIGNALS = ("mean", "tail", "min", "p10", "p25", "p50", "margin")
+SIGNALS: tuple[str, ...] = get_args(SignalName)
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -90,3 +91,10 @@ def logprobs_of(choice: Mapping[str, Any]) -> list[float]:
     if not isinstance(content, Iterable):
         return []
     return [float(e["logprob"]) for e in content if isinstance(e, Mapping) and "logprob" in e]
+
+
+def configured(m: ModelConfig) -> tuple[str, float] | None:
+    """The rung's own (signal, cutoff) from models.toml (`confidence`, written by `localroute init`)."""
+    if isinstance(m, LlamaCppModel) and m.confidence is not None:
+        return m.confidence.signal, m.confidence.below
+    return None

@@ -23,7 +23,7 @@ from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.protocol.records import Attempt
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
-from localroute.routing.confidence import first_margin, logprobs_of, measure, signals, too_unsure
+from localroute.routing.confidence import configured, first_margin, logprobs_of, measure, signals, too_unsure
 from localroute.routing.contract import Assembler, broken, has_contract
 from localroute.routing.deciding import decide
 from localroute.routing.failures import before, fail_closed, failure_route, outcome
@@ -128,8 +128,8 @@ class Router:
         # Cut off early by the engine's context, not by the client's own max_tokens.
         if finish == "length" and tokens < min(self.cascade.min_length_tokens, asked):
             return "length"
-        calibrated = self.thresholds.get(m.name)
-        if calibrated is not None and calibrated[0] in judged:  # this model's own, from feedback
+        calibrated = self.thresholds.get(m.name) or configured(m)
+        if calibrated is not None and calibrated[0] in judged:  # from feedback, else from init
             return "low_confidence" if judged[calibrated[0]] < calibrated[1] else None
         if too_unsure(measure(logprobs, self.cascade.tail_fraction), self.cascade):
             return "low_confidence"
