@@ -183,6 +183,14 @@ class RateLimitError(APIError):
     default_code = "rate_limit_exceeded"
 
 
+class BudgetExceededError(APIError):
+    """The key's spend budget for this period is used up (`[[keys]] budget_usd`)."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "budget_exceeded"
+
+
 class HeadersTooLargeError(APIError):
     status = 431
     type = "invalid_request_error"

@@ -41,6 +41,7 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import EgressGuard
 from localroute.protocol.backend import Backend, Embedder
 from localroute.rungs.registry import build_backends, build_embedders
+from localroute.state.budgets import SharedBudgets
 from localroute.state.limits import SharedConversations, SharedRateLimiter, open_limiter
 
 log = logging.getLogger("localroute")
@@ -133,6 +134,7 @@ def create_app(
         counted[:] = [gateway]
         if isinstance(limiter, SharedRateLimiter):  # the stickiness map is shared through the same store
             gateway.router.conversations.shared = SharedConversations(limiter)
+            gateway.billing.budgets = SharedBudgets(limiter)  # and so are the keys' budgets
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
         try:
             rungs: dict[str, Backend | Embedder] = {**live, **vectors}

@@ -29,6 +29,7 @@ from localroute.errors import (
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from localroute.gateway.budget import Billing
 from localroute.gateway.learn import Learning
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
@@ -126,6 +127,7 @@ class Gateway:
         self._stats_cache: dict[str, tuple[float, Stats]] = {}
         self.metrics = Metrics(self.engines)
         self.recorder = Recorder(config, audit, self.metrics)
+        self.billing = Billing(config)  # per-key budgets; the lifespan shares them with [state] url
         featurize = featurize or recipe_featurizer()
         self.learning = Learning(config, backends, self.router, featurize)
 
@@ -215,9 +217,11 @@ class Gateway:
              "localroute.api": api, "gen_ai.operation.name": "chat", "gen_ai.request.model": req.model},
         )  # fmt: skip
         self.learning.preempt()
+        key = matched_key(request.scope)
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
+            hints = await self.billing.admit(key, req.model, hints)  # before routing: spent is refused
             try:
                 async with asyncio.timeout_at(deadline):
                     if not req.stream:
@@ -230,23 +234,26 @@ class Gateway:
                 choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
                 answer = choices[0].get("message", {}).get("content")
                 body = surface.answer(result)
-                self.recorder.record(
+                rec = self.recorder.record(
                     rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
                 )
+                await self.billing.charge(key, rec["cost_usd"])  # before the answer: the next request sees it
                 self.learning.answered(rid, req, trace, privacy, answer)
                 return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
-            self.recorder.record(
+            rec = self.recorder.record(
                 rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
                 content=(req, None), stream=bool(req.stream), api=api,
             )  # fmt: skip
+            await self.billing.charge(key, rec["cost_usd"])  # a paid attempt that failed still cost
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
         except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
             log.error("unhandled %s serving %s", exc.__class__.__name__, rid)
-            self.recorder.record(
+            rec = self.recorder.record(
                 rid, privacy, None, 500, t0, error="internal_error", attempts=attempts, api=api
             )
+            self.billing.charge_soon(key, rec["cost_usd"])
             raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
         out = surface.translator()
 
@@ -288,10 +295,11 @@ class Gateway:
                 # so its slot is freed now rather than when the garbage collector gets to it.
                 with anyio.CancelScope(shield=True):
                     await chunks.aclose()
-                self.recorder.record(
+                rec = self.recorder.record(
                     rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)), stream=True,
                     ttft=first, api=api,
                 )  # fmt: skip
+                self.billing.charge_soon(key, rec["cost_usd"])
                 if status == 200:
                     self.learning.answered(rid, req, trace, privacy, "".join(parts))
 
