@@ -153,6 +153,14 @@ class UpstreamError(APIError):
     default_code = "upstream_error"
 
 
+class StateUnavailableError(APIError):
+    """The shared state store (`[state] url`) could not be reached for a call that needs it."""
+
+    status = 503
+    type = "server_error"
+    default_code = "state_unavailable"
+
+
 class EngineUnavailableError(APIError):
     """The engine is down (crashed, killed, failed to load). It is restarted on the next request."""
 

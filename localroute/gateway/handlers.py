@@ -338,7 +338,8 @@ class Gateway:
     async def feedback(self, request: Request) -> Response:
         """`POST /v1/localroute/feedback`: a client's outcome for a request served here."""
         fb = parse_feedback(await self.receive(request, self.deadline()))
-        return JSONResponse(await self.learning.feedback(fb))
+        answer = await self.learning.feedback(fb)
+        return JSONResponse(answer, status_code=202 if "forwarded_to" in answer else 200)
 
     async def models(self, request: Request) -> Response:
         names = ["auto", *(m.name for m in self.config.ladder())]
