@@ -79,6 +79,10 @@ def seen(srv: Server, model: str) -> list[dict[str, Any]]:
     return [e for e in map(json.loads, lines) if e["model"] == model]
 
 
+def audited(srv: Server) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (srv.log.parent / "audit.jsonl").read_text().splitlines()]
+
+
 def ask(srv: Server, model: str, privacy: str, **headers: str) -> httpx.Response:
     body = {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": f"Say {SECRET_WORD}."}]}
     return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=120,
@@ -95,6 +99,7 @@ def test_a_private_request_never_reaches_an_untrusted_ray_cluster(gw: EnvServer)
     assert picked.headers["x-localroute-model"] == NEAR
     assert seen(gw, FAR_TAG) == []  # not one private prompt reached the untrusted cluster
     assert len(seen(gw, NEAR_TAG)) == 1
+    assert audited(gw)[-1]["model"] == NEAR and audited(gw)[-1]["local"] is True
     assert gw.log_lines(f"vllm model {FAR}: not local for private requests")
 
 
@@ -102,6 +107,8 @@ def test_a_public_request_may_still_use_it(gw: EnvServer) -> None:
     r = ask(gw, FAR, "public")
     assert r.status_code == 200 and r.headers["x-localroute-model"] == FAR
     assert [SECRET_WORD in json.dumps(e["messages"]) for e in seen(gw, FAR_TAG)] == [True]
+    last = audited(gw)[-1]
+    assert last["model"] == FAR and last["local"] is False  # answered, but outside the trust boundary
     private = ask(gw, FAR, "private")  # its server running now changes nothing
     assert private.status_code == 503
     assert len(seen(gw, FAR_TAG)) == 1

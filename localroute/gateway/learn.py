@@ -122,7 +122,7 @@ class Learning:
         if self.store is None:
             return
         model = self.config.model(trace.model)
-        local = model is not None and model.engine in LOCAL_ENGINES
+        local = model is not None and model.engine in LOCAL_ENGINES and not trace.untrusted
         judged, signals = next(iter(trace.judgements.items()), (None, None))
         d = trace.decision
         store = self.store

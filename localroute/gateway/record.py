@@ -120,7 +120,8 @@ class Recorder:
             "route": trace.route,
             "model": trace.model or None,
             "tier": trace.tier if trace.model else None,
-            "local": answered is not None and answered.engine in LOCAL_ENGINES,
+            # Served inside the trust boundary: a local engine, reached inside `trusted_networks`.
+            "local": answered is not None and answered.engine in LOCAL_ENGINES and not trace.untrusted,
             "escalations": trace.escalations,
             "moves": trace.moves,
             "attempts": trace.attempts,

@@ -10,10 +10,11 @@ A request that may not reach an untrusted peer is refused there, before a byte i
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from localroute.privacy.guard import EgressGuard, PrivacyViolationError
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -99,3 +100,15 @@ def ray_problem(backend: str | None, ray_address: str | None, networks: TrustedN
     if host not in networks:
         return f"its Ray head {host} is outside [privacy] trusted_networks"
     return None
+
+
+def untrusted(result: ChatCompletion | ChatCompletionChunk) -> bool:
+    """Whether the engine's accounting says this answer came from outside the trusted networks."""
+    extra = result.get("x_localroute")
+    return isinstance(extra, Mapping) and extra.get("untrusted") is True
+
+
+def mark_untrusted(result: ChatCompletion | ChatCompletionChunk) -> None:
+    """Say so on `result` (rungs whose peer was outside the trusted networks)."""
+    extra = result.get("x_localroute")
+    result["x_localroute"] = {**(extra if isinstance(extra, dict) else {"compute_s": 0.0}), "untrusted": True}

@@ -36,7 +36,7 @@ from localroute.errors import (
 )
 from localroute.host import resources
 from localroute.privacy.guard import EgressGuard, PrivacyViolationError
-from localroute.privacy.trust import TrustedNetworks, ray_problem
+from localroute.privacy.trust import TrustedNetworks, mark_untrusted, ray_problem
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineAccounting
 from localroute.rungs.openai_http import OpenAIHTTP
 from localroute.rungs.supervise import die_with_parent, sanitize
@@ -168,15 +168,22 @@ class VllmEngine(SupervisedEngine[VllmModel]):
         self.egress: Callable[[dict[str, Any]], None] | None = None
 
     async def complete(self, body: dict[str, Any]) -> ChatCompletion:
-        if self.egress is not None:
-            self.egress(body)
-        return await super().complete(body)
+        if self.egress is None:
+            return await super().complete(body)
+        self.egress(body)
+        result = await super().complete(body)
+        mark_untrusted(result)  # served, but not local: the audit record says so
+        return result
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         if self.egress is not None:
             self.egress(body)
+        first = self.egress is not None
         async with contextlib.aclosing(super().stream(body)) as chunks:
             async for chunk in chunks:
+                if first:
+                    mark_untrusted(chunk)
+                    first = False
                 yield chunk
 
     def _supervised(self) -> bool:
