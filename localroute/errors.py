@@ -153,6 +153,14 @@ class UpstreamError(APIError):
     default_code = "upstream_error"
 
 
+class StateUnavailableError(APIError):
+    """The shared state store (`[state] url`) could not be reached for a call that needs it."""
+
+    status = 503
+    type = "server_error"
+    default_code = "state_unavailable"
+
+
 class EngineUnavailableError(APIError):
     """The engine is down (crashed, killed, failed to load). It is restarted on the next request."""
 
@@ -181,6 +189,14 @@ class RateLimitError(APIError):
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class BudgetExceededError(APIError):
+    """The key's spend budget for this period is used up (`[[keys]] budget_usd`)."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "budget_exceeded"
 
 
 class HeadersTooLargeError(APIError):

@@ -59,7 +59,9 @@ def engine_rungs(cfg: Config) -> list[LlamaCppModel | VllmModel]:
 
 
 def rate_limited(cfg: Config) -> bool:
-    return cfg.server.requests_per_minute is not None or any(k.requests_per_minute for k in cfg.keys)
+    """Whether a limit or a budget is configured: counted per worker unless [state] url is set."""
+    limits = any(k.requests_per_minute or k.budget_usd for k in cfg.keys)
+    return cfg.server.requests_per_minute is not None or limits
 
 
 class Engine:
@@ -172,7 +174,7 @@ def serve(cfg: Config, cfg_path: Path, host: str, port: int, workers: int) -> in
     from localroute.observe.logs import level_from
 
     if rate_limited(cfg) and cfg.state.resolved_url() is None:
-        why = "each worker would count its own rate limits: set [state] url (Redis or Valkey,"
+        why = "each worker would count its own rate limits and budgets: set [state] url (Redis or Valkey,"
         print(f"localroute: --workers N: {why} docs/scale-out.md), or serve one worker.", file=sys.stderr)
         return 2
     run_dir = Path(tempfile.mkdtemp(prefix="localroute-workers-"))

@@ -100,6 +100,11 @@ def say(text: str, *, err: bool = False) -> None:
     )
 
 
+def note(path: str, entry: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     record = os.environ.get("FAKE_VLLM_ARGV_FILE")
@@ -162,6 +167,9 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
         if crash_after is not None and count["chat"] > crash_after:
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
         body = await request.json()
+        seen = os.environ.get("FAKE_VLLM_REQUESTS_FILE")  # tripwires: every chat request, as received
+        if seen:
+            note(seen, {"model": args.model_tag, "messages": body.get("messages")})
         if pooling:
             return error(400, "The model does not support Chat Completions API", "BadRequestError")
         if body.get("model") not in served:

@@ -8,6 +8,7 @@ untrusted one, whatever its name says, however the name resolves later, and thro
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def tripwire() -> Iterator[HostedStandin]:
 def _gateway_config(engine: HostedStandin, trusted: list[str] | None) -> str:
     rung = {"name": "lan", "engine": "vllm", "model": MODEL, "endpoints": [f"http://localhost:{engine.port}"],
             "balance": {"health_path": "/v1/models"}}  # fmt: skip
-    privacy = {"audit_enabled": False, **({"trusted_networks": trusted} if trusted is not None else {})}
+    privacy = {"trusted_networks": trusted} if trusted is not None else None  # audited: `local` is read
     return config_text(models=[rung], privacy=privacy)
 
 
@@ -179,6 +180,9 @@ def test_with_loopback_untrusted_a_private_request_fails_closed_and_the_engine_s
         assert answer.choices[0].message.content and tripwire.chats() == 1
         (ep,) = srv.health()["engines"]["lan"]["endpoints"]  # type: ignore[index]
         assert ep["trusted"] is False and ep["peer"] in ("127.0.0.1", "::1")
+        # Its audit record says the answer was not local: the engine is, its peer was not trusted.
+        served = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert [(r["status"], r.get("local")) for r in served if r["status"] == 200] == [(200, False)]
     finally:
         srv.stop()
 

@@ -44,6 +44,12 @@ class APIKey(BaseModel):
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     privacy: Literal["private", "public", "auto"] = "auto"
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None  # None: `server.requests_per_minute`
+    # Spend cap in USD per calendar `budget_period` (UTC), charged with each request's audited cost;
+    # shared by replicas through `[state] url`. Spent: `over_budget` says what happens (docs/keys.md).
+    budget_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    budget_period: Literal["day", "month"] = "month"
+    # "refuse": 429 `budget_exceeded`; "local": still served by local rungs only, paid ones refused.
+    over_budget: Literal["refuse", "local"] = "refuse"
 
     @model_validator(mode="after")
     def _one_source(self) -> APIKey:

@@ -42,6 +42,8 @@ from localroute.privacy.guard import EgressGuard
 from localroute.privacy.trust import TrustedNetworks
 from localroute.protocol.backend import Backend, Embedder
 from localroute.rungs.registry import build_backends, build_embedders
+from localroute.state.budgets import SharedBudgets
+from localroute.state.feedback import SharedFeedback
 from localroute.state.limits import SharedConversations, SharedRateLimiter, open_limiter
 
 log = logging.getLogger("localroute")
@@ -133,9 +135,19 @@ def create_app(
                 placement.manage(b)
         gateway = Gateway(config, live, detector, audit, placement, vectors, featurize)
         counted[:] = [gateway]
+        tasks: list[asyncio.Task[None]] = []
         if isinstance(limiter, SharedRateLimiter):  # the stickiness map is shared through the same store
             gateway.router.conversations.shared = SharedConversations(limiter)
+            gateway.billing.budgets = SharedBudgets(limiter)  # and so are the keys' budgets
+            replica = config.replica()
+            if gateway.learning.store is not None and replica is not None:  # and feedback finds its row
+                keep_s = config.feedback.retention_days * 86_400
+                gateway.learning.shared = SharedFeedback(limiter, replica, keep_s)
+                tasks.append(
+                    asyncio.create_task(gateway.learning.drain_forever(), name="localroute-feedback")
+                )
         sweeper = asyncio.create_task(placement.sweep(), name="localroute-idle-sweeper")
+        tasks.append(sweeper)
         try:
             rungs: dict[str, Backend | Embedder] = {**live, **vectors}
             for m in (*config.ladder(), *config.embedders()):
@@ -146,9 +158,10 @@ def create_app(
                         log.warning("model %s not started: %s", m.name, exc.message)
             yield {"gateway": gateway}  # Starlette copies it into each request's state
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             gateway.learning.close()  # shadow runs stop before the engines they run on
             if owned:
                 for b in live.values():

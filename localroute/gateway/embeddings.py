@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from localroute.errors import APIError, DeadlineExceededError, InternalError, InvalidRequestError
 from localroute.gateway.handlers import Gateway, parse_hints
+from localroute.gateway.security import matched_key
 from localroute.observe import tracing
 from localroute.privacy.guard import CURRENT
 from localroute.protocol import embeddings as shape
@@ -41,7 +42,10 @@ async def handler(gw: Gateway, request: Request) -> Response:
              "gen_ai.request.model": req.model}  # fmt: skip
     tracing.start_request(f"POST {path}", request.headers, privacy.private, t0, attrs)
     attempts: list[Attempt] = []
+    key = matched_key(request.scope)
     try:
+        if key is not None and key.budget_usd is not None:  # spent: refused (or local rungs only)
+            hints = await gw.billing.admit(key, "auto", hints)
         plan = router.plan(req.model, privacy, hints)
         first = plan.rungs[0]
         assert first.dimensions is not None  # an embedding rung always has them (config checks)
@@ -57,8 +61,9 @@ async def handler(gw: Gateway, request: Request) -> Response:
         tokens = trace.usage.get("prompt_tokens", 0)
         body = shape.answer(vecs, model=served.name, size=size, fmt=req.encoding_format, prompt_tokens=tokens)
     except APIError as exc:
-        gw.recorder.record(rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
-                           api="embeddings")  # fmt: skip
+        rec = gw.recorder.record(rid, privacy, None, exc.status, t0, error=exc.code or exc.type,
+                                 attempts=attempts, api="embeddings")  # fmt: skip
+        await gw.billing.charge(key, rec["cost_usd"])
         exc.headers = {**exc.headers, "x-request-id": rid}
         raise
     except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
@@ -66,7 +71,8 @@ async def handler(gw: Gateway, request: Request) -> Response:
         gw.recorder.record(rid, privacy, None, 500, t0, error="internal_error", attempts=attempts,
                            api="embeddings")  # fmt: skip
         raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
-    gw.recorder.record(rid, privacy, trace, 200, t0, api="embeddings")
+    rec = gw.recorder.record(rid, privacy, trace, 200, t0, api="embeddings")
+    await gw.billing.charge(key, rec["cost_usd"])
     return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
 
 

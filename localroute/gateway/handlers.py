@@ -29,6 +29,7 @@ from localroute.errors import (
     UnsupportedMediaTypeError,
 )
 from localroute.gateway.body import read_body
+from localroute.gateway.budget import Billing
 from localroute.gateway.learn import Learning
 from localroute.gateway.record import Recorder
 from localroute.gateway.security import matched_key
@@ -111,6 +112,7 @@ class Gateway:
         self._stats_cache: dict[str, tuple[float, Stats]] = {}
         self.metrics = Metrics(self.engines)
         self.recorder = Recorder(config, audit, self.metrics)
+        self.billing = Billing(config)  # per-key budgets; the lifespan shares them with [state] url
         featurize = featurize or recipe_featurizer()
         self.learning = Learning(config, backends, self.router, featurize)
 
@@ -200,9 +202,11 @@ class Gateway:
              "localroute.api": api, "gen_ai.operation.name": "chat", "gen_ai.request.model": req.model},
         )  # fmt: skip
         self.learning.preempt()
+        key = matched_key(request.scope)
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
+            hints = await self.billing.admit(key, req.model, hints)  # before routing: spent is refused
             try:
                 async with asyncio.timeout_at(deadline):
                     if not req.stream:
@@ -215,23 +219,26 @@ class Gateway:
                 choices: Sequence[Mapping[str, Any]] = result.get("choices") or [{}]
                 answer = choices[0].get("message", {}).get("content")
                 body = surface.answer(result)
-                self.recorder.record(
+                rec = self.recorder.record(
                     rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
                 )
+                await self.billing.charge(key, rec["cost_usd"])  # before the answer: the next request sees it
                 self.learning.answered(rid, req, trace, privacy, answer)
                 return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
-            self.recorder.record(
+            rec = self.recorder.record(
                 rid, privacy, None, exc.status, t0, error=exc.code or exc.type, attempts=attempts,
                 content=(req, None), stream=bool(req.stream), api=api,
             )  # fmt: skip
+            await self.billing.charge(key, rec["cost_usd"])  # a paid attempt that failed still cost
             exc.headers = {**exc.headers, "x-request-id": rid}
             raise
         except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
             log.error("unhandled %s serving %s", exc.__class__.__name__, rid)
-            self.recorder.record(
+            rec = self.recorder.record(
                 rid, privacy, None, 500, t0, error="internal_error", attempts=attempts, api=api
             )
+            self.billing.charge_soon(key, rec["cost_usd"])
             raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
         out = surface.translator()
 
@@ -273,10 +280,11 @@ class Gateway:
                 # so its slot is freed now rather than when the garbage collector gets to it.
                 with anyio.CancelScope(shield=True):
                     await chunks.aclose()
-                self.recorder.record(
+                rec = self.recorder.record(
                     rid, privacy, trace, status, t0, error=error, content=(req, "".join(parts)), stream=True,
                     ttft=first, api=api,
                 )  # fmt: skip
+                self.billing.charge_soon(key, rec["cost_usd"])
                 if status == 200:
                     self.learning.answered(rid, req, trace, privacy, "".join(parts))
 
@@ -315,7 +323,8 @@ class Gateway:
     async def feedback(self, request: Request) -> Response:
         """`POST /v1/localroute/feedback`: a client's outcome for a request served here."""
         fb = parse_feedback(await self.receive(request, self.deadline()))
-        return JSONResponse(await self.learning.feedback(fb))
+        answer = await self.learning.feedback(fb)
+        return JSONResponse(answer, status_code=202 if "forwarded_to" in answer else 200)
 
     async def models(self, request: Request) -> Response:
         names = ["auto", *(m.name for m in self.config.ladder())]

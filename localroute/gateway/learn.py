@@ -22,9 +22,9 @@ from typing import Any
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig
 from localroute.config.schema import Config
-from localroute.errors import APIError, NotFoundError, OverloadedError
+from localroute.errors import APIError, NotFoundError, OverloadedError, StateUnavailableError
 from localroute.host.lifecycle import Managed
-from localroute.observe.feedback import Featurize, FeedbackStore, UnknownRequestError
+from localroute.observe.feedback import Featurize, FeedbackStore, Outcome, UnknownRequestError
 from localroute.privacy.guard import Privacy
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
@@ -33,11 +33,14 @@ from localroute.routing.agreement import agreement
 from localroute.routing.calibrate import calibrate
 from localroute.routing.router import Router
 from localroute.routing.trace import Trace
+from localroute.state.feedback import SharedFeedback
 
 log = logging.getLogger("localroute")
 # A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
 SHADOW_PROMPT_TOKENS = 512
 MAX_PENDING = 2048  # store calls queued for the writer thread before new rows are dropped
+DRAIN_S = 2.0  # with [state] url: how often labels queued here by other replicas are applied
+OUTCOMES: frozenset[str] = frozenset({"good", "bad", "strong_needed", "score"})
 
 
 class Learning:
@@ -56,6 +59,8 @@ class Learning:
         self.router = router
         self.store = FeedbackStore(config.feedback_path(), self.cfg, featurize) if self.cfg.enabled else None
         self.shadows: set[asyncio.Task[None]] = set()
+        # With [state] url (gateway/app.py): labels for requests served by another replica go there.
+        self.shared: SharedFeedback | None = None
         # Every store call runs here, in order, off the event loop; a backlog beyond MAX_PENDING is
         # dropped (a row lost to learning, never a request delayed).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="localroute-feedback")
@@ -117,7 +122,7 @@ class Learning:
         if self.store is None:
             return
         model = self.config.model(trace.model)
-        local = model is not None and model.engine in LOCAL_ENGINES
+        local = model is not None and model.engine in LOCAL_ENGINES and not trace.untrusted
         judged, signals = next(iter(trace.judgements.items()), (None, None))
         d = trace.decision
         store = self.store
@@ -132,6 +137,8 @@ class Learning:
                 log.error("feedback store write failed: %s", exc.__class__.__name__)
 
         self._write(remember)
+        if self.shared is not None:
+            self.shared.served(rid)
         short = d.estimated_tokens <= SHADOW_PROMPT_TOKENS
         if not local and not privacy.private and answer and short and self._shadow_now():
             task = asyncio.create_task(self._shadow(rid, req, answer), name="localroute-shadow")
@@ -172,12 +179,15 @@ class Learning:
         self._write(shadow)
 
     async def feedback(self, fb: FeedbackRequest) -> FeedbackAnswer:
-        """Label one served request; a 404 for an id not stored here (never served, or pruned)."""
+        """Label one served request. With `[state] url`, a request another replica served is labelled
+        there (`forwarded_to` names it); a 404 for an id no replica has (never served, or pruned)."""
         if self.store is None:
             raise NotFoundError("Feedback is turned off here ([feedback] enabled = false).")
-        outcome = fb.outcome or "score"
+        outcome: Outcome = fb.outcome or "score"
+        value = fb.score or 0.0
+        await self.drain()  # labels queued here earlier by other replicas go first
         store = self.store
-        queued = self._write(lambda: store.feedback(fb.id, outcome, fb.score or 0.0))
+        queued = self._write(lambda: store.feedback(fb.id, outcome, value))
         if queued is None:
             raise OverloadedError(
                 "The feedback store is busy; try again shortly.", headers={"Retry-After": "1"}
@@ -185,5 +195,53 @@ class Learning:
         try:
             label = await asyncio.wrap_future(queued)
         except UnknownRequestError:
-            raise NotFoundError(f"No request with id '{fb.id}' is stored here.", param="id") from None
+            owner = await self._forward(fb.id, outcome, value)
+            if owner is None:
+                raise NotFoundError(f"No request with id '{fb.id}' is stored here.", param="id") from None
+            return {"object": "localroute.feedback", "id": fb.id, "outcome": outcome, "label": None,
+                    "forwarded_to": owner}  # fmt: skip
         return {"object": "localroute.feedback", "id": fb.id, "outcome": outcome, "label": label}
+
+    async def _forward(self, rid: str, outcome: Outcome, value: float) -> str | None:
+        if self.shared is None:
+            return None
+        try:
+            return await self.shared.forward(rid, outcome, value)
+        except Exception as exc:  # the label would be lost: the client is told to send it again
+            log.warning("feedback not forwarded: shared state unreachable (%s)", exc.__class__.__name__)
+            raise StateUnavailableError(
+                "The request was not served here and the shared state store cannot be reached to find "
+                "the replica that served it; send the feedback again shortly.",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    async def drain(self) -> int:
+        """Apply the labels other replicas queued for requests served here; how many were taken."""
+        if self.shared is None or self.store is None:
+            return 0
+        try:
+            items = await self.shared.take()
+        except Exception as exc:  # down: they stay queued in the store for the next drain
+            log.debug("feedback queue not read: %s", exc.__class__.__name__)
+            return 0
+        store = self.store
+        for rid, outcome, value in items:
+            if outcome not in OUTCOMES:
+                continue
+
+            def apply(rid: str = rid, outcome: Any = outcome, value: float = value) -> None:
+                try:
+                    store.feedback(rid, outcome, value)
+                except UnknownRequestError:  # pruned here since
+                    log.info("feedback for %s arrived after its row was pruned", rid)
+                except Exception as exc:
+                    log.error("feedback store write failed: %s", exc.__class__.__name__)
+
+            self._write(apply)
+        return len(items)
+
+    async def drain_forever(self) -> None:
+        """`drain` every DRAIN_S, for the gateway's lifetime (cancelled at shutdown)."""
+        while True:
+            await self.drain()
+            await asyncio.sleep(DRAIN_S)

@@ -30,7 +30,8 @@ _ERRORS = {
     408: "The request body did not arrive within `server.request_timeout_s`.",
     413: "The request body is larger than `server.max_body_bytes`.",
     429: "An engine's queue is full (`queue_full`) or the caller's rate limit is reached "
-    "(`rate_limit_exceeded`); `Retry-After` says when to try again.",
+    "(`rate_limit_exceeded`) or its key's spend budget is used up (`budget_exceeded`); `Retry-After` "
+    "says when to try again.",
     431: "The request headers exceed `server.max_header_bytes`.",
     500: "A bug in localroute; the message never carries internals.",
     502: "The engine or remote provider failed in a way that is not the client's mistake.",
@@ -58,6 +59,13 @@ def _op(summary: str, ok: Schema, errors: tuple[int, ...], shape: str = "Error",
     """An operation; its errors have the `shape` schema (Anthropic's under /v1/messages)."""
     responses = {"200": ok, **{str(s): _error(s, shape) for s in sorted(errors)}}
     return {"summary": summary, **extra, "responses": responses}
+
+
+def _accepted(op: Schema) -> Schema:
+    """Feedback for a request another replica served ([state] url): queued for it, `forwarded_to`."""
+    ok = op["responses"]["200"]
+    op["responses"]["202"] = {**ok, "description": "Queued for the replica that served the request."}
+    return op
 
 
 def _header(name: str, schema: Schema, description: str) -> Schema:
@@ -272,12 +280,14 @@ def _paths() -> Schema:
             )
         },
         "/v1/localroute/feedback": {
-            "post": _op(
-                "A client's outcome for a request served here (by its `x-request-id`), kept locally",
-                {"description": "The label it gives.", "content": _json(ref("Feedback"))},
-                (400, 404, 408, 413, *_GUARDED),
-                operationId="postFeedback",
-                requestBody={"required": True, "content": _json(FeedbackRequest.model_json_schema())},
+            "post": _accepted(
+                _op(
+                    "A client's outcome for a request served here (by its `x-request-id`), kept locally",
+                    {"description": "The label it gives.", "content": _json(ref("Feedback"))},
+                    (400, 404, 408, 413, 503, *_GUARDED),
+                    operationId="postFeedback",
+                    requestBody={"required": True, "content": _json(FeedbackRequest.model_json_schema())},
+                )
             )
         },
         "/v1/localroute/stats": {

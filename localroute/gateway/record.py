@@ -53,8 +53,9 @@ class Recorder:
         stream: bool = False,
         ttft: float | None = None,
         api: Api = "chat",
-    ) -> None:
-        """Record one request. Without a trace (the request failed), `attempts` lists the rungs it tried."""
+    ) -> RequestRecord:
+        """Record one request, and return its record (its `cost_usd` is what a key's budget is charged).
+        Without a trace (the request failed), `attempts` lists the rungs it tried."""
         seconds = time.monotonic() - t0
         now = datetime.now(UTC)
         head: RecordHead = {
@@ -87,7 +88,8 @@ class Recorder:
         if request_log.isEnabledFor(logging.INFO):
             request_log.info("request", extra={"fields": rec})
         if self.audit is None:
-            return
+            return rec
+        record = rec
         if self.config.privacy.audit_content and content is not None:  # the operator opted in
             req, answer = content
             rec = {
@@ -101,6 +103,7 @@ class Recorder:
             self.audit.append(rec)
         except OSError as exc:  # the log must not take requests down; say so, once per failure
             log.error("audit log write failed: %s", exc.__class__.__name__)
+        return record
 
     def _outcome(self, trace: Trace) -> RecordTail:
         d = trace.decision
@@ -117,7 +120,8 @@ class Recorder:
             "route": trace.route,
             "model": trace.model or None,
             "tier": trace.tier if trace.model else None,
-            "local": answered is not None and answered.engine in LOCAL_ENGINES,
+            # Served inside the trust boundary: a local engine, reached inside `trusted_networks`.
+            "local": answered is not None and answered.engine in LOCAL_ENGINES and not trace.untrusted,
             "escalations": trace.escalations,
             "moves": trace.moves,
             "attempts": trace.attempts,

@@ -10,10 +10,11 @@ A request that may not reach an untrusted peer is refused there, before a byte i
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from localroute.privacy.guard import EgressGuard, PrivacyViolationError
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -74,3 +75,40 @@ class PeerCheck:
                     self._verdict = exc
         if isinstance(self._verdict, PrivacyViolationError):
             raise self._verdict
+
+
+def ray_problem(backend: str | None, ray_address: str | None, networks: TrustedNetworks) -> str | None:
+    """Why a vLLM rung run over Ray may not be trusted with private traffic, or None (not on Ray, or
+    its Ray head is an address inside the trusted networks). Ray workers receive the prompts' tokens,
+    so the cluster is judged like an endpoint: by address, never by a name, and `auto` or no address
+    (whatever cluster this host has joined) is not trusted."""
+    if backend != "ray" and ray_address is None:
+        return None
+    if ray_address is None or ray_address == "auto":
+        return (
+            "it runs on Ray with no `ray_address` (or `auto`): the hosts of its workers cannot be judged; "
+            "set `ray_address` to the head node's IP address inside [privacy] trusted_networks"
+        )
+    host = ray_address.rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return (
+            f"its `ray_address` names a host ({host!r}), not an address: trust is judged by address; "
+            "give the head node's IP address inside [privacy] trusted_networks"
+        )
+    if host not in networks:
+        return f"its Ray head {host} is outside [privacy] trusted_networks"
+    return None
+
+
+def untrusted(result: ChatCompletion | ChatCompletionChunk) -> bool:
+    """Whether the engine's accounting says this answer came from outside the trusted networks."""
+    extra = result.get("x_localroute")
+    return isinstance(extra, Mapping) and extra.get("untrusted") is True
+
+
+def mark_untrusted(result: ChatCompletion | ChatCompletionChunk) -> None:
+    """Say so on `result` (rungs whose peer was outside the trusted networks)."""
+    extra = result.get("x_localroute")
+    result["x_localroute"] = {**(extra if isinstance(extra, dict) else {"compute_s": 0.0}), "untrusted": True}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
@@ -36,6 +36,9 @@ class FeedbackAnswer(TypedDict):
     id: str
     outcome: str
     label: float | None
+    # With `[state] url`: the replica that served the request, where the label is applied (202;
+    # `label` is then null here).
+    forwarded_to: NotRequired[str]
 
 
 def parse_feedback(raw: bytes) -> FeedbackRequest:

@@ -116,6 +116,9 @@ class EngineAccounting(TypedDict):
     # On a stream's content chunks: the tokens counted so far, so that a stream cut before its usage
     # chunk (a client that leaves, an engine that dies) is still charged for what it computed.
     so_far: NotRequired[Usage]
+    # Served from outside `[privacy] trusted_networks` (an endpoint's peer, a vLLM rung's Ray cluster):
+    # not local, whatever the rung's engine. On a non-streamed answer, or a stream's first chunk.
+    untrusted: NotRequired[bool]
 
 
 class ChatCompletion(TypedDict):

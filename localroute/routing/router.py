@@ -19,6 +19,7 @@ from localroute.errors import (
 )
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
+from localroute.privacy.trust import untrusted
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import ChatCompletionRequest
 from localroute.protocol.records import Attempt
@@ -233,6 +234,7 @@ class Router:
     ) -> tuple[ChatCompletion, Trace]:
         trace.model, trace.tier = m.name, m.tier
         trace.usage = usage_of(result)
+        trace.untrusted = untrusted(result)
         return self._finish(result, m, req), trace
 
     # -- streaming -------------------------------------------------------------------------------
@@ -336,6 +338,7 @@ class Router:
     ) -> Chunks:
         # Set now, not in the generator: the response headers are built before its first chunk.
         trace.model, trace.tier = m.name, m.tier
+        trace.untrusted = any(untrusted(c) for c in buffered)
         return self._flow(m, chunks, buffered, done, req, trace)
 
     async def _flow(

@@ -33,6 +33,8 @@ class Trace:
     baseline_usd: float | None = None  # set by a router whose baseline is not the chat one (embeddings)
     # Each local answer judged by the cascade: model -> its confidence signals (`confidence.SIGNALS`).
     judgements: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The answer came from outside the trusted networks (`x_localroute.untrusted`): not local.
+    untrusted: bool = False
 
     def __post_init__(self) -> None:
         tracing.mark("decide", time.monotonic())

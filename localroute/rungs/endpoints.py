@@ -26,7 +26,7 @@ from localroute.config.models import LlamaCppModel, VllmModel
 from localroute.config.schema import Config
 from localroute.errors import APIError, EngineUnavailableError
 from localroute.privacy.guard import CURRENT, PRIVATE_BY_DEFAULT, EgressGuard, PrivacyViolationError
-from localroute.privacy.trust import PeerCheck, TrustedNetworks
+from localroute.privacy.trust import PeerCheck, TrustedNetworks, mark_untrusted
 from localroute.protocol.backend import Brief
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth
 from localroute.rungs.balancer import Balancer, Endpoint
@@ -166,7 +166,10 @@ class EndpointsBackend:
         await self.start()
 
         async def once(ep: Endpoint, check: PeerCheck) -> ChatCompletion:
-            return await self._http[ep].complete(out, {PEER_CHECK: check})
+            result = await self._http[ep].complete(out, {PEER_CHECK: check})
+            if check.trusted is False:  # a public request served from outside: not local (audit)
+                mark_untrusted(result)
+            return result
 
         result = await self._failing_over(out, once)
         self.served += 1
@@ -183,6 +186,8 @@ class EndpointsBackend:
             except BaseException:
                 await chunks.aclose()
                 raise
+            if first is not None and check.trusted is False:
+                mark_untrusted(first)
             return ep, chunks, first
 
         # Until the first chunk nothing has reached the client: every failure may go elsewhere.

@@ -43,8 +43,9 @@ def build_backend(
     anthropic = isinstance(model, RemoteModel) and model.api == "anthropic"
     endpoints = not isinstance(model, RemoteModel) and bool(model.endpoints)
     factory = _load(ANTHROPIC if anthropic else ENDPOINTS if endpoints else ENGINES[model.engine])
-    # The rungs whose bytes may leave the machine get the guard: remote, and endpoints (judged per peer).
-    if model.engine == "remote" or endpoints:
+    # The rungs whose bytes may leave the machine get the guard: remote, endpoints (judged per peer),
+    # and vLLM (used only when its Ray cluster is outside the trusted networks).
+    if model.engine in ("remote", "vllm") or endpoints:
         backend: Backend = factory(config, model, runtime_dir, egress_guard=egress_guard)
     else:
         backend = factory(config, model, runtime_dir)

@@ -19,7 +19,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn
 
@@ -35,7 +35,9 @@ from localroute.errors import (
     UpstreamError,
 )
 from localroute.host import resources
-from localroute.protocol.wire import EngineAccounting
+from localroute.privacy.guard import EgressGuard, PrivacyViolationError
+from localroute.privacy.trust import TrustedNetworks, mark_untrusted, ray_problem
+from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineAccounting
 from localroute.rungs.openai_http import OpenAIHTTP
 from localroute.rungs.supervise import die_with_parent, sanitize
 from localroute.rungs.supervisor import SupervisedEngine
@@ -160,6 +162,29 @@ class VllmEngine(SupervisedEngine[VllmModel]):
         self._root = _root(cfg.url) if cfg.url is not None else None
         self._port: int | None = None
         self._unplanned = False  # the last server ended without being asked to: the next start is a restart
+        # Set for a rung on a Ray cluster outside the trusted networks (`from_config`): every request
+        # is egress, so the guard refuses a private one before anything is sent (the router falls
+        # back to another local rung, or fails closed) and re-scans a public one.
+        self.egress: Callable[[dict[str, Any]], None] | None = None
+
+    async def complete(self, body: dict[str, Any]) -> ChatCompletion:
+        if self.egress is None:
+            return await super().complete(body)
+        self.egress(body)
+        result = await super().complete(body)
+        mark_untrusted(result)  # served, but not local: the audit record says so
+        return result
+
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
+        if self.egress is not None:
+            self.egress(body)
+        first = self.egress is not None
+        async with contextlib.aclosing(super().stream(body)) as chunks:
+            async for chunk in chunks:
+                if first:
+                    mark_untrusted(chunk)
+                    first = False
+                yield chunk
 
     def _supervised(self) -> bool:
         return self.mode == "launch"
@@ -294,9 +319,34 @@ def from_config(
     which: Callable[[str], str | None] = shutil.which,
     gpu_probe: Callable[[int], str | None] = gpu_problem,
     engine: type[VllmEngine] = VllmEngine,
+    egress_guard: EgressGuard | None = None,
 ) -> VllmEngine:
     """Build the rung. A launched rung that cannot run on this box (no `vllm`, too few GPUs) is
-    `unavailable`, and the log says why in one line."""
+    `unavailable`, and the log says why in one line. A rung on an untrusted Ray cluster gets the
+    egress guard (`VllmEngine.egress`; none given: a private guard that refuses everything)."""
+    built = _built(config, model, which, gpu_probe, engine)
+    untrusted = ray_problem(
+        model.distributed_executor_backend,
+        model.ray_address,
+        TrustedNetworks(config.privacy.trusted_networks),
+    )
+    if untrusted is not None:
+        log.warning("vllm model %s: not local for private requests: %s", model.name, untrusted)
+        built.egress = egress_guard if egress_guard is not None else _refuse_all
+    return built
+
+
+def _refuse_all(body: dict[str, Any]) -> None:
+    raise PrivacyViolationError("This request cannot be sent to a model on an untrusted Ray cluster.")
+
+
+def _built(
+    config: Config,
+    model: VllmModel,
+    which: Callable[[str], str | None],
+    gpu_probe: Callable[[int], str | None],
+    engine: type[VllmEngine],
+) -> VllmEngine:
     if not model.launch:
         return engine(model, cwd=config.base_dir)
     executable = which("vllm")
