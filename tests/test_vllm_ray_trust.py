@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from localroute.config.schema import parse_config
-from localroute.privacy.trust import TrustedNetworks, ray_problem
+from localroute.privacy.guard import PrivacyViolationError
+from localroute.privacy.trust import TrustedNetworks, ray_problem, url_problem
 from localroute.rungs.vllm import from_config
 from tests.conftest import Server
 from tests.test_vllm import EnvServer, config_text, fake_env, serve, vllm
@@ -57,6 +58,34 @@ def test_a_ray_head_inside_the_trusted_networks_is_local(tmp_path: Path) -> None
 
     assert built(lan).egress is None
     assert built(alone).egress is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "trusted"),
+    [
+        (None, True),  # launched here
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://[::1]:8000", True),
+        ("http://localhost:8000/v1", True),  # loopback by definition, never looked up in DNS
+        ("http://10.0.0.1:8000/v1", False),  # outside the default (loopback) networks
+        ("http://gpu-box.lan:8000/v1", False),  # a name: what it resolves to can change
+        ("http://user:pw@10.0.0.1:8000/v1", False),
+    ],
+)
+def test_a_vllm_server_at_a_url_is_trusted_by_its_address(url: str | None, trusted: bool) -> None:
+    problem = url_problem(url, TrustedNetworks(["127.0.0.0/8", "::1/128"]))
+    assert (problem is None) == trusted, problem
+
+
+def test_a_vllm_url_outside_the_trusted_networks_gets_the_egress_guard(tmp_path: Path) -> None:
+    text = config_text([vllm("u", "org/m", 5, url="http://10.0.0.1:8000/v1")])
+    lan = parse_config(text + '\n[privacy]\ntrusted_networks = ["10.0.0.0/24"]\n')
+    alone = parse_config(text)
+    assert from_config(lan, lan.models[0], tmp_path).egress is None
+    guarded = from_config(alone, alone.models[0], tmp_path)
+    assert guarded.egress is not None
+    with pytest.raises(PrivacyViolationError):
+        guarded.egress({"messages": [{"role": "user", "content": "private"}]})  # no guard given: refuse all
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from localroute.privacy.guard import EgressGuard, PrivacyViolationError
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
@@ -99,6 +100,33 @@ def ray_problem(backend: str | None, ray_address: str | None, networks: TrustedN
         )
     if host not in networks:
         return f"its Ray head {host} is outside [privacy] trusted_networks"
+    return None
+
+
+def url_problem(url: str | None, networks: TrustedNetworks) -> str | None:
+    """Why a vLLM rung served at `url` (a server someone else runs) may not be trusted with private
+    traffic, or None. Judged by address like a Ray head: an IP literal must be inside the trusted
+    networks; `localhost` stands for loopback (it is never looked up in DNS); any other name is not
+    trusted, since what it resolves to can change after startup. `endpoints = [URL]` is the way to
+    serve such a host: that transport judges the address each connection reaches."""
+    if url is None:
+        return None
+    host = (urlsplit(url).hostname or "").strip("[]")
+    if host == "localhost":
+        return (
+            None
+            if "127.0.0.1" in networks or "::1" in networks
+            else "localhost is outside [privacy] trusted_networks"
+        )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return (
+            f"its `url` names a host ({host!r}), not an address: trust is judged by address; give an IP "
+            "address inside [privacy] trusted_networks, or list the server under `endpoints`"
+        )
+    if host not in networks:
+        return f"its server {host} is outside [privacy] trusted_networks"
     return None
 
 

@@ -36,7 +36,7 @@ from localroute.errors import (
 )
 from localroute.host import resources
 from localroute.privacy.guard import EgressGuard, PrivacyViolationError
-from localroute.privacy.trust import TrustedNetworks, mark_untrusted, ray_problem
+from localroute.privacy.trust import TrustedNetworks, mark_untrusted, ray_problem, url_problem
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineAccounting
 from localroute.rungs.openai_http import OpenAIHTTP
 from localroute.rungs.supervise import die_with_parent, sanitize
@@ -322,13 +322,13 @@ def from_config(
     egress_guard: EgressGuard | None = None,
 ) -> VllmEngine:
     """Build the rung. A launched rung that cannot run on this box (no `vllm`, too few GPUs) is
-    `unavailable`, and the log says why in one line. A rung on an untrusted Ray cluster gets the
-    egress guard (`VllmEngine.egress`; none given: a private guard that refuses everything)."""
+    `unavailable`, and the log says why in one line. A rung on an untrusted Ray cluster, or served at
+    a `url` outside the trusted networks, gets the egress guard (`VllmEngine.egress`; none given: a
+    private guard that refuses everything)."""
     built = _built(config, model, which, gpu_probe, engine)
-    untrusted = ray_problem(
-        model.distributed_executor_backend,
-        model.ray_address,
-        TrustedNetworks(config.privacy.trusted_networks),
+    networks = TrustedNetworks(config.privacy.trusted_networks)
+    untrusted = ray_problem(model.distributed_executor_backend, model.ray_address, networks) or url_problem(
+        model.url, networks
     )
     if untrusted is not None:
         log.warning("vllm model %s: not local for private requests: %s", model.name, untrusted)
@@ -337,7 +337,7 @@ def from_config(
 
 
 def _refuse_all(body: dict[str, Any]) -> None:
-    raise PrivacyViolationError("This request cannot be sent to a model on an untrusted Ray cluster.")
+    raise PrivacyViolationError("This request cannot be sent to a model outside the trusted networks.")
 
 
 def _built(
