@@ -199,6 +199,22 @@ def test_the_conversation_map_is_bounded_and_matches_normalised_answers() -> Non
     assert Conversations(0).floor(follow) is None
 
 
+def test_the_conversation_map_is_per_caller_and_explain_leaves_it_as_it_was() -> None:
+    convs = Conversations(2)
+    convs.remember("Old answer.", "frontier", 10, caller="key:a")
+    convs.remember("Newer answer.", "mid", 1, caller="key:a")
+    old = req(("assistant", "Old answer."), ("user", "x"))
+    assert convs.floor(old, "key:b") is None  # another caller's same text is not its conversation
+    assert convs.floor(old) is None
+    assert convs.floor(old, "key:a", touch=False) == Floor("frontier", 10)
+    convs.remember("Third.", "small", 0, caller="key:a")  # the read above did not refresh "Old answer."
+    assert convs.floor(old, "key:a") is None
+    newer = req(("assistant", "Newer answer."), ("user", "x"))
+    assert convs.floor(newer, "key:a") == Floor("mid", 1)  # a serving read does refresh it
+    convs.remember("Fourth.", "small", 0, caller="key:a")
+    assert convs.floor(newer, "key:a") == Floor("mid", 1)
+
+
 # -- agreement -----------------------------------------------------------------------------------------
 
 

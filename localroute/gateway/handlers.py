@@ -31,7 +31,7 @@ from localroute.errors import (
 )
 from localroute.gateway.learn import Learning
 from localroute.gateway.record import Recorder
-from localroute.gateway.security import matched_key
+from localroute.gateway.security import caller_of, matched_key
 from localroute.host.lifecycle import Placement
 from localroute.observe import tracing
 from localroute.observe.feedback import Featurize
@@ -215,15 +215,20 @@ class Gateway:
              "localroute.api": api, "gen_ai.operation.name": "chat", "gen_ai.request.model": req.model},
         )  # fmt: skip
         self.learning.preempt()
+        caller = caller_of(request.scope)  # stickiness is per caller, as the rate limit is
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
             try:
                 async with asyncio.timeout_at(deadline):
                     if not req.stream:
-                        result, trace = await self.router.complete(req, hints, privacy, attempts, deadline)
+                        result, trace = await self.router.complete(
+                            req, hints, privacy, attempts, deadline, caller
+                        )
                     else:
-                        chunks, trace = await self.router.stream(req, hints, privacy, attempts, deadline)
+                        chunks, trace = await self.router.stream(
+                            req, hints, privacy, attempts, deadline, caller
+                        )
             except TimeoutError:
                 raise late from None
             if not req.stream:
@@ -233,7 +238,7 @@ class Gateway:
                 self.recorder.record(
                     rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
                 )
-                self.learning.answered(rid, req, trace, privacy, answer)
+                self.learning.answered(rid, req, trace, privacy, answer, caller)
                 return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
             self.recorder.record(
@@ -293,7 +298,7 @@ class Gateway:
                     ttft=first, api=api,
                 )  # fmt: skip
                 if status == 200:
-                    self.learning.answered(rid, req, trace, privacy, "".join(parts))
+                    self.learning.answered(rid, req, trace, privacy, "".join(parts), caller)
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -324,7 +329,10 @@ class Gateway:
         """The decision serving would make, privacy class included (classified as serving does)."""
         req = parse_chat_request(await self.receive(request, self.deadline()))
         privacy = self.classify(request, req)
-        decision = self.router.decide(req, parse_hints(request.headers), privacy.private)
+        # Read-only: no prefetch from the shared store and no LRU reordering (an explain must not
+        # change what serving later remembers); the caller's own conversations only.
+        caller = caller_of(request.scope)
+        decision = self.router.decide(req, parse_hints(request.headers), privacy.private, caller, touch=False)
         return JSONResponse(explanation(self.config, decision, privacy))
 
     async def feedback(self, request: Request) -> Response:

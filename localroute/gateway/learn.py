@@ -108,12 +108,18 @@ class Learning:
             t.cancel()
 
     def answered(
-        self, rid: str, req: ChatCompletionRequest, trace: Trace, privacy: Privacy, answer: str | None
+        self,
+        rid: str,
+        req: ChatCompletionRequest,
+        trace: Trace,
+        privacy: Privacy,
+        answer: str | None,
+        caller: str = "",
     ) -> None:
-        """Called once per request served with a 200: remember it, and maybe shadow it."""
+        """Called once per request served with a 200: remember it (for this caller), and maybe shadow it."""
         if not trace.model:
             return
-        self.router.conversations.remember(answer, trace.model, trace.tier)
+        self.router.conversations.remember(answer, trace.model, trace.tier, caller)
         if self.store is None:
             return
         model = self.config.model(trace.model)
