@@ -76,14 +76,8 @@ class Router:
                 cold[n] = Cold(brief.load_seconds)
         return unavailable, cold
 
-    def decide(
-        self,
-        req: ChatCompletionRequest,
-        hints: Hints = NO_HINTS,
-        private: bool = False,
-        caller: str = "",
-        touch: bool = True,
-    ) -> Decision:
+    def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False,
+               caller: str = "", touch: bool = True) -> Decision:  # fmt: skip
         """The policy's decision; for a private request remote rungs do not exist. `caller` keys the
         conversation stickiness; `touch=False` (explain) leaves its map as it was."""
         unavailable, cold = self._rungs()
