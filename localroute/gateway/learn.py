@@ -37,6 +37,7 @@ from localroute.routing.trace import Trace
 log = logging.getLogger("localroute")
 # A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
 SHADOW_PROMPT_TOKENS = 512
+CALIBRATE_NEWEST = 20_000  # labelled rows calibration reads at startup, newest first
 MAX_PENDING = 2048  # store calls queued for the writer thread before new rows are dropped
 
 
@@ -66,9 +67,8 @@ class Learning:
             (m for m in config.ladder() if m.engine in LOCAL_ENGINES), None
         )
         if self.store is not None:  # each local model's own threshold, once it has enough feedback
-            fitted = calibrate(
-                self.store.labelled(), self.cfg.calibrate_min_rows, self.cfg.calibrate_escalate_above
-            )
+            rows = self.store.judged(CALIBRATE_NEWEST)  # bounded: startup stays fast with a large store
+            fitted = calibrate(rows, self.cfg.calibrate_min_rows, self.cfg.calibrate_escalate_above)
             router.thresholds = {m: (c.signal, c.cutoff) for m, c in fitted.items()}
             for c in fitted.values():
                 log.info("calibrated %s: escalate when %s < %.3f (%d rows, AUROC %.3f)",
