@@ -137,6 +137,23 @@ def test_store_round_trip_keeps_features_not_text(tmp_path: Path, policy: Policy
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "fb.sqlite3").st_mode) == 0o600
 
 
+def test_calibration_reads_the_newest_judged_rows_without_their_features(
+    tmp_path: Path, policy: Policy
+) -> None:
+    store = store_at(tmp_path, policy)
+    for i in range(6):
+        remember(store, f"req-{i}", signals={"mean": -float(i)}, judged="small")
+        store.feedback(f"req-{i}", "bad" if i % 2 else "good")
+    remember(store, "req-unjudged")
+    store.feedback("req-unjudged", "bad")  # labelled, but no local rung judged it: nothing to calibrate
+    remember(store, "req-unlabelled", signals={"mean": -9.0}, judged="small")
+    rows = store.judged(newest=4)
+    assert [r.signals["mean"] for r in rows] == [-2.0, -3.0, -4.0, -5.0]  # the newest 4, oldest first
+    assert [r.label for r in rows] == [0.0, 1.0, 0.0, 1.0] and all(r.features == {} for r in rows)
+    assert len(store.judged(newest=100)) == 6 and store.judged(newest=0) == []
+    store.close()
+
+
 def test_prompts_are_kept_only_when_the_operator_opts_in(tmp_path: Path, policy: Policy) -> None:
     store = store_at(tmp_path, policy, store_prompts=True)
     remember(store, "req-1")
@@ -197,6 +214,22 @@ def test_the_conversation_map_is_bounded_and_matches_normalised_answers() -> Non
     both = req(("assistant", "Third."), ("assistant", "The answer is 42."), ("user", "x"))
     assert convs.floor(both) == Floor("frontier", 10)  # the highest rung of the conversation
     assert Conversations(0).floor(follow) is None
+
+
+def test_the_conversation_map_is_per_caller_and_explain_leaves_it_as_it_was() -> None:
+    convs = Conversations(2)
+    convs.remember("Old answer.", "frontier", 10, caller="key:a")
+    convs.remember("Newer answer.", "mid", 1, caller="key:a")
+    old = req(("assistant", "Old answer."), ("user", "x"))
+    assert convs.floor(old, "key:b") is None  # another caller's same text is not its conversation
+    assert convs.floor(old) is None
+    assert convs.floor(old, "key:a", touch=False) == Floor("frontier", 10)
+    convs.remember("Third.", "small", 0, caller="key:a")  # the read above did not refresh "Old answer."
+    assert convs.floor(old, "key:a") is None
+    newer = req(("assistant", "Newer answer."), ("user", "x"))
+    assert convs.floor(newer, "key:a") == Floor("mid", 1)  # a serving read does refresh it
+    convs.remember("Fourth.", "small", 0, caller="key:a")
+    assert convs.floor(newer, "key:a") == Floor("mid", 1)
 
 
 # -- agreement -----------------------------------------------------------------------------------------

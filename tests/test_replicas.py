@@ -278,3 +278,52 @@ def test_a_conversation_stays_up_across_replicas(
     finally:
         a.stop()
         b.stop()
+
+
+OTHER = "sk-client-other-9e4"
+
+
+def test_stickiness_is_per_caller(tmp_path: Path, provider: StandinProvider, redis_url: str) -> None:
+    """Another caller sending back the same answer is not routed by it (it cannot probe whether a text
+    was someone else's answer), on the replica that remembers it and through the shared store; and
+    `explain` shows each caller only its own conversations."""
+    redis.Redis.from_url(redis_url).flushdb()
+    cheap = remote_rung(provider.base_url, KEY_ENV, name="cheap", tier=1, max_retries=0)
+    models = [cheap, remote_rung(provider.base_url, KEY_ENV, max_retries=0)]
+    keys = [{"name": "open", "sha256": sha(OPEN)}, {"name": "other", "sha256": sha(OTHER)}]
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(conftest.config_text(models=models, keys=keys) + f'\n[state]\nurl = "{redis_url}"\n')
+    a, b = replica(cfg, "gw-a"), replica(cfg, "gw-b")
+    try:
+        mine, theirs = {"authorization": f"Bearer {OPEN}"}, {"authorization": f"Bearer {OTHER}"}
+        first = [{"role": "user", "content": "Plan the migration."}]
+        pinned = {"model": conftest.REMOTE_RUNG, "messages": first}
+        r = httpx.post(a.url + "/v1/chat/completions", json=pinned, headers=mine, timeout=60)
+        assert r.status_code == 200 and r.headers["x-localroute-model"] == conftest.REMOTE_RUNG
+        answer = r.json()["choices"][0]["message"]["content"]
+        follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
+
+        def route(url: str, headers: dict[str, str]) -> tuple[str, str]:
+            got = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": follow},
+                             headers=headers, timeout=60)  # fmt: skip
+            assert got.status_code == 200
+            return got.headers["x-localroute-model"], got.headers["x-localroute-route"]
+
+        def sticky(url: str, headers: dict[str, str]) -> object:
+            got = httpx.post(url + "/v1/route/explain", json={"model": "auto", "messages": follow},
+                             headers=headers, timeout=60)  # fmt: skip
+            assert got.status_code == 200
+            return got.json()["sticky"]
+
+        # The owner's follow-up stays up on both replicas (b through the store, once a's write landed)...
+        assert route(a.url, mine) == (conftest.REMOTE_RUNG, "policy:sticky")
+        assert wait_until(lambda: route(b.url, mine) == (conftest.REMOTE_RUNG, "policy:sticky"), timeout=30)
+        assert sticky(a.url, mine) == conftest.REMOTE_RUNG
+        # ...the same messages from another key are routed as a fresh conversation, on either replica.
+        for url in (a.url, b.url):
+            model, how = route(url, theirs)
+            assert (model, how != "policy:sticky") == ("cheap", True)
+            assert sticky(url, theirs) is None
+    finally:
+        a.stop()
+        b.stop()

@@ -32,7 +32,7 @@ from localroute.gateway.body import read_body
 from localroute.gateway.budget import Billing
 from localroute.gateway.learn import Learning
 from localroute.gateway.record import Recorder
-from localroute.gateway.security import matched_key
+from localroute.gateway.security import caller_of, matched_key
 from localroute.host.lifecycle import Placement
 from localroute.observe import tracing
 from localroute.observe.feedback import Featurize
@@ -203,6 +203,7 @@ class Gateway:
         )  # fmt: skip
         self.learning.preempt()
         key = matched_key(request.scope)
+        caller = caller_of(request.scope)  # stickiness is per caller, as the rate limit is
         attempts: list[Attempt] = []  # the rungs tried, for the audit record even on failure
         late = DeadlineExceededError(f"The request did not finish within {limit:g} s.")
         try:
@@ -210,9 +211,13 @@ class Gateway:
             try:
                 async with asyncio.timeout_at(deadline):
                     if not req.stream:
-                        result, trace = await self.router.complete(req, hints, privacy, attempts, deadline)
+                        result, trace = await self.router.complete(
+                            req, hints, privacy, attempts, deadline, caller
+                        )
                     else:
-                        chunks, trace = await self.router.stream(req, hints, privacy, attempts, deadline)
+                        chunks, trace = await self.router.stream(
+                            req, hints, privacy, attempts, deadline, caller
+                        )
             except TimeoutError:
                 raise late from None
             if not req.stream:
@@ -223,7 +228,7 @@ class Gateway:
                     rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
                 )
                 await self.billing.charge(key, rec["cost_usd"])  # before the answer: the next request sees it
-                self.learning.answered(rid, req, trace, privacy, answer)
+                self.learning.answered(rid, req, trace, privacy, answer, caller)
                 return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
             rec = self.recorder.record(
@@ -286,7 +291,7 @@ class Gateway:
                 )  # fmt: skip
                 self.billing.charge_soon(key, rec["cost_usd"])
                 if status == 200:
-                    self.learning.answered(rid, req, trace, privacy, "".join(parts))
+                    self.learning.answered(rid, req, trace, privacy, "".join(parts), caller)
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -317,7 +322,10 @@ class Gateway:
         """The decision serving would make, privacy class included (classified as serving does)."""
         req = parse_chat_request(await self.receive(request, self.deadline()))
         privacy = self.classify(request, req)
-        decision = self.router.decide(req, parse_hints(request.headers), privacy.private)
+        # Read-only: no prefetch from the shared store and no LRU reordering (an explain must not
+        # change what serving later remembers); the caller's own conversations only.
+        caller = caller_of(request.scope)
+        decision = self.router.decide(req, parse_hints(request.headers), privacy.private, caller, touch=False)
         return JSONResponse(explanation(self.config, decision, privacy))
 
     async def feedback(self, request: Request) -> Response:

@@ -38,6 +38,7 @@ from localroute.state.feedback import SharedFeedback
 log = logging.getLogger("localroute")
 # A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
 SHADOW_PROMPT_TOKENS = 512
+CALIBRATE_NEWEST = 20_000  # labelled rows calibration reads at startup, newest first
 MAX_PENDING = 2048  # store calls queued for the writer thread before new rows are dropped
 DRAIN_S = 2.0  # with [state] url: how often labels queued here by other replicas are applied
 OUTCOMES: frozenset[str] = frozenset({"good", "bad", "strong_needed", "score"})
@@ -71,9 +72,8 @@ class Learning:
             (m for m in config.ladder() if m.engine in LOCAL_ENGINES), None
         )
         if self.store is not None:  # each local model's own threshold, once it has enough feedback
-            fitted = calibrate(
-                self.store.labelled(), self.cfg.calibrate_min_rows, self.cfg.calibrate_escalate_above
-            )
+            rows = self.store.judged(CALIBRATE_NEWEST)  # bounded: startup stays fast with a large store
+            fitted = calibrate(rows, self.cfg.calibrate_min_rows, self.cfg.calibrate_escalate_above)
             router.thresholds = {m: (c.signal, c.cutoff) for m, c in fitted.items()}
             for c in fitted.values():
                 log.info("calibrated %s: escalate when %s < %.3f (%d rows, AUROC %.3f)",
@@ -113,12 +113,18 @@ class Learning:
             t.cancel()
 
     def answered(
-        self, rid: str, req: ChatCompletionRequest, trace: Trace, privacy: Privacy, answer: str | None
+        self,
+        rid: str,
+        req: ChatCompletionRequest,
+        trace: Trace,
+        privacy: Privacy,
+        answer: str | None,
+        caller: str = "",
     ) -> None:
-        """Called once per request served with a 200: remember it, and maybe shadow it."""
+        """Called once per request served with a 200: remember it (for this caller), and maybe shadow it."""
         if not trace.model:
             return
-        self.router.conversations.remember(answer, trace.model, trace.tier)
+        self.router.conversations.remember(answer, trace.model, trace.tier, caller)
         if self.store is None:
             return
         model = self.config.model(trace.model)

@@ -97,6 +97,16 @@ def matched_key(scope: Scope) -> APIKey | None:
     return key if isinstance(key, APIKey) else None
 
 
+def caller_of(scope: Scope) -> str:
+    """Who is calling, as the rate limiter counts them: the API key's name, else the client address.
+    Per-caller state (rate limits, conversation stickiness) is keyed by it."""
+    key = matched_key(scope)
+    if key is not None:
+        return f"key:{key.name}"
+    client = scope.get("client") or ("unknown", 0)
+    return f"addr:{client[0]}"
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope.get("headers") or ():
         if k.lower() == name:
@@ -151,9 +161,7 @@ class Guard:
         key = matched_key(scope)
         rpm = key.requests_per_minute if key is not None and key.requests_per_minute else self.default_rpm
         if rpm is not None and not self._public(path):
-            client = scope.get("client") or ("unknown", 0)
-            caller = f"key:{key.name}" if key is not None else f"addr:{client[0]}"
-            wait = await self.limiter.take(caller, rpm)
+            wait = await self.limiter.take(caller_of(scope), rpm)
             if wait > 0:
                 return RateLimitError(
                     f"Rate limit of {rpm} requests per minute reached; retry after the delay given.",

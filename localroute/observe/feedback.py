@@ -192,5 +192,23 @@ class FeedbackStore:
                 float(score),
             )
 
+    def judged(self, newest: int) -> list[Labelled]:
+        """What calibration reads, kept cheap at startup however large the store: the newest `newest`
+        labelled rows a local rung judged, oldest first, with their signals and without their
+        features (no features JSON is parsed; `features` is empty)."""
+        rows = self._db.execute(
+            "SELECT label, shadow, rung, tier, ts, signals, judged, score FROM requests"
+            " WHERE (label IS NOT NULL OR shadow IS NOT NULL) AND judged IS NOT NULL"
+            " ORDER BY ts DESC LIMIT ?",
+            (max(newest, 0),),
+        ).fetchall()
+        out = [
+            Labelled({}, float(label if label is not None else shadow), rung, int(tier), float(ts),
+                     "client" if label is not None else "shadow", json.loads(signals), judged, float(score))
+            for label, shadow, rung, tier, ts, signals, judged, score in rows
+        ]  # fmt: skip
+        out.reverse()
+        return out
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM requests").fetchone()[0])

@@ -47,8 +47,13 @@ def fit(
     l2_dense: float = L2_DENSE,
     l2_hashed: float = L2_HASHED,
     steps: int = STEPS,
+    groups: Sequence[str] | None = None,
 ) -> Linear:
-    """Fit on rows labelled 1 (needs the stronger model) or 0. Deterministic (full-batch Adam)."""
+    """Fit on rows labelled 1 (needs the stronger model) or 0. Deterministic (full-batch Adam).
+
+    With `groups`, each group gets its own intercept during the fit (dropped from the model: the bias
+    becomes their weighted mean): the features then learn what is hard *within* a group, not which
+    groups are hard, which is what transfers to a group never seen."""
     np = _numpy()
     if len(rows) != len(labels) or not rows:
         raise ValueError("rows and labels must be non-empty and of equal length")
@@ -74,11 +79,17 @@ def fit(
     mu, sd = xd.mean(0), xd.std(0)
     sd[sd < 1e-9] = 1.0
     z = (xd - mu) / sd
+    names = sorted(set(groups)) if groups is not None else []
+    if groups is not None:
+        gcol = {g: i for i, g in enumerate(names)}
+        onehot = np.zeros((n, len(names)))
+        onehot[np.arange(n), [gcol[g] for g in groups]] = 1.0
+        z = np.hstack([z, onehot])
     y = np.asarray(labels, dtype=float)
     sw = np.ones(n) if sample_weights is None else np.asarray(sample_weights, dtype=float)
     sw = sw / sw.sum()
     p0 = float(np.clip((y * sw).sum(), 1e-3, 1 - 1e-3))
-    theta = [np.array([np.log(p0 / (1 - p0))]), np.zeros(len(dense)), np.zeros(len(hashed))]
+    theta = [np.array([np.log(p0 / (1 - p0))]), np.zeros(z.shape[1]), np.zeros(len(hashed))]
     m = [np.zeros_like(t) for t in theta]
     v2 = [np.zeros_like(t) for t in theta]
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -97,6 +108,10 @@ def fit(
             mhat, vhat = m[j] / (1 - b1**t), v2[j] / (1 - b2**t)
             theta[j] = theta[j] - LEARNING_RATE * mhat / (np.sqrt(vhat) + eps)
     b, wd, wh = theta
+    if names:
+        share = np.bincount([gcol[g] for g in groups or ()], weights=sw, minlength=len(names))
+        b = b + float((wd[len(dense) :] * share).sum())
+        wd = wd[: len(dense)]
     raw = wd / sd
     weights = {k: float(w) for k, w in zip(dense, raw, strict=True)}
     weights.update({k: float(w) for k, w in zip(hashed, wh, strict=True) if abs(w) > 1e-6})

@@ -77,10 +77,12 @@ class Router:
                 cold[n] = Cold(brief.load_seconds)
         return unavailable, cold
 
-    def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False) -> Decision:
-        """The policy's decision; for a private request remote rungs do not exist."""
+    def decide(self, req: ChatCompletionRequest, hints: Hints = NO_HINTS, private: bool = False,
+               caller: str = "", touch: bool = True) -> Decision:  # fmt: skip
+        """The policy's decision; for a private request remote rungs do not exist. `caller` keys the
+        conversation stickiness; `touch=False` (explain) leaves its map as it was."""
         unavailable, cold = self._rungs()
-        floor = self.conversations.floor(req) if req.model == "auto" else None
+        floor = self.conversations.floor(req, caller, touch) if req.model == "auto" else None
         return decide(self.config, self.policy, req, hints, private, unavailable, cold, floor)
 
     def _chain(self, d: Decision, req: ChatCompletionRequest, private: bool) -> list[ModelConfig]:
@@ -158,13 +160,14 @@ class Router:
         privacy: Privacy | None = None,
         attempts: list[Attempt] | None = None,
         deadline: float | None = None,
+        caller: str = "",
     ) -> tuple[ChatCompletion, Trace]:
         """Serve `req`. Every rung tried is appended to `attempts` too: the caller's record of them
         when this raises (the audit log lists the rungs a failed request tried)."""
         private = privacy is not None and privacy.private
         if req.model == "auto":
-            await self.conversations.prefetch(req)  # what other replicas answered in it ([state] url)
-        d = self.decide(req, hints, private)
+            await self.conversations.prefetch(req, caller)  # what other replicas answered ([state] url)
+        d = self.decide(req, hints, private, caller)
         trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
         contract = has_contract(req)
@@ -246,14 +249,15 @@ class Router:
         privacy: Privacy | None = None,
         attempts: list[Attempt] | None = None,
         deadline: float | None = None,
+        caller: str = "",
     ) -> tuple[Chunks, Trace]:
         """Open a stream on the first rung that commits. Judgement and fallback happen before the
         first byte reaches the client; after that the rung is committed and chunks flow through.
         `attempts` as for `complete`."""
         private = privacy is not None and privacy.private
         if req.model == "auto":
-            await self.conversations.prefetch(req)  # what other replicas answered in it ([state] url)
-        d = self.decide(req, hints, private)
+            await self.conversations.prefetch(req, caller)  # what other replicas answered ([state] url)
+        d = self.decide(req, hints, private, caller)
         trace = Trace(d, d.route, attempts=[] if attempts is None else attempts)
         chain = self._chain(d, req, private)
         held: _Held | None = None

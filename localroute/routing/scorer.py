@@ -5,9 +5,10 @@ file whose digest does not match, made by another recipe (other word table, sign
 matching the operator's pin (`[routing] scorer_sha256`) is refused with a ConfigError at startup.
 
 Scoring is fast because every word's share of the logit depends on the word alone: the embedding part
-is folded into one number per word of the table at load time (vector . weights), the hashed part is
-summed once per distinct word and cached. A request then costs the keyword scan the heuristic does
-plus one dict look-up per word of the bounded window.
+is folded into one number per word of the table at load time (vector . weights), and a word's whole
+share (that plus its hashed n-grams' weights) is summed once per distinct word and cached. A request
+then costs one split of the bounded window and one `sum(map(dict.get))` over its words, in C; no
+keyword scan (recipe 2, features.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from localroute.routing.features import Featuriser, Turn, VectorsError, word_buc
 
 FORMAT = "localroute-scorer"
 DEFAULT_ARTIFACT = Path(__file__).parent / "data" / "scorer.json"
-WORD_CACHE = 200_000  # distinct words whose hashed share is remembered; beyond it, recomputed
+WORD_CACHE = 200_000  # distinct words whose share is remembered; beyond it, recomputed
 
 
 @dataclass(frozen=True)
@@ -114,49 +114,41 @@ class LearnedScorer:
         self._hashed = {int(k[1:]): v for k, v in w.items() if k.startswith("h")}
         emb = [w.get(f"e{i}", 0.0) for i in range(self.featuriser.vectors.dims)]
         self._emb = self.featuriser.vectors.dot_all(emb) if any(emb) else {}
-        self._known = dict.fromkeys(self.featuriser.vectors.index, 1)
-        # A word's hashed share is summed when first seen (up to WORD_CACHE words), not all at load:
-        # startup stays under a second.
+        self._w_len, self._w_depth = self._dense.get("len", 0.0), self._dense.get("depth", 0.0)
+        # A word's share (folded vector + hashed n-grams) is summed when first seen (up to WORD_CACHE
+        # words), not all at load: startup stays under a second.
         self._word_cache: dict[str, float] = {}
         self._limit = WORD_CACHE
 
-    def _hashed_sum(self, word: str) -> float:
-        h = self._hashed
-        return math.fsum(h.get(b, 0.0) for b in word_buckets(word))
-
-    def _hashed_share(self, word: str) -> float:
+    def _share(self, word: str) -> float:
         s = self._word_cache.get(word)
         if s is None:
-            s = self._hashed_sum(word)
+            h = self._hashed
+            s = self._emb.get(word, 0.0) + math.fsum(h.get(b, 0.0) for b in word_buckets(word))
             if len(self._word_cache) < self._limit:
                 self._word_cache[word] = s
         return s
 
-    def logit_parts(self, turns: Sequence[Turn]) -> tuple[dict[str, float], float, float]:
-        """(dense feature contributions, embedding share, n-gram share) of the logit."""
+    def logit_parts(self, turns: Sequence[Turn]) -> tuple[float, float, float]:
+        """(length share, depth share, words' share) of the logit, bias aside."""
         dense, text = self.featuriser.dense(turns)
-        d = self._dense
-        parts = {k: d.get(k, 0.0) * v for k, v in dense.items()}
         ws = words(text)
         if not ws:
-            return parts, 0.0, 0.0
-        # map() with dict.get runs in C: three passes over ~200 words cost less than one Python loop.
-        found = sum(map(self._known.get, ws, repeat(0)))
-        emb = sum(map(self._emb.get, ws, repeat(0.0))) / found if found and self._emb else 0.0
-        shares = list(map(self._word_cache.get, ws))
-        if None in shares:
-            shares = [self._hashed_share(w) if x is None else x for x, w in zip(shares, ws, strict=True)]
-        return parts, emb, sum(shares) / len(ws)  # type: ignore[arg-type]
+            return self._w_len * dense["len"], self._w_depth * dense["depth"], 0.0
+        total: float
+        try:  # every word seen before: one pass in C
+            total = sum(map(self._word_cache.get, ws))  # type: ignore[arg-type]
+        except TypeError:  # a new word (None): fold it in, then it is cached
+            total = sum([self._share(w) for w in ws])
+        return self._w_len * dense["len"], self._w_depth * dense["depth"], total / len(ws)
 
     def score(self, turns: Sequence[Turn]) -> Scored:
-        parts, emb, hashed = self.logit_parts(turns)
-        z = self.bias + sum(parts.values()) + emb + hashed
+        length, depth, share = self.logit_parts(turns)
+        z = self.bias + length + depth + share
         p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
-        sig = sum(v for k, v in parts.items() if k.startswith("s:"))
         reasons = (
             f"learned scorer {self.sha256[:12]}: logit {z:+.2f}",
-            f"learned: length {parts.get('len', 0.0):+.2f}, depth {parts.get('depth', 0.0):+.2f}, "
-            f"keywords {sig:+.2f}, embedding {emb:+.2f}, n-grams {hashed:+.2f}, bias {self.bias:+.2f}",
+            f"learned: length {length:+.2f}, depth {depth:+.2f}, words {share:+.2f}, bias {self.bias:+.2f}",
         )
         return Scored(p, reasons)
 

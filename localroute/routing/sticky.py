@@ -3,6 +3,10 @@ answer's text, so that a follow-up carrying that answer back is not sent to a lo
 
 Stateless on the client's side (no conversation id): the conversation is recognised by its own earlier
 assistant messages. The map is bounded (least recently used out) and holds digests, never text.
+
+Each digest is keyed by the caller (API key name, else client address: what the rate limiter counts),
+so one caller cannot learn whether a text was another caller's answer by sending it back and watching
+the route; `explain` reads the map without touching its recency (`touch=False`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from localroute.state.limits import SharedConversations
 DIGEST_BYTES = 16
 
 
-def digest(text: str) -> bytes:
-    """The answer's identity: whitespace-normalised, so a client's re-indentation does not lose it."""
-    return hashlib.sha256(" ".join(text.split()).encode("utf-8", "surrogatepass")).digest()[:DIGEST_BYTES]
+def digest(text: str, caller: str = "") -> bytes:
+    """The answer's identity for one caller: whitespace-normalised, so a client's re-indentation does
+    not lose it; the caller's name is hashed in, so another caller's same text is another key."""
+    h = hashlib.sha256(caller.encode("utf-8", "surrogatepass") + b"\0")
+    h.update(" ".join(text.split()).encode("utf-8", "surrogatepass"))
+    return h.digest()[:DIGEST_BYTES]
 
 
 class Conversations:
@@ -34,10 +41,10 @@ class Conversations:
     def __len__(self) -> int:
         return len(self._map)
 
-    def remember(self, answer: str | None, model: str, tier: int) -> None:
+    def remember(self, answer: str | None, model: str, tier: int, caller: str = "") -> None:
         if self.size <= 0 or not answer or not answer.strip():
             return
-        key = digest(answer)
+        key = digest(answer, caller)
         self._keep(key, Floor(model, tier))
         if self.shared is not None:
             self.shared.put(key, tier, model)
@@ -48,18 +55,19 @@ class Conversations:
         while len(self._map) > self.size:
             self._map.popitem(last=False)
 
-    async def prefetch(self, req: ChatCompletionRequest) -> None:
+    async def prefetch(self, req: ChatCompletionRequest, caller: str = "") -> None:
         """Bring in what other replicas remember of this conversation's earlier answers (one MGET),
         so that the pure `floor` sees it. Nothing without a shared store or earlier answers."""
         if self.shared is None or self.size <= 0:
             return
-        keys = [digest(t) for m in req.messages if m.role == "assistant" and (t := m.text()).strip()]
+        keys = [digest(t, caller) for m in req.messages if m.role == "assistant" and (t := m.text()).strip()]
         missing = [k for k in dict.fromkeys(keys) if k not in self._map]
         for key, (tier, model) in (await self.shared.get_many(missing)).items():
             self._keep(key, Floor(model, tier))
 
-    def floor(self, req: ChatCompletionRequest) -> Floor | None:
-        """The highest rung that answered any earlier assistant turn of `req`, if remembered."""
+    def floor(self, req: ChatCompletionRequest, caller: str = "", touch: bool = True) -> Floor | None:
+        """The highest rung that answered any earlier assistant turn of `req` for this caller, if
+        remembered. `touch=False` (explain) leaves the map's recency as it was."""
         if self.size <= 0:
             return None
         best: Floor | None = None
@@ -69,11 +77,12 @@ class Conversations:
             text = m.text()
             if not text.strip():
                 continue
-            key = digest(text)
+            key = digest(text, caller)
             found = self._map.get(key)
             if found is None:
                 continue
-            self._map.move_to_end(key)
+            if touch:
+                self._map.move_to_end(key)
             if best is None or found.tier > best.tier:
                 best = found
         return best

@@ -8,10 +8,13 @@ import math
 from collections.abc import Callable
 
 from localroute.protocol.chat import ChatCompletionRequest
-from localroute.routing.features import Featuriser, Turn
+from localroute.routing.features import RECIPE_VERSION, Featuriser, Turn
 from localroute.routing.policy import Policy
 
 RECIPE = "heuristic-1"
+RECIPE_KEY = (
+    "recipe"  # stored with the learned recipe's features: its version (rows of another are not fitted)
+)
 
 
 def heuristic_featurizer(policy: Policy) -> Callable[[ChatCompletionRequest], dict[str, float]]:
@@ -41,6 +44,9 @@ def recipe_featurizer(
     f = featuriser or Featuriser()
 
     def featurize(req: ChatCompletionRequest) -> dict[str, float]:
-        return f.featurise([Turn(m.role, m.text()) for m in req.messages])
+        return {
+            **f.featurise([Turn(m.role, m.text()) for m in req.messages]),
+            RECIPE_KEY: float(RECIPE_VERSION),
+        }
 
     return featurize

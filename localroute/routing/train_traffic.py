@@ -20,8 +20,9 @@ from typing import TextIO
 from localroute.config.schema import Config
 from localroute.observe.feedback import FeedbackStore, Labelled
 from localroute.routing.evaluate import apgr, pgr_curve, quality_curve
-from localroute.routing.features import Featuriser
+from localroute.routing.features import RECIPE_VERSION, Featuriser
 from localroute.routing.fit import fit
+from localroute.routing.traffic_features import RECIPE_KEY
 from localroute.routing.train_cmd import write_artifact
 
 MIN_ROWS = 20  # fewer labelled requests than this (or one class only): nothing worth fitting
@@ -54,7 +55,8 @@ def run_from_traffic(
     finally:
         store.close()
     featuriser = Featuriser()
-    rows: list[Labelled] = [r for r in every if "len" in r.features]  # the learned recipe's rows
+    # The learned recipe's rows, of this version (another version's features mean other things).
+    rows: list[Labelled] = [r for r in every if r.features.get(RECIPE_KEY) == RECIPE_VERSION]
     skipped = len(every) - len(rows)
     y = [int(r.label >= 0.5) for r in rows]
     if len(rows) < MIN_ROWS or len(set(y)) < 2:
@@ -67,7 +69,9 @@ def run_from_traffic(
         print("localroute: the older rows, or the newest ones held back, have one outcome only: "
               "more labelled requests of both kinds are needed", file=sys.stderr)  # fmt: skip
         return 2
-    model = fit([r.features for r in train], y[:cut], [1.0] * cut)
+    model = fit(
+        [{k: v for k, v in r.features.items() if k != RECIPE_KEY} for r in train], y[:cut], [1.0] * cut
+    )
     weak_right = [r.label < 0.5 for r in held]
     figures = {
         "fitted": _apgr([model.logit(r.features) for r in held], weak_right),
