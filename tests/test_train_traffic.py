@@ -34,7 +34,7 @@ def test_feedback_then_train_from_traffic_then_serve_with_it(tmp_path: Path) -> 
         assert too_few.returncode == 2 and "labelled requests" in too_few.stderr, too_few.stderr
         for i in range(32):
             hard = i % 2 == 1  # long, worded like a proof: the client says the stronger model was needed
-            content = FILLER * 12 if hard else "Say hi."
+            content = FILLER * 4 if hard else "Say hi."  # ~100 tokens, quick to read
             body = {
                 "model": DEFAULT_MODEL,
                 "max_tokens": 1,
