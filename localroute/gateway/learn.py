@@ -85,6 +85,13 @@ class Learning:
         """Wait for every store call queued so far (tests; the writer runs them in order)."""
         self._writer.submit(lambda: None).result()
 
+    @staticmethod
+    def _commit(store: FeedbackStore) -> None:
+        try:
+            store.commit()
+        except Exception as exc:  # busy (another worker holds the file): the next commit takes these too
+            log.warning("feedback store commit failed: %s", exc.__class__.__name__)
+
     def _write(self, call: Callable[[], Any]) -> Future[Any] | None:
         """Queue a store call on the writer thread; None when the backlog is full (dropped)."""
         with self._pending_lock:
@@ -99,6 +106,9 @@ class Learning:
             finally:
                 with self._pending_lock:
                     self._pending -= 1
+                    drained = self._pending == 0
+                if drained and self.store is not None:  # the queue ran dry: the batch goes to disk
+                    self._commit(self.store)
 
         return self._writer.submit(run)
 
