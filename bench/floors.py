@@ -109,14 +109,16 @@ def floors_table(seconds: float, clients: int, audit: bool = True) -> str:
                 finally:
                     child.stop()
                 rows.append(f"| {kind} | {rps:.0f} | {cpu:.0f} | {errors} |")
-            lr = servers.start_localroute(mock.port, work, audit=audit)
-            try:
-                rps, cpu, errors = measure(lr.port, lr.proc.pid, clients, seconds)
-            finally:
-                lr.stop()
-            rows.append(
-                f"| localroute (audit {'on' if audit else 'off'}) | {rps:.0f} | {cpu:.0f} | {errors} |"
-            )
+            for feedback in (True, False):  # the second prices the feedback store (on by default)
+                side = work / f"localroute-{feedback}"
+                side.mkdir()
+                lr = servers.start_localroute(mock.port, side, audit=audit, feedback=feedback)
+                try:
+                    rps, cpu, errors = measure(lr.port, lr.proc.pid, clients, seconds)
+                finally:
+                    lr.stop()
+                what = f"audit {'on' if audit else 'off'}, feedback store {'on' if feedback else 'off'}"
+                rows.append(f"| localroute ({what}) | {rps:.0f} | {cpu:.0f} | {errors} |")
         finally:
             mock.stop()
     return "\n".join(rows)

@@ -90,9 +90,10 @@ def start_mock(workdir: Path, latency_ms: float = 0.0, gap_ms: float = 0.0) -> C
     return child
 
 
-def localroute_config(mock_port: int, workdir: Path, audit: bool) -> str:
+def localroute_config(mock_port: int, workdir: Path, audit: bool, feedback: bool = True) -> str:
     """One remote rung pointed at the mock; public by default so the request may leave; the audit
-    log (on by default in localroute) written under `workdir`."""
+    log and the feedback store (both on by default in localroute) written under `workdir`."""
+    store = "" if feedback else "\n[feedback]\nenabled = false\n"
     return f"""\
 [[models]]
 name = "{MODEL}"
@@ -106,16 +107,20 @@ api_key_env = "{KEY_ENV}"
 default = "public"
 audit_enabled = {str(audit).lower()}
 audit_path = "{workdir / "audit.jsonl"}"
-"""
+{store}"""
 
 
 def start_localroute(
-    mock_port: int, workdir: Path, audit: bool = True, prefix: list[str] | None = None
+    mock_port: int,
+    workdir: Path,
+    audit: bool = True,
+    prefix: list[str] | None = None,
+    feedback: bool = True,
 ) -> Child:
     """`localroute serve` in front of the mock; `prefix` replaces the `localroute` executable (a
     wrapper that runs `localroute.cli.main` with the remaining arguments)."""
     cfg = workdir / "models.toml"
-    cfg.write_text(localroute_config(mock_port, workdir, audit), encoding="utf-8")
+    cfg.write_text(localroute_config(mock_port, workdir, audit, feedback), encoding="utf-8")
     port = free_port()
     exe = prefix or [str(Path(sys.executable).with_name("localroute"))]
     cmd = [*exe, "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import shutil
 import tempfile
@@ -156,8 +157,12 @@ def create_app(
                         await rungs[m.name].start()
                     except APIError as exc:
                         log.warning("model %s not started: %s", m.name, exc.message)
+            # What startup built lives until shutdown: out of the collector's sight, so that full
+            # collections under load stop walking it (docs/bench-overhead.md); given back at shutdown.
+            gc.freeze()
             yield {"gateway": gateway}  # Starlette copies it into each request's state
         finally:
+            gc.unfreeze()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

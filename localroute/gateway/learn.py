@@ -39,9 +39,14 @@ log = logging.getLogger("localroute")
 # A shadow run's prompt evaluation cannot be interrupted; a longer prompt is not shadowed (~1 s of CPU).
 SHADOW_PROMPT_TOKENS = 512
 CALIBRATE_NEWEST = 20_000  # labelled rows calibration reads at startup, newest first
-MAX_PENDING = 2048  # store calls queued for the writer thread before new rows are dropped
+MAX_PENDING = 2048  # store calls (rows) queued for the writer thread before new rows are dropped
 DRAIN_S = 2.0  # with [state] url: how often labels queued here by other replicas are applied
 OUTCOMES: frozenset[str] = frozenset({"good", "bad", "strong_needed", "score"})
+# Rows of answered requests wait on the loop this long (or until ROWS_PER_HOP are waiting) and go to
+# the writer thread together: one thread hop and one transaction per batch, not per request, which
+# cost more gateway CPU than the rows themselves (docs/bench-overhead.md).
+BATCH_S = 0.25
+ROWS_PER_HOP = 64
 
 
 class Learning:
@@ -66,6 +71,8 @@ class Learning:
         # dropped (a row lost to learning, never a request delayed).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="localroute-feedback")
         self._pending = 0
+        self._rows: list[Callable[[], None]] = []  # rows waiting on the loop for the next hop
+        self._timer: asyncio.TimerHandle | None = None
         self._pending_lock = threading.Lock()  # counted on the loop, discounted on the writer
         self._random = random.Random()
         self.cheapest: ModelConfig | None = next(
@@ -82,28 +89,70 @@ class Learning:
     def close(self) -> None:
         for t in self.shadows:
             t.cancel()
+        self._hop()  # rows still waiting go to disk before the writer stops
         self._writer.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
 
     def flush(self) -> None:
         """Wait for every store call queued so far (tests; the writer runs them in order)."""
+        self._hop()
         self._writer.submit(lambda: None).result()
 
-    def _write(self, call: Callable[[], Any]) -> Future[Any] | None:
-        """Queue a store call on the writer thread; None when the backlog is full (dropped)."""
+    @staticmethod
+    def _commit(store: FeedbackStore) -> None:
+        try:
+            store.commit()
+        except Exception as exc:  # busy (another worker holds the file): the next commit takes these too
+            log.warning("feedback store commit failed: %s", exc.__class__.__name__)
+
+    def _row(self, call: Callable[[], None]) -> None:
+        """Queue an answered request's row for the next batch (dropped when the backlog is full)."""
         with self._pending_lock:
-            if self._pending >= MAX_PENDING:
+            if self._pending + len(self._rows) >= MAX_PENDING:
+                log.warning("feedback store backlog full: a row is dropped")
+                return
+        self._rows.append(call)
+        if len(self._rows) >= ROWS_PER_HOP:
+            self._hop()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(BATCH_S, self._hop)
+
+    def _hop(self) -> None:
+        """Hand the waiting rows to the writer thread, as one call."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows, self._rows = self._rows, []
+        if not rows:
+            return
+
+        def run_all() -> None:
+            for row in rows:
+                row()
+
+        self._write(run_all, len(rows), force=True)
+
+    def _write(self, call: Callable[[], Any], rows: int = 1, force: bool = False) -> Future[Any] | None:
+        """Queue a store call on the writer thread, after the rows waiting (the writer keeps the order);
+        None when the backlog is full (dropped). `rows`: how many rows the call writes."""
+        if not force:
+            self._hop()
+        with self._pending_lock:
+            if self._pending >= MAX_PENDING and not force:
                 log.warning("feedback store backlog full: a row is dropped")
                 return None
-            self._pending += 1
+            self._pending += rows
 
         def run() -> Any:
             try:
                 return call()
             finally:
                 with self._pending_lock:
-                    self._pending -= 1
+                    self._pending -= rows
+                    drained = self._pending == 0
+                if drained and self.store is not None:  # the queue ran dry: the batch goes to disk
+                    self._commit(self.store)
 
         return self._writer.submit(run)
 
@@ -142,7 +191,7 @@ class Learning:
             except Exception as exc:  # the store must never fail a request that was answered
                 log.error("feedback store write failed: %s", exc.__class__.__name__)
 
-        self._write(remember)
+        self._row(remember)
         if self.shared is not None:
             self.shared.served(rid)
         short = d.estimated_tokens <= SHADOW_PROMPT_TOKENS

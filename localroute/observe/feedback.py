@@ -27,6 +27,9 @@ Outcome = Literal["good", "bad", "strong_needed", "score"]
 SCHEMA_VERSION = 1
 _HASHED = re.compile(r"h\d+$")  # the learned recipe's hashed word / n-gram buckets
 PRUNE_EVERY = 500  # inserts between two retention passes
+# Rows written in one transaction at most: a commit per row cost half the store's CPU per request, so
+# rows are committed when the writer's queue runs dry (`commit`) or after this many.
+BATCH_ROWS = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -106,9 +109,17 @@ class FeedbackStore:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._inserts = 0
+        self._uncommitted = 0
 
     def close(self) -> None:
+        self.commit()
         self._db.close()
+
+    def commit(self) -> None:
+        """Make the rows written so far durable (as `synchronous=NORMAL` makes anything durable)."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+        self._uncommitted = 0
 
     def remember(
         self,
@@ -126,13 +137,18 @@ class FeedbackStore:
         judged: str | None = None,
     ) -> None:
         """Keep one served request's decision and features (and its prompt, if opted in)."""
-        features = {k: float(v) for k, v in self.featurize(req).items() if math.isfinite(v)}
+        raw = self.featurize(req)
+        features = dict(zip(raw, map(float, raw.values()), strict=True))
+        if not all(map(math.isfinite, features.values())):  # rare: only then filtered key by key
+            features = {k: v for k, v in features.items() if math.isfinite(v)}
         if private:  # hashed word buckets can be reversed by a dictionary: a private prompt keeps none
             features = {k: v for k, v in features.items() if not _HASHED.match(k)}
         prompt = None
         if self.cfg.store_prompts:
             prompt = json.dumps([{"role": m.role, "content": m.text()} for m in req.messages])
         sig = {k: float(v) for k, v in (signals or {}).items() if math.isfinite(v)}
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
         self._db.execute(
             "INSERT OR REPLACE INTO requests (id, ts, rung, tier, local, decided, score, route, private,"
             " features, signals, judged, prompt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -140,8 +156,11 @@ class FeedbackStore:
              json.dumps(features), json.dumps(sig), judged, prompt),
         )  # fmt: skip
         self._inserts += 1
+        self._uncommitted += 1
         if self._inserts % PRUNE_EVERY == 1:
             self.prune()
+        if self._uncommitted >= BATCH_ROWS:
+            self.commit()
 
     def prune(self, now: float | None = None) -> None:
         """Drop rows past the retention age, then the oldest beyond `max_rows`."""
@@ -164,6 +183,7 @@ class FeedbackStore:
             "UPDATE requests SET outcome = ?, value = ?, label = ?, labelled_ts = ? WHERE id = ?",
             (outcome, value if outcome == "score" else None, label, time.time(), rid),
         )
+        self.commit()  # a client's label is on disk when its call is answered
         return label
 
     def shadow(self, rid: str, rung: str, agreement: float) -> None:

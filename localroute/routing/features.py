@@ -30,7 +30,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from operator import mul
+from operator import add, mul
 from pathlib import Path
 
 RECIPE_VERSION = 2
@@ -40,6 +40,9 @@ GRAM = 4
 CHARS_PER_TOKEN = 4.0
 MSG_OVERHEAD_TOKENS = 6
 MAX_DEPTH = 5
+# Dictionary words whose bucket keys and vector are kept between requests (featurise runs per request
+# for the feedback store). Only words of the public word table: a name, a code or a secret is never kept.
+WORD_CACHE = 20_000
 # Words are runs of [a-z0-9] after lower-casing: every other ASCII character separates; other characters
 # stay inside words (they rarely occur and then simply miss the word table). A translate and a split
 # are ~4x faster than a regex findall here.
@@ -129,6 +132,20 @@ class Featuriser:
 
     def __init__(self, vectors: WordVectors | None = None) -> None:
         self._vectors = vectors
+        self._known: dict[str, tuple[tuple[str, ...], list[float]]] = {}
+
+    def _word(self, w: str) -> tuple[tuple[str, ...], list[float] | None]:
+        """A word's bucket keys and its vector (None: not in the table), from the cache if known."""
+        hit = self._known.get(w)
+        if hit is not None:
+            return hit
+        keys = tuple(f"h{b}" for b in word_buckets(w))
+        v = self.vectors.vector(w)
+        if v is not None:
+            if len(self._known) >= WORD_CACHE:
+                self._known.clear()  # a bound, not an LRU: the common words come back at once
+            self._known[w] = (keys, v)
+        return keys, v
 
     @cached_property
     def vectors(self) -> WordVectors:
@@ -162,13 +179,12 @@ class Featuriser:
         sums = [0.0] * self.vectors.dims
         found = False
         for w in found_words:
-            for b in word_buckets(w):
-                key = f"h{b}"
+            keys, v = self._word(w)
+            for key in keys:
                 out[key] = out.get(key, 0.0) + inv
-            v = self.vectors.vector(w)
             if v is not None:
                 found = True
-                sums = [a + x for a, x in zip(sums, v, strict=True)]
+                sums = list(map(add, sums, v))  # the table's rows all have `dims` numbers
         if found:
             out.update({f"e{i}": s * inv for i, s in enumerate(sums)})
         return out

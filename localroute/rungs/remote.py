@@ -36,6 +36,7 @@ from localroute.protocol.completions import is_completion, wire_body
 from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 from localroute.rungs import lean_http
+from localroute.rungs.remote_send import Sender
 from localroute.rungs.transport_errors import Peer, transport_error
 
 log = logging.getLogger("localroute.remote")
@@ -101,6 +102,7 @@ class RemoteBackend:
         self._egress_guard = egress_guard
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._sender: Sender | None = None
         # Writes share the read limit; the pool waits as long as a connect may.
         self._timeout = httpx.Timeout(
             model.read_timeout_s, connect=model.connect_timeout_s, pool=model.connect_timeout_s
@@ -127,7 +129,7 @@ class RemoteBackend:
         self._http()
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._sender = self._client, None, None
         if client is not None:
             await client.aclose()
 
@@ -151,11 +153,12 @@ class RemoteBackend:
             },
         )
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self) -> Sender:
+        if self._sender is None:
             transport = self._transport or lean_http.default_transport()
             self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
-        return self._client
+            self._sender = Sender(self._client, transport, self._timeout, self._auth_headers())
+        return self._sender
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -238,16 +241,14 @@ class RemoteBackend:
 
     async def _send(self, out: dict[str, Any]) -> httpx.Response:
         """One network attempt; returns a 200 response whose body is not yet read."""
-        client = self._http()
-        headers = {"Accept": "text/event-stream" if out.get("stream") else "application/json"}
-        headers.update(self._auth_headers())
-        headers.update(tracing.outgoing())  # W3C trace context, for a public request only
+        sender = self._http()
         self._egress_guard(out)  # the last word before any byte leaves the machine
         url = self._completions_url if is_completion(out) else self._url
-        request = client.build_request("POST", url, json=out, headers=headers)
+        # W3C trace context, for a public request only
+        request = sender.request(url, out, tracing.outgoing())
         self.attempts += 1
         try:
-            resp = await client.send(request, stream=True)
+            resp = await sender.send(request)
         except RETRY_EXCEPTIONS as exc:
             raise _Retry(transport_error(exc, self.peer)) from None
         except httpx.HTTPError as exc:
