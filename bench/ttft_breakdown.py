@@ -29,15 +29,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from bench import servers
 from bench.common import append_result, median, pct
 from bench.local_sides import PROMPT, RawSide, free_port, http_client
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
+Mark = Callable[[str], object]
 STAGES = [  # (label, from, to)
     ("client → handler", "c_send", "g_in"),
     ("handler → engine request (parse, classify, route)", "g_in", "g_send"),
@@ -51,7 +54,22 @@ STAGES = [  # (label, from, to)
 ]
 
 
-def config_text(models_dir: Path, audit: Path) -> str:
+def config_text(models_dir: Path, audit: Path, mock_port: int = 0) -> str:
+    """SmolLM2 pinned; with `mock_port`, a remote rung above it on the loopback mock, for `auto`
+    requests that the cascade judges (public by default, so `auto` may escalate)."""
+    remote = (
+        f"""
+[[models]]
+name = "mock-1"
+engine = "remote"
+tier = 10
+base_url = "http://127.0.0.1:{mock_port}/v1"
+model = "mock-1"
+api_key_env = "{servers.KEY_ENV}"
+"""
+        if mock_port
+        else ""
+    )
     return f"""\
 [server]
 models_dir = "{models_dir}"
@@ -66,18 +84,24 @@ threads = 2
 preload = true
 source = {{ kind = "path", path = "{models_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"}" }}
 
+{remote}
 [privacy]
+default = "public"
 audit_path = "{audit}"
 """
 
 
-def marker(path: Path):  # type: ignore[no-untyped-def]
+def marker(path: Path) -> Mark:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     return lambda name: os.write(fd, f"{name} {time.monotonic():.6f}\n".encode())
 
 
-def gateway_run(client: httpx.Client, mark, max_tokens: int) -> float:  # type: ignore[no-untyped-def]
-    body = {"model": MODEL, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+def _nothing(name: str) -> object:
+    return None
+
+
+def gateway_run(client: httpx.Client, mark: Mark, max_tokens: int, model: str = MODEL) -> float:
+    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
     first = None
     mark("c_send")
     t0 = time.monotonic()
@@ -173,6 +197,22 @@ def render(names: list[str], stages: dict[str, list[dict[str, float]]], got: dic
     return head + "\n".join(lines)
 
 
+def render_cascade(
+    names: list[str], stages: dict[str, list[dict[str, float]]], got: dict[str, list[float]]
+) -> str:
+    """TTFT with the cascade judging (`auto`, a remote rung above) beside the pinned model's."""
+    out = [
+        "| tree | pinned TTFT ms | cascade TTFT ms | cascade's cost ms | worker's first token → client ms |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        pinned, cascade = median(got[n]) * 1e3, median(got[f"{n}+cascade"]) * 1e3
+        held = [(r["c_first"] - r["w_llama"]) * 1e3 for r in stages[f"{n}+cascade"] if "w_llama" in r]
+        hold = f"{median(held):.2f}" if held else "-"
+        out.append(f"| {n} | {pinned:.2f} | {cascade:.2f} | {cascade - pinned:+.2f} | {hold} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--ref", action="append", default=[], help="another tree's folder, measured alike")
@@ -187,8 +227,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lr-ttft-") as tmp:
         work = Path(os.environ.get("TTFT_KEEP") or tmp)
         cfg = work / "models.toml"
-        cfg.write_text(config_text(Path(args.models_dir), work / "audit.jsonl"))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        mock = servers.start_mock(work)
+        cfg.write_text(config_text(Path(args.models_dir), work / "audit.jsonl", mock.port))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", servers.KEY_ENV: "sk-bench-mock"}
         raw = RawSide(cfg, MODEL, {**env, "PYTHONPATH": str(ROOT)}, same_cache=True)
         gws: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
         try:
@@ -199,31 +240,39 @@ def main() -> None:
             clients = {n: http_client(p) for n, (_, p, _) in gws.items()}
             marks = {n: marker(m) for n, (_, _, m) in gws.items()}
             for n in gws:  # warm: the prompt's KV cache, the worker's threads
-                for _ in range(2):
-                    gateway_run(clients[n], lambda _name: None, args.max_tokens)
+                for model in (MODEL, MODEL, "auto"):
+                    gateway_run(clients[n], _nothing, args.max_tokens, model)
             for _ in range(2):
                 raw.run("stream", args.max_tokens)
             for _, _, m in gws.values():
                 m.write_text("")
-            sides = ["raw", *gws]
+            sides = ["raw", *gws, *(f"{n}+cascade" for n in gws)]
             got: dict[str, list[float]] = {s: [] for s in sides}
+            kinds: dict[str, list[str]] = {n: [] for n in gws}  # each gateway's requests, in order
             for rep in range(args.reps):
                 order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                 for s in order:
                     time.sleep(args.gap)
                     if s == "raw":
                         got[s].append(raw.run("stream", args.max_tokens)[0])
-                    else:
-                        got[s].append(gateway_run(clients[s], marks[s], args.max_tokens))
-            stages = {n: requests_of(m) for n, (_, _, m) in gws.items()}
+                        continue
+                    n, cascade = s.removesuffix("+cascade"), s.endswith("+cascade")
+                    kinds[n].append(s)
+                    model = "auto" if cascade else MODEL
+                    got[s].append(gateway_run(clients[n], marks[n], args.max_tokens, model))
+            stages: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
+            for n, (_, _, m) in gws.items():
+                for kind, stamps in zip(kinds[n], requests_of(m), strict=True):
+                    stages[kind].append(stamps)
         finally:
             raw.close()
+            mock.stop()
             for proc, _, _ in gws.values():
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(30)
     seconds, load1 = time.monotonic() - started, os.getloadavg()[0]
     names = list(gws)
-    table = render(names, stages, got)
+    table = render(names, stages, got) + "\n\n" + render_cascade(names, stages, got)
     notes = (
         "SmolLM2-135M Q4_1, n_ctx 2048, threads 2, cache_prompt on, model pinned (no cascade), "
         f"temperature 0, max_tokens {args.max_tokens}, {args.reps} repetitions of raw and each tree, "
