@@ -119,6 +119,12 @@ def gateway_run(client: httpx.Client, mark: Mark, max_tokens: int, model: str = 
     return first - t0
 
 
+def cpu_s(pid: int) -> float:
+    """The process's CPU time (user + system), in clock ticks turned into seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_ready(port: int, limit_s: float = 120.0) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -248,6 +254,7 @@ def main() -> None:
                 m.write_text("")
             sides = ["raw", *gws, *(f"{n}+cascade" for n in gws)]
             got: dict[str, list[float]] = {s: [] for s in sides}
+            cpu: dict[str, float] = {s: 0.0 for s in sides}  # the gateway process's CPU, per side
             kinds: dict[str, list[str]] = {n: [] for n in gws}  # each gateway's requests, in order
             for rep in range(args.reps):
                 order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
@@ -259,7 +266,9 @@ def main() -> None:
                     n, cascade = s.removesuffix("+cascade"), s.endswith("+cascade")
                     kinds[n].append(s)
                     model = "auto" if cascade else MODEL
+                    c0 = cpu_s(gws[n][0].pid)
                     got[s].append(gateway_run(clients[n], marks[n], args.max_tokens, model))
+                    cpu[s] += cpu_s(gws[n][0].pid) - c0
             stages: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
             for n, (_, _, m) in gws.items():
                 for kind, stamps in zip(kinds[n], requests_of(m), strict=True):
@@ -273,6 +282,9 @@ def main() -> None:
     seconds, load1 = time.monotonic() - started, os.getloadavg()[0]
     names = list(gws)
     table = render(names, stages, got) + "\n\n" + render_cascade(names, stages, got)
+    table += "\n\nGateway process CPU per request (ms, /proc ticks summed over the run): " + ", ".join(
+        f"{s} {cpu[s] / len(got[s]) * 1e3:.2f}" for s in sides if s != "raw"
+    )
     notes = (
         "SmolLM2-135M Q4_1, n_ctx 2048, threads 2, cache_prompt on, model pinned (no cascade), "
         f"temperature 0, max_tokens {args.max_tokens}, {args.reps} repetitions of raw and each tree, "
