@@ -369,7 +369,6 @@ class Runner:
         return [sse.encode(item)]
 
 
-
 def _has_image(message: object) -> bool:
     content = message.get("content") if isinstance(message, dict) else None
     return isinstance(content, list) and any(
