@@ -226,6 +226,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--gap", type=float, default=0.5)
     ap.add_argument("--models-dir", default=str(Path("~/.cache/localroute/models").expanduser()))
+    ap.add_argument("--no-cascade", action="store_true", help="pinned requests only (the cascade's are slow)")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     trees = {"tree": ROOT, **{f"ref{i}:{Path(p).name}": Path(p).resolve() for i, p in enumerate(args.ref)}}
@@ -252,7 +253,7 @@ def main() -> None:
                 raw.run("stream", args.max_tokens)
             for _, _, m in gws.values():
                 m.write_text("")
-            sides = ["raw", *gws, *(f"{n}+cascade" for n in gws)]
+            sides = ["raw", *gws, *(() if args.no_cascade else (f"{n}+cascade" for n in gws))]
             got: dict[str, list[float]] = {s: [] for s in sides}
             cpu: dict[str, float] = {s: 0.0 for s in sides}  # the gateway process's CPU, per side
             kinds: dict[str, list[str]] = {n: [] for n in gws}  # each gateway's requests, in order
@@ -281,7 +282,9 @@ def main() -> None:
                 proc.wait(30)
     seconds, load1 = time.monotonic() - started, os.getloadavg()[0]
     names = list(gws)
-    table = render(names, stages, got) + "\n\n" + render_cascade(names, stages, got)
+    table = render(names, stages, got)
+    if not args.no_cascade:
+        table += "\n\n" + render_cascade(names, stages, got)
     table += "\n\nGateway process CPU per request (ms, /proc ticks summed over the run): " + ", ".join(
         f"{s} {cpu[s] / len(got[s]) * 1e3:.2f}" for s in sides if s != "raw"
     )
