@@ -92,9 +92,10 @@ def free_port() -> int:
 class RawSide:
     """A raw llama-cpp-python child for one model of `config`, loaded as the gateway's worker loads it."""
 
-    def __init__(self, config: Path, model: str, env: dict[str, str]) -> None:
+    def __init__(self, config: Path, model: str, env: dict[str, str], same_cache: bool = False) -> None:
+        cmd = [sys.executable, "-m", "bench.local_sides", "--config", str(config), "--model", model]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.local_sides", "--config", str(config), "--model", model],
+            [*cmd, "--same-cache"] if same_cache else cmd,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip
 
@@ -113,15 +114,21 @@ class RawSide:
         self.proc.wait()
 
 
-def raw_child(path: Path, m: LlamaCppModel) -> None:
+def raw_child(path: Path, m: LlamaCppModel, same_cache: bool = False) -> None:
     """The same Llama arguments as localroute.rungs.llamacpp.worker.load_llama, and the same
-    prompt-cache policy as its Runner: with cache_prompt off, the context is reset before each request."""
+    prompt-cache policy as its Runner: with cache_prompt off, the context is reset before each request.
+    `same_cache`: the worker's prompt evaluation too (rungs/llamacpp/prompt_cache.py: an exact repeat of
+    the last prompt reuses its logits and evaluates nothing), so both sides do the same llama.cpp work."""
     from llama_cpp import Llama
 
     llm = Llama(
         model_path=str(path), n_ctx=m.n_ctx, n_threads=m.threads, n_threads_batch=m.threads,
         n_batch=m.n_batch, chat_format=m.chat_format, verbose=False,
     )  # fmt: skip
+    if same_cache:
+        from localroute.rungs.llamacpp import prompt_cache
+
+        prompt_cache.install(llm)
     for line in sys.stdin:
         mode, max_tokens = line.split()
         if not m.cache_prompt:
@@ -134,12 +141,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--same-cache", action="store_true", help="evaluate prompts as the worker does")
     args = ap.parse_args()
     cfg = load_config(args.config)
     m = cfg.model(args.model)
     if not isinstance(m, LlamaCppModel):
         raise SystemExit(f"{args.model}: not a llama_cpp model in {args.config}")
-    raw_child(cfg.model_path(m), m)
+    raw_child(cfg.model_path(m), m, args.same_cache)
 
 
 if __name__ == "__main__":

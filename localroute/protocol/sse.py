@@ -35,3 +35,39 @@ async def decode(lines: AsyncIterable[str]) -> AsyncGenerator[dict[str, Any], No
             raise ValueError("an SSE event that is not a JSON object")
         yield chunk
     raise IncompleteStreamError("the stream ended before [DONE]")
+
+
+async def decode_bytes(blocks: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any], None]:
+    """`decode` over the body's bytes as they arrive: lines are split here, with no text decoding and
+    no line-splitting layers in between (each is an async generator step per line, per token)."""
+    rest = b""
+    async for block in blocks:
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            event = _event(line)
+            if event is _END:
+                return
+            if event is not None:
+                yield event
+    event = _event(rest)  # a last line without its newline
+    if event is _END:
+        return
+    if event is not None:
+        yield event
+    raise IncompleteStreamError("the stream ended before [DONE]")
+
+
+_END: dict[str, Any] = {}  # `data: [DONE]`, told apart by identity
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    if not line.startswith(b"data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return _END
+    chunk = json.loads(payload)
+    if not isinstance(chunk, dict):
+        raise ValueError("an SSE event that is not a JSON object")
+    return chunk

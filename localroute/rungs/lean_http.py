@@ -188,8 +188,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
         ssl_context: ssl.SSLContext | None = None,
         resolver: Resolver = system_resolve,
+        uds: str | None = None,
     ) -> None:
+        """`uds`: every request goes to this Unix socket, whatever its URL's host (an engine's worker)."""
         self._resolve = resolver  # used only for requests that carry a peer check
+        self._uds = uds
         self._limit = max_connections
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
@@ -306,6 +309,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         context = self._ssl_context() if scheme == b"https" else None
         try:
             async with asyncio.timeout(limit):
+                if self._uds is not None:
+                    _, conn = await loop.create_unix_connection(lambda: Connection(loop), self._uds)
+                    return conn
                 _, conn = await loop.create_connection(
                     lambda: Connection(loop),
                     address or host,

@@ -79,7 +79,7 @@ class OpenAIHTTP:
         try:
             if resp.status_code != 200:
                 raise _error_from(resp.status_code, await resp.aread())
-            async with contextlib.aclosing(sse.decode(resp.aiter_lines())) as chunks:
+            async with contextlib.aclosing(sse.decode_bytes(resp.aiter_bytes())) as chunks:
                 async for chunk in chunks:
                     if "error" in chunk:
                         raise api_error_from_body(500, chunk)

@@ -27,6 +27,7 @@ from localroute.config.schema import Config
 from localroute.errors import EngineUnavailableError, InvalidModelFileError, ModelCheckInconclusiveError
 from localroute.host import gguf, resources
 from localroute.host.resources import Footprint, MiB
+from localroute.rungs.lean_http import LeanTransport
 from localroute.rungs.openai_http import OpenAIHTTP
 from localroute.rungs.supervisor import SupervisedEngine
 
@@ -116,7 +117,8 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
         self._starts += 1
         self._supervise(proc)
         self._client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+            # our HTTP/1.1 transport, not httpcore's: less gateway CPU per request (docs/bench-overhead.md)
+            transport=LeanTransport(uds=str(self.socket)),
             base_url="http://engine",
             timeout=httpx.Timeout(self.cfg.request_timeout_s, connect=5.0, pool=None),
         )

@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from localroute.errors import (
@@ -25,58 +22,15 @@ from localroute.errors import (
 )
 from localroute.protocol import sse
 from localroute.rungs.llamacpp import prompt_cache
+from localroute.rungs.llamacpp.generation import Generation, chat_generation
 from localroute.rungs.llamacpp.markers import control_markers, defuse
 from localroute.rungs.llamacpp.render_clock import RenderClock, RenderTimeout
 from localroute.rungs.llamacpp.structured import Structured, flatten
 
 _CTX_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 _PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "max_tokens", "presence_penalty", "frequency_penalty")
+__all__ = ["Generation", "Runner", "chat_generation"]
 _GRAMMARS_KEPT = 32  # converted grammars, by schema: an agent sends the same few schemas over and over
-
-
-@dataclass
-class Generation:
-    """Per-request state shared with llama.cpp's sampling loop (runs in a worker thread)."""
-
-    want_logprobs: bool = False
-    top_n: int = 0  # alternatives to record at each position (legacy completions' `logprobs`)
-    tops: list[list[tuple[int, float]]] = field(default_factory=list)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    prompt_tokens: int = -1
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    last_is_eog: bool = False
-    reported: int = 0  # tokens whose logprobs were already attached to a stream chunk
-    structured: Structured | None = None  # what the answer's shape must be (tools, JSON), if anything
-    cpu_start: float = 0.0
-    compute_s: float = 0.0  # CPU-seconds of this process (all llama.cpp threads) while decoding
-
-    def start_clock(self) -> None:
-        # Requests are serialised, so the process's CPU time while this one decodes is its own.
-        self.cpu_start = time.process_time()
-
-    def stop_clock(self) -> None:
-        self.compute_s = time.process_time() - self.cpu_start
-
-    def accounting(self) -> dict[str, float]:
-        """The measured compute, for the gateway's cost record (removed before the client sees it)."""
-        return {"compute_s": round(self.compute_s, 6)}
-
-    def running(self) -> dict[str, Any]:
-        """The accounting so far, on each stream chunk: what a stream cut before its end is charged."""
-        return {"compute_s": round(time.process_time() - self.cpu_start, 6), "so_far": self.usage()}
-
-    def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
-        return self.cancel.is_set()
-
-    def completion_tokens(self) -> int:
-        # An end-of-generation token is sampled but is not part of the completion.
-        return len(self.tokens) - (1 if self.last_is_eog else 0)
-
-    def usage(self) -> dict[str, int]:
-        prompt = max(self.prompt_tokens, 0)
-        completion = self.completion_tokens()
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class Runner:
@@ -360,50 +314,59 @@ class Runner:
         self._launch(produce)
         shape = gen.structured.shaper() if gen.structured is not None else None
         last: dict[str, Any] | None = None
+        done = False
         try:
-            while True:
+            while not done:
+                # Whatever the decode thread has queued goes out in one write: the first token's role
+                # and content chunks arrive together, and the gateway reads them in one wakeup.
+                frames: list[bytes] = []
                 kind, item = await queue.get()
-                if kind == "end":
-                    break
-                if kind == "error":
-                    if last is None:
-                        raise item  # nothing sent yet: let the caller answer with a status
-                    yield sse.encode(item.body())
-                    continue
-                item, sampled = item
-                last = item
-                item["x_localroute"] = gen.running()
-                ch = item["choices"][0] if item["choices"] else {}
-                text, finish = (ch.get("delta") or {}).get("content") or "", ch.get("finish_reason")
-                if shape is not None and (text or finish):
-                    for delta in shape(text, finish):  # tool-call deltas, or text once it is clearly text
-                        fin = delta.pop("finish_reason", None)
-                        choice = {"index": 0, "delta": delta, "finish_reason": fin, "logprobs": None}
-                        if gen.want_logprobs and (entries := self.token_entries(gen, sampled)):
-                            choice["logprobs"] = {"content": entries}
-                        yield sse.encode({**item, "choices": [choice]})
-                    continue
-                if gen.want_logprobs and (text or finish):
-                    entries = self.token_entries(gen, sampled)
-                    item["choices"][0]["logprobs"] = {"content": entries} if entries else None
-                yield sse.encode(item)
-            if include_usage and last is not None:
-                tail = {k: last[k] for k in ("id", "object", "created", "model")}
-                usage = {"choices": [], "usage": gen.usage(), "x_localroute": gen.accounting()}
-                yield sse.encode({**tail, **usage})
-            yield sse.DONE
+                while True:
+                    if kind == "end":
+                        done = True
+                        if include_usage and last is not None:
+                            tail = {k: last[k] for k in ("id", "object", "created", "model")}
+                            usage = {"choices": [], "usage": gen.usage(), "x_localroute": gen.accounting()}
+                            frames.append(sse.encode({**tail, **usage}))
+                        frames.append(sse.DONE)
+                        break
+                    if kind == "error":
+                        if last is None:
+                            raise item  # nothing sent yet: let the caller answer with a status
+                        frames.append(sse.encode(item.body()))
+                    else:
+                        last = item[0]
+                        frames += self._frames(gen, shape, *item)
+                    if queue.empty():
+                        break
+                    kind, item = queue.get_nowait()
+                if frames:
+                    yield b"".join(frames)
             self.served += 1
         finally:
             gen.cancel.set()  # the client left or we finished: stop at the next token
 
-
-def chat_generation(body: dict[str, Any]) -> Generation:
-    """The per-request state for a chat body: logprobs if asked, with `top_logprobs` alternatives
-    (the cascade asks for 2: the margin between the two likeliest first tokens)."""
-    want = body.get("logprobs") is True
-    top = body.get("top_logprobs")
-    top_n = top if want and isinstance(top, int) and not isinstance(top, bool) and 0 < top <= 20 else 0
-    return Generation(want_logprobs=want, top_n=top_n)
+    def _frames(
+        self, gen: Generation, shape: Callable[[str, str | None], list[dict[str, Any]]] | None,
+        item: dict[str, Any], sampled: int,
+    ) -> list[bytes]:  # fmt: skip
+        """The SSE frames for one llama-cpp-python chunk; `sampled` tokens were sampled up to it."""
+        item["x_localroute"] = gen.running()
+        ch = item["choices"][0] if item["choices"] else {}
+        text, finish = (ch.get("delta") or {}).get("content") or "", ch.get("finish_reason")
+        if shape is not None and (text or finish):
+            out = []
+            for delta in shape(text, finish):  # tool-call deltas, or text once it is clearly text
+                fin = delta.pop("finish_reason", None)
+                choice = {"index": 0, "delta": delta, "finish_reason": fin, "logprobs": None}
+                if gen.want_logprobs and (entries := self.token_entries(gen, sampled)):
+                    choice["logprobs"] = {"content": entries}
+                out.append(sse.encode({**item, "choices": [choice]}))
+            return out
+        if gen.want_logprobs and (text or finish):
+            entries = self.token_entries(gen, sampled)
+            item["choices"][0]["logprobs"] = {"content": entries} if entries else None
+        return [sse.encode(item)]
 
 
 def _has_image(message: object) -> bool:

@@ -1,0 +1,73 @@
+"""`localroute` with timestamps on the first chunk's way through the gateway (bench.ttft_breakdown).
+
+Run as `python -m ttft_probe_gw serve ...` with this folder and a tree on PYTHONPATH. Patches, in this
+process only: the chat handler's entry, the engine client's request and first content chunk, and the
+first content frame handed to the response; the worker it starts runs `ttft_probe_worker`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import httpx
+from _marks import has_content, mark
+
+
+def patch() -> None:
+    from localroute.gateway import handlers
+    from localroute.protocol import surface
+    from localroute.rungs import openai_http
+    from localroute.rungs.llamacpp.engine import LlamaCppEngine
+
+    LlamaCppEngine.worker_module = "ttft_probe_worker"
+
+    chat = handlers.Gateway.chat
+
+    async def probed_chat(self: Any, request: Any) -> Any:
+        mark("g_in")
+        return await chat(self, request)
+
+    handlers.Gateway.chat = probed_chat  # type: ignore[method-assign]
+
+    send = httpx.AsyncClient.send
+
+    async def probed_send(self: Any, request: Any, **kw: Any) -> Any:
+        if request.url.path.endswith("/chat/completions"):
+            mark("g_send")
+        resp = await send(self, request, **kw)
+        if request.url.path.endswith("/chat/completions"):
+            mark("g_headers")
+        return resp
+
+    httpx.AsyncClient.send = probed_send  # type: ignore[method-assign]
+
+    stream = openai_http.OpenAIHTTP.stream
+
+    async def probed_stream(self: Any, body: Any, extensions: Any = None) -> Any:
+        seen = False
+        async for chunk in stream(self, body, extensions):
+            if not seen and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()):
+                seen = True
+                mark("g_chunk")
+            yield chunk
+
+    openai_http.OpenAIHTTP.stream = probed_stream  # type: ignore[method-assign]
+
+    feed = surface._ChatStream.feed
+
+    def probed_feed(self: Any, chunk: Any) -> bytes:
+        out: bytes = feed(self, chunk)
+        if not getattr(self, "_probed", False) and has_content(out):
+            self._probed = True
+            mark("g_frame")
+        return out
+
+    surface._ChatStream.feed = probed_feed  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    patch()
+    from localroute.cli import main
+
+    sys.exit(main(sys.argv[1:]))
