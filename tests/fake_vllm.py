@@ -259,6 +259,9 @@ def serve(args: argparse.Namespace, crash_after: int | None) -> None:
         if crash_after is not None and count["chat"] > crash_after:
             os.kill(os.getpid(), signal.SIGKILL)
         body = await request.json()
+        seen = os.environ.get("FAKE_VLLM_REQUESTS_FILE")  # tripwires: every embedding request too
+        if seen:
+            note(seen, {"model": args.model_tag, "input": body.get("input")})
         if not pooling:
             return error(400, "The model does not support Embeddings API", "BadRequestError")
         if body.get("model") not in served:

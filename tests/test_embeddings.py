@@ -86,7 +86,8 @@ def serve(tmp: Path, provider: StandinProvider, local: dict[str, object]) -> Ser
     bin_dir = tmp / "bin"
     install(bin_dir)
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "LOCALROUTE_ASSUME_GPU": "1",
-           "FAKE_VLLM_ARGV_FILE": str(tmp / "argv.jsonl"), KEY_ENV: KEY}  # fmt: skip
+           "FAKE_VLLM_ARGV_FILE": str(tmp / "argv.jsonl"), KEY_ENV: KEY,
+           "FAKE_VLLM_REQUESTS_FILE": str(tmp / "seen.jsonl")}  # fmt: skip
     text = config_text(models=models(provider.base_url, local), cascade={"enabled": False})
     return start_gateway(tmp, text, env, until=answering)
 
@@ -339,6 +340,31 @@ def test_private_input_fails_closed_when_no_local_rung_can(
     r = post(down, {"model": "oai-small", "input": ["fine", text]})  # a space with no local rung at all
     assert r.status_code == 400 and r.json()["error"]["code"] == "private_request_unservable"
     assert embedded(standin) == []
+
+
+@pytest.fixture(scope="module")
+def far(tmp_path_factory: pytest.TempPathFactory, provider: StandinProvider) -> Iterator[Server]:
+    """The space's vLLM rung runs on a Ray cluster outside the trusted networks (loopback only)."""
+    ray = {"launch": True, "distributed_executor_backend": "ray", "ray_address": "10.0.0.1:6379"}
+    srv = serve(tmp_path_factory.mktemp("embed-far"), provider, ray)
+    yield srv
+    srv.stop()
+
+
+def test_private_input_never_reaches_an_untrusted_vllm_embedder(
+    far: Server, standin: StandinProvider
+) -> None:
+    seen = far.log.parent / "seen.jsonl"
+    r = post(far, {"model": "auto", "input": ["a public chunk", EMAIL]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "private_request_unservable", r.text
+    assert embedded(standin) == []
+    assert not seen.exists() or EMAIL not in seen.read_text()  # not one private input left
+    public = post(far, {"model": "minilm-gpu", "input": "a public chunk", "encoding_format": "float"})
+    assert public.status_code == 200, public.text
+    assert "a public chunk" in seen.read_text()  # the tripwire file does record what reaches it
+    rec = audit(far, public.headers["x-request-id"])
+    assert rec["model"] == "minilm-gpu" and rec["local"] is False  # answered, outside the trust boundary
+    assert "vllm model minilm-gpu: not local for private requests" in far.log.read_text()
 
 
 # -- bad input: a 400 naming the field ----------------------------------------------------------------------

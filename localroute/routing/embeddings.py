@@ -20,6 +20,7 @@ from localroute.errors import APIError, EngineUnavailableError, InvalidRequestEr
 from localroute.observe.cost import attempt_cost
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
+from localroute.privacy.trust import untrusted
 from localroute.protocol.backend import Embedder
 from localroute.protocol.records import Attempt
 from localroute.protocol.wire import ChatCompletion
@@ -154,6 +155,7 @@ class EmbeddingRouter:
                 continue
             trace.attempt(m, "ok", None, t0, cast(ChatCompletion, result))  # usage and compute, as chat's
             trace.model, trace.tier = m.name, m.tier
+            trace.untrusted = untrusted(cast(ChatCompletion, result))
             trace.usage = usage_of(cast(ChatCompletion, result))
             if self.baseline is not None:
                 trace.baseline_usd = attempt_cost(self.baseline, trace.usage, 0.0)

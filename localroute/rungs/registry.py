@@ -61,7 +61,9 @@ def build_embedder(
     config: Config, model: ModelConfig, runtime_dir: Path, egress_guard: EgressGuard
 ) -> Embedder:
     factory = _load(EMBEDDERS[model.engine])
-    if model.engine == "remote":  # as for chat: the rung that leaves the machine gets the guard
+    # As for chat: the rungs whose bytes may leave the machine get the guard (vLLM: used only when its
+    # server or Ray cluster is outside the trusted networks).
+    if model.engine in ("remote", "vllm"):
         embedder: Embedder = factory(config, model, runtime_dir, egress_guard=egress_guard)
     else:
         embedder = factory(config, model, runtime_dir)

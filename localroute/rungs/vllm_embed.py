@@ -12,6 +12,8 @@ from typing import Any, cast
 from localroute.config.models import VllmModel
 from localroute.config.schema import Config
 from localroute.errors import APIError, ContextLengthExceededError, InvalidRequestError, UpstreamError
+from localroute.privacy.trust import mark_untrusted
+from localroute.protocol.wire import ChatCompletion
 from localroute.rungs import vllm
 from localroute.rungs.openai_http import OpenAIHTTP
 
@@ -26,7 +28,12 @@ class VllmEmbedder(vllm.VllmEngine):
         def send(http: OpenAIHTTP) -> Awaitable[Any]:
             return OpenAIHTTP(http.client, "/v1/embeddings").complete(self._body(body))
 
-        return cast(dict[str, Any], await self._served(send))  # the wire's JSON, checked by the gateway
+        if self.egress is not None:  # a server outside the trusted networks: egress, as for chat
+            self.egress(body)
+        result = cast(dict[str, Any], await self._served(send))  # the wire's JSON, checked by the gateway
+        if self.egress is not None:
+            mark_untrusted(cast(ChatCompletion, result))  # served, but not local: the audit record says so
+        return result
 
     def _mapped(self, exc: APIError) -> APIError:
         if isinstance(exc, InvalidRequestError) and _NOT_POOLING.search(exc.message):
