@@ -57,3 +57,17 @@ def test_a_stream_cut_before_done_is_incomplete() -> None:
 def test_an_event_that_is_not_an_object_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         _read_bytes(b"data: " + json.dumps([1]).encode() + b"\n\n" + sse.DONE, 3)
+
+
+def test_a_line_that_never_ends_is_refused_not_buffered_forever() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        yield b'data: {"x": "'
+        while True:
+            yield b"y" * 65536
+
+    async def read() -> None:
+        async for _ in sse.decode_bytes(endless()):
+            pass
+
+    with pytest.raises(ValueError, match="longer than"):
+        asyncio.run(read())

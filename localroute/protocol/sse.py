@@ -39,18 +39,27 @@ async def decode(lines: AsyncIterable[str]) -> AsyncGenerator[dict[str, Any], No
 
 async def decode_bytes(blocks: AsyncIterable[bytes]) -> AsyncGenerator[dict[str, Any], None]:
     """`decode` over the body's bytes as they arrive: lines are split here, with no text decoding and
-    no line-splitting layers in between (each is an async generator step per line, per token)."""
-    rest = b""
+    no line-splitting layers in between (each is an async generator step per line, per token). A line
+    longer than MAX_LINE_BYTES is a ValueError, as a peer that never ends its line must not grow the
+    buffer without bound; a long line arriving in many small pieces is gathered in linear time."""
+    rest = bytearray()
     async for block in blocks:
-        lines = (rest + block).split(b"\n")
-        rest = lines.pop()
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            rest += block
+            if len(rest) > MAX_LINE_BYTES:
+                raise ValueError(f"an SSE line longer than {MAX_LINE_BYTES} bytes")
+            continue
+        rest += block[:cut]
+        lines = rest.split(b"\n")
+        rest = bytearray(block[cut + 1 :])
         for line in lines:
-            event = _event(line)
+            event = _event(bytes(line))
             if event is _END:
                 return
             if event is not None:
                 yield event
-    event = _event(rest)  # a last line without its newline
+    event = _event(bytes(rest))  # a last line without its newline
     if event is _END:
         return
     if event is not None:
@@ -58,6 +67,7 @@ async def decode_bytes(blocks: AsyncIterable[bytes]) -> AsyncGenerator[dict[str,
     raise IncompleteStreamError("the stream ended before [DONE]")
 
 
+MAX_LINE_BYTES = 16 << 20
 _END: dict[str, Any] = {}  # `data: [DONE]`, told apart by identity
 
 
