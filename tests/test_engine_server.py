@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from localroute.cli import format_status
+from localroute.observe.status_text import format_status
 from tests.conftest import ROOT, config_text, free_port, repo_rung, start_gateway, wait_until
 
 TOKEN = "engine-secret-for-tests"

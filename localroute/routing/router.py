@@ -13,10 +13,7 @@ import anyio
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig, RemoteModel
 from localroute.config.schema import Config
-from localroute.errors import (
-    APIError,
-    EngineUnavailableError,
-)
+from localroute.errors import APIError, EngineUnavailableError
 from localroute.privacy.detect import Detector
 from localroute.privacy.guard import Privacy, PrivacyViolationError, redact_body
 from localroute.privacy.trust import untrusted
