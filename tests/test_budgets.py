@@ -216,3 +216,92 @@ def test_a_budget_holds_across_two_replicas(
     other = httpx.post(b.url + "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {OPEN}"},
                        timeout=60)  # fmt: skip
     assert other.status_code == 200  # a key without a budget is not affected
+
+
+# -- review fixes ----------------------------------------------------------------------------------
+
+
+@needs_redis
+def test_spend_kept_while_down_is_sent_once_by_concurrent_charges(redis_url: str) -> None:  # noqa: F811
+    async def run() -> float:
+        cfg = StateConfig(url=redis_url, key_prefix="b2:")
+        lim = SharedRateLimiter(redis_url, cfg)
+        b = SharedBudgets(lim)
+        b._unsent.add(("k", period_id("day")), 2.0)  # charged here while the store was down
+        try:
+            await asyncio.gather(b.charge("k", "day", 1.0), b.charge("k", "day", 1.0))
+            await b.flush()  # nothing left to send
+            return float(await lim._client.get(f"b2:bud:{period_id('day')}:k"))
+        finally:
+            await lim.aclose()
+
+    assert asyncio.run(run()) == 4.0  # 2.0 kept + 1.0 + 1.0: the kept spend is not sent twice
+
+
+def test_a_budget_store_failure_leaves_rate_limiting_shared() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    errors: list[int] = []
+
+    async def run() -> tuple[float, float]:
+        lim = SharedRateLimiter(url, StateConfig(url=url), on_error=lambda: errors.append(1))
+        b = SharedBudgets(lim)
+        try:
+            await b.charge("k", "day", 2.0)
+            return await b.spent("k", "day"), lim._down_until
+        finally:
+            await lim.aclose()
+
+    spent, limiter_down_until = asyncio.run(run())
+    assert spent == 2.0 and errors  # counted here, and as a state error
+    assert limiter_down_until < 0  # the rate limiter was not switched to per-replica mode
+
+
+@needs_redis
+def test_shutdown_waits_for_background_charges_and_sends_what_was_kept(
+    redis_url: str,  # noqa: F811
+) -> None:
+    cfg = _config("refuse")
+    key = cfg.keys[0]
+
+    async def run() -> float:
+        lim = SharedRateLimiter(redis_url, StateConfig(url=redis_url, key_prefix="b3:"))
+        b = SharedBudgets(lim)
+        billing = Billing(cfg, b)
+        b._unsent.add(("capped", period_id("day")), 0.5)  # kept while the store was down, slot unused
+        b._unsent.add(("capped", "2000-01-01"), 0.25)
+        try:
+            billing.charge_soon(key, 0.125)  # a stream's charge, in the background
+            await billing.settle(5.0)
+            return float(await lim._client.get(f"b3:bud:{period_id('day')}:capped")), len(b._unsent._spent)
+        finally:
+            await lim.aclose()
+
+    assert asyncio.run(run()) == (0.625, 0)
+
+
+def _no_local_config() -> Config:
+    text = conftest.config_text(
+        models=[remote_rung("http://127.0.0.1:9/v1", KEY_ENV)],
+        keys=[{"name": "capped", "sha256": sha(CAPPED), "budget_usd": 1.0, "budget_period": "day",
+               "over_budget": "local"}],
+    )  # fmt: skip
+    return parse_config(text)
+
+
+@pytest.mark.parametrize("api", ["chat", "embeddings"])
+def test_over_budget_local_without_a_local_rung_is_refused_not_misrouted(api: str) -> None:
+    cfg = _no_local_config()
+    key = cfg.keys[0]
+    billing = Billing(cfg)
+    paid = cfg.ladder()  # the rungs the request may use: none local (an embedding space alike)
+
+    async def run() -> None:
+        await billing.charge(key, 2.0)
+        if api == "chat":
+            await billing.admit(key, "auto", Hints())
+        else:
+            await billing.admit(key, "auto", Hints(), paid)
+
+    with pytest.raises(BudgetExceededError) as err:
+        asyncio.run(run())
+    assert err.value.status == 429 and err.value.body()["error"]["code"] == "budget_exceeded"
