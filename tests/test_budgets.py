@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import uvicorn
 
-from localroute.config.schema import Config, parse_config
+from localroute.config.schema import Config, load_config, parse_config
 from localroute.config.state import StateConfig
 from localroute.errors import BudgetExceededError
+from localroute.gateway.app import create_app
 from localroute.gateway.budget import Billing
 from localroute.routing.policy import Hints
 from localroute.state import budgets
@@ -25,6 +28,7 @@ from localroute.state.budgets import LocalBudgets, SharedBudgets, period_id, sec
 from localroute.state.limits import SharedRateLimiter
 from tests import conftest
 from tests.conftest import Server, free_port, remote_rung, wait_until
+from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
 from tests.test_replicas import KEY_ENV, OPEN, provider, redis_url, replica, sha  # noqa: F401
 
@@ -305,3 +309,41 @@ def test_over_budget_local_without_a_local_rung_is_refused_not_misrouted(api: st
     with pytest.raises(BudgetExceededError) as err:
         asyncio.run(run())
     assert err.value.status == 429 and err.value.body()["error"]["code"] == "budget_exceeded"
+
+
+def test_an_answered_request_is_charged_once_even_if_learning_fails(
+    tmp_path: Path,
+    provider: StandinProvider,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real uvicorn server in this process, so that learning can be made to fail after the charge."""
+    from localroute.gateway.learn import Learning
+
+    def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError("learning broke")
+
+    monkeypatch.setattr(Learning, "answered", broken)
+    monkeypatch.setenv(KEY_ENV, STANDIN_KEY)
+    monkeypatch.setenv("LOCALROUTE_AUDIT_PATH", str(tmp_path / "audit.jsonl"))
+    price = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 0.0}  # 2 prompt tokens: $2 a request
+    models = [remote_rung(provider.base_url, KEY_ENV, max_retries=0, price=price)]
+    keys = [{"name": "capped", "sha256": sha(CAPPED), "budget_usd": 3.0, "budget_period": "day"}]
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(conftest.config_text(models=models, keys=keys))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load_config(cfg)), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    chat = {"model": conftest.REMOTE_RUNG, "messages": [{"role": "user", "content": "Say hi."}]}
+    auth = {"authorization": f"Bearer {CAPPED}"}
+    try:
+        assert wait_until(lambda: server.started, timeout=30)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        first = httpx.post(url, json=chat, headers=auth, timeout=60)
+        second = httpx.post(url, json=chat, headers=auth, timeout=60)  # $2 spent of $3: admitted
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert (first.status_code, second.status_code) == (200, 200), second.text
+    records = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert len(records) == 2  # one record per request, not a second one for a 500

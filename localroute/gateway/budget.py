@@ -64,8 +64,9 @@ class Billing:
             return hints if hints.tier is not None else dataclasses.replace(hints, tier="local")
         wait = max(1, math.ceil(seconds_left(key.budget_period)))
         where = " for paid models; local models remain available" if key.over_budget == "local" else ""
+        every = "daily" if key.budget_period == "day" else "monthly"
         raise BudgetExceededError(
-            f"The {key.budget_period}ly budget of this API key (${key.budget_usd:g}) is spent{where}. "
+            f"The {every} budget of this API key (${key.budget_usd:g}) is spent{where}. "
             "It renews at the start of the next period (UTC).",
             headers={"Retry-After": str(wait)},
         )
