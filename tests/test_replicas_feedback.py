@@ -90,7 +90,8 @@ def test_feedback_posted_to_one_replica_reaches_the_one_that_served(
     assert sent.json() == {"object": "localroute.feedback", "id": on_b, "outcome": "strong_needed",
                            "label": None, "forwarded_to": "gw-b"}  # fmt: skip
     assert row(home_a, on_b) is None  # A never had the row: the label is queued for B
-    assert row(home_b, on_b) == (None, None)
+    # B's row reaches its file in a batch (BATCH_S after the answer): waited for, as an event.
+    assert wait_until(lambda: row(home_b, on_b) == (None, None), timeout=30)
 
     # B applies what was queued for it before any feedback it gets itself (and every few seconds).
     own = served_by(b)
