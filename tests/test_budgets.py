@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import uvicorn
 
-from localroute.config.schema import Config, parse_config
+from localroute.config.schema import Config, load_config, parse_config
 from localroute.config.state import StateConfig
 from localroute.errors import BudgetExceededError
+from localroute.gateway.app import create_app
 from localroute.gateway.budget import Billing
 from localroute.routing.policy import Hints
 from localroute.state import budgets
@@ -25,6 +28,7 @@ from localroute.state.budgets import LocalBudgets, SharedBudgets, period_id, sec
 from localroute.state.limits import SharedRateLimiter
 from tests import conftest
 from tests.conftest import Server, free_port, remote_rung, wait_until
+from tests.standin_fixtures import STANDIN_KEY
 from tests.standin_provider import StandinProvider
 from tests.test_replicas import KEY_ENV, OPEN, provider, redis_url, replica, sha  # noqa: F401
 
@@ -216,3 +220,130 @@ def test_a_budget_holds_across_two_replicas(
     other = httpx.post(b.url + "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {OPEN}"},
                        timeout=60)  # fmt: skip
     assert other.status_code == 200  # a key without a budget is not affected
+
+
+# -- review fixes ----------------------------------------------------------------------------------
+
+
+@needs_redis
+def test_spend_kept_while_down_is_sent_once_by_concurrent_charges(redis_url: str) -> None:  # noqa: F811
+    async def run() -> float:
+        cfg = StateConfig(url=redis_url, key_prefix="b2:")
+        lim = SharedRateLimiter(redis_url, cfg)
+        b = SharedBudgets(lim)
+        b._unsent.add(("k", period_id("day")), 2.0)  # charged here while the store was down
+        try:
+            await asyncio.gather(b.charge("k", "day", 1.0), b.charge("k", "day", 1.0))
+            await b.flush()  # nothing left to send
+            return float(await lim._client.get(f"b2:bud:{period_id('day')}:k"))
+        finally:
+            await lim.aclose()
+
+    assert asyncio.run(run()) == 4.0  # 2.0 kept + 1.0 + 1.0: the kept spend is not sent twice
+
+
+def test_a_budget_store_failure_leaves_rate_limiting_shared() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    errors: list[int] = []
+
+    async def run() -> tuple[float, float]:
+        lim = SharedRateLimiter(url, StateConfig(url=url), on_error=lambda: errors.append(1))
+        b = SharedBudgets(lim)
+        try:
+            await b.charge("k", "day", 2.0)
+            return await b.spent("k", "day"), lim._down_until
+        finally:
+            await lim.aclose()
+
+    spent, limiter_down_until = asyncio.run(run())
+    assert spent == 2.0 and errors  # counted here, and as a state error
+    assert limiter_down_until < 0  # the rate limiter was not switched to per-replica mode
+
+
+@needs_redis
+def test_shutdown_waits_for_background_charges_and_sends_what_was_kept(
+    redis_url: str,  # noqa: F811
+) -> None:
+    cfg = _config("refuse")
+    key = cfg.keys[0]
+
+    async def run() -> float:
+        lim = SharedRateLimiter(redis_url, StateConfig(url=redis_url, key_prefix="b3:"))
+        b = SharedBudgets(lim)
+        billing = Billing(cfg, b)
+        b._unsent.add(("capped", period_id("day")), 0.5)  # kept while the store was down, slot unused
+        b._unsent.add(("capped", "2000-01-01"), 0.25)
+        try:
+            billing.charge_soon(key, 0.125)  # a stream's charge, in the background
+            await billing.settle(5.0)
+            return float(await lim._client.get(f"b3:bud:{period_id('day')}:capped")), len(b._unsent._spent)
+        finally:
+            await lim.aclose()
+
+    assert asyncio.run(run()) == (0.625, 0)
+
+
+def _no_local_config() -> Config:
+    text = conftest.config_text(
+        models=[remote_rung("http://127.0.0.1:9/v1", KEY_ENV)],
+        keys=[{"name": "capped", "sha256": sha(CAPPED), "budget_usd": 1.0, "budget_period": "day",
+               "over_budget": "local"}],
+    )  # fmt: skip
+    return parse_config(text)
+
+
+@pytest.mark.parametrize("api", ["chat", "embeddings"])
+def test_over_budget_local_without_a_local_rung_is_refused_not_misrouted(api: str) -> None:
+    cfg = _no_local_config()
+    key = cfg.keys[0]
+    billing = Billing(cfg)
+    paid = cfg.ladder()  # the rungs the request may use: none local (an embedding space alike)
+
+    async def run() -> None:
+        await billing.charge(key, 2.0)
+        if api == "chat":
+            await billing.admit(key, "auto", Hints())
+        else:
+            await billing.admit(key, "auto", Hints(), paid)
+
+    with pytest.raises(BudgetExceededError) as err:
+        asyncio.run(run())
+    assert err.value.status == 429 and err.value.body()["error"]["code"] == "budget_exceeded"
+
+
+def test_an_answered_request_is_charged_once_even_if_learning_fails(
+    tmp_path: Path,
+    provider: StandinProvider,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real uvicorn server in this process, so that learning can be made to fail after the charge."""
+    from localroute.gateway.learn import Learning
+
+    def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError("learning broke")
+
+    monkeypatch.setattr(Learning, "answered", broken)
+    monkeypatch.setenv(KEY_ENV, STANDIN_KEY)
+    monkeypatch.setenv("LOCALROUTE_AUDIT_PATH", str(tmp_path / "audit.jsonl"))
+    price = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 0.0}  # 2 prompt tokens: $2 a request
+    models = [remote_rung(provider.base_url, KEY_ENV, max_retries=0, price=price)]
+    keys = [{"name": "capped", "sha256": sha(CAPPED), "budget_usd": 3.0, "budget_period": "day"}]
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(conftest.config_text(models=models, keys=keys))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load_config(cfg)), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    chat = {"model": conftest.REMOTE_RUNG, "messages": [{"role": "user", "content": "Say hi."}]}
+    auth = {"authorization": f"Bearer {CAPPED}"}
+    try:
+        assert wait_until(lambda: server.started, timeout=30)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        first = httpx.post(url, json=chat, headers=auth, timeout=60)
+        second = httpx.post(url, json=chat, headers=auth, timeout=60)  # $2 spent of $3: admitted
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert (first.status_code, second.status_code) == (200, 200), second.text
+    records = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert len(records) == 2  # one record per request, not a second one for a 500

@@ -365,3 +365,35 @@ def test_a_gateway_starts_with_thresholds_calibrated_from_its_store(tmp_path: Pa
     router = Router(few, {}, Detector([], {}))
     Learning(few, {}, router, heuristic_featurizer(router.policy)).close()
     assert router.thresholds == {}  # too few labelled answers: the config's thresholds stand
+
+
+def test_feedback_for_a_row_a_sibling_worker_has_not_committed_yet_is_not_a_404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers N`: siblings share the store file and write rows in batches (BATCH_S)."""
+    from localroute.gateway import learn
+    from localroute.protocol.feedback import FeedbackRequest
+
+    monkeypatch.setattr(learn, "RECHECK_S", 0.0)
+    path = tmp_path / "fb.sqlite3"
+    cfg = parse_config(CONFIG + f'\n[feedback]\npath = "{path}"\n')
+    router = Router(cfg, {}, Detector([], {}))
+    learning = learn.Learning(cfg, {}, router, heuristic_featurizer(router.policy))
+    store = learning.store
+    assert store is not None
+    sibling = FeedbackStore(path, cfg.feedback, heuristic_featurizer(router.policy))
+    rid, ask = "req-" + "ab" * 10, store.feedback
+
+    def first_misses(r: str, outcome: Any, value: float = 0.0) -> float | None:
+        try:
+            return ask(r, outcome, value)
+        except UnknownRequestError:
+            if not path.with_name("landed").exists():  # the sibling's batch lands just after the miss
+                path.with_name("landed").touch()
+                remember(sibling, rid, local=False), sibling.commit()
+            raise
+
+    monkeypatch.setattr(store, "feedback", first_misses)
+    answer = asyncio.run(learning.feedback(FeedbackRequest(id=rid, outcome="strong_needed")))
+    learning.close(), sibling.close()
+    assert answer == {"object": "localroute.feedback", "id": rid, "outcome": "strong_needed", "label": 1.0}

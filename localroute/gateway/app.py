@@ -29,6 +29,7 @@ from localroute import __version__
 from localroute.config.schema import Config
 from localroute.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
 from localroute.gateway import completions, embeddings, messages
+from localroute.gateway.budget import settle
 from localroute.gateway.dashboard import dashboard, dashboard_asset
 from localroute.gateway.handlers import Gateway
 from localroute.gateway.openapi import openapi_json
@@ -49,6 +50,7 @@ from localroute.state.limits import SharedConversations, SharedRateLimiter, open
 
 log = logging.getLogger("localroute")
 Handler = Callable[[Request], Awaitable[Response]]
+SETTLE_S = 3.0  # at shutdown: how long background store calls (charges, feedback owners) may finish
 
 
 class State(TypedDict):
@@ -167,6 +169,10 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Streams' charges and feedback owner keys still in flight finish before the store closes.
+            if gateway.learning.shared is not None:
+                await settle(gateway.learning.shared._tasks, SETTLE_S)
+            await gateway.billing.settle(SETTLE_S)
             gateway.learning.close()  # shadow runs stop before the engines they run on
             if owned:
                 for b in live.values():

@@ -13,8 +13,9 @@ import asyncio
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 
-from localroute.config.models import LOCAL_ENGINES
+from localroute.config.models import LOCAL_ENGINES, ModelConfig
 from localroute.config.privacy import APIKey
 from localroute.config.schema import Config
 from localroute.errors import BudgetExceededError
@@ -32,31 +33,40 @@ class Billing:
         self.budgets: Budgets = budgets if budgets is not None else LocalBudgets()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _local_only(self, model: str, hints: Hints) -> bool:
-        """Whether a request can be kept to local rungs without overriding what the client named."""
+    def _local_only(self, model: str, hints: Hints, rungs: Sequence[ModelConfig]) -> bool:
+        """Whether a request can be kept to local rungs without overriding what the client named;
+        never when none of `rungs` (those the request may use) is local: the client would get a routing
+        error about a tier it never asked for, instead of the budget's 429."""
         named = self.config.model(model) if model != "auto" else None
         if named is not None and named.engine not in LOCAL_ENGINES:
+            return False
+        if named is None and not any(m.engine in LOCAL_ENGINES for m in rungs):
             return False
         if hints.tier is None or hints.tier == "local":
             return True
         if hints.tier == "remote":
             return False
-        tier = [m for m in self.config.ladder() if str(m.tier) == hints.tier]
+        tier = [m for m in rungs if str(m.tier) == hints.tier]
         return all(m.engine in LOCAL_ENGINES for m in tier)
 
-    async def admit(self, key: APIKey | None, model: str, hints: Hints) -> Hints:
-        """The hints to route with; raises BudgetExceededError when the key's budget is spent."""
+    async def admit(
+        self, key: APIKey | None, model: str, hints: Hints, rungs: Sequence[ModelConfig] | None = None
+    ) -> Hints:
+        """The hints to route with; raises BudgetExceededError when the key's budget is spent.
+        `rungs`: those the request may be served by (default: the chat ladder)."""
         if key is None or key.budget_usd is None:
             return hints
         spent = await self.budgets.spent(key.name, key.budget_period)
         if spent < key.budget_usd:
             return hints
-        if key.over_budget == "local" and self._local_only(model, hints):
+        candidates = self.config.ladder() if rungs is None else rungs
+        if key.over_budget == "local" and self._local_only(model, hints, candidates):
             return hints if hints.tier is not None else dataclasses.replace(hints, tier="local")
         wait = max(1, math.ceil(seconds_left(key.budget_period)))
         where = " for paid models; local models remain available" if key.over_budget == "local" else ""
+        every = "daily" if key.budget_period == "day" else "monthly"
         raise BudgetExceededError(
-            f"The {key.budget_period}ly budget of this API key (${key.budget_usd:g}) is spent{where}. "
+            f"The {every} budget of this API key (${key.budget_usd:g}) is spent{where}. "
             "It renews at the start of the next period (UTC).",
             headers={"Retry-After": str(wait)},
         )
@@ -77,3 +87,24 @@ class Billing:
         task = asyncio.get_running_loop().create_task(self.charge(key, usd))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def settle(self, within_s: float) -> None:
+        """At shutdown: wait (at most `within_s`) for the charges in the background, then send the
+        spend kept while a shared store was down."""
+        await settle(self._tasks, within_s)
+        try:
+            async with asyncio.timeout(within_s):
+                await self.budgets.flush()
+        except Exception as exc:
+            log.warning("budget spend not sent at shutdown: %s", exc.__class__.__name__)
+
+
+async def settle(tasks: set[asyncio.Task[None]], within_s: float) -> None:
+    """Wait for `tasks` (at most `within_s`); those still running then are cancelled."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(set(tasks), timeout=within_s)
+    for task in late:
+        task.cancel()
+    if late:
+        log.warning("shutdown: %d background store call(s) cut short", len(late))

@@ -45,7 +45,8 @@ async def handler(gw: Gateway, request: Request) -> Response:
     key = matched_key(request.scope)
     try:
         if key is not None and key.budget_usd is not None:  # spent: refused (or local rungs only)
-            hints = await gw.billing.admit(key, "auto", hints)
+            space, _ = router.resolve(req.model)  # over budget: local rungs of this space only, if any
+            hints = await gw.billing.admit(key, req.model, hints, router.spaces[space])
         plan = router.plan(req.model, privacy, hints)
         first = plan.rungs[0]
         assert first.dimensions is not None  # an embedding rung always has them (config checks)
@@ -68,8 +69,9 @@ async def handler(gw: Gateway, request: Request) -> Response:
         raise
     except Exception as exc:  # a bug: the request is still recorded, the client gets a clean 500
         log.error("unhandled %s serving %s", exc.__class__.__name__, rid)
-        gw.recorder.record(rid, privacy, None, 500, t0, error="internal_error", attempts=attempts,
-                           api="embeddings")  # fmt: skip
+        rec = gw.recorder.record(rid, privacy, None, 500, t0, error="internal_error", attempts=attempts,
+                                 api="embeddings")  # fmt: skip
+        gw.billing.charge_soon(key, rec["cost_usd"])  # paid attempts still cost, as for chat
         raise InternalError("Internal error in localroute.", headers={"x-request-id": rid}) from None
     rec = gw.recorder.record(rid, privacy, trace, 200, t0, api="embeddings")
     await gw.billing.charge(key, rec["cost_usd"])

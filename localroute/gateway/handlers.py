@@ -228,7 +228,10 @@ class Gateway:
                     rid, privacy, trace, 200, t0, content=(req, answer), stream=False, api=api
                 )
                 await self.billing.charge(key, rec["cost_usd"])  # before the answer: the next request sees it
-                self.learning.answered(rid, req, trace, privacy, answer, caller)
+                try:  # recorded and charged once: learning must never fail an answered request
+                    self.learning.answered(rid, req, trace, privacy, answer, caller)
+                except Exception as exc:
+                    log.error("learning failed for an answered request: %s", exc.__class__.__name__)
                 return JSONResponse(body, headers={**trace.headers(), "x-request-id": rid})
         except APIError as exc:
             rec = self.recorder.record(

@@ -18,7 +18,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from localroute.config.models import LOCAL_ENGINES, ModelConfig
 from localroute.config.schema import Config
@@ -47,6 +47,7 @@ OUTCOMES: frozenset[str] = frozenset({"good", "bad", "strong_needed", "score"})
 # cost more gateway CPU than the rows themselves (docs/bench-overhead.md).
 BATCH_S = 0.25
 ROWS_PER_HOP = 64
+RECHECK_S = 4 * BATCH_S  # a 404 is confirmed after this long (sibling workers' rows wait BATCH_S)
 
 
 class Learning:
@@ -252,10 +253,25 @@ class Learning:
         except UnknownRequestError:
             owner = await self._forward(fb.id, outcome, value)
             if owner is None:
-                raise NotFoundError(f"No request with id '{fb.id}' is stored here.", param="id") from None
+                return await self._recheck(fb.id, outcome, value)
             return {"object": "localroute.feedback", "id": fb.id, "outcome": outcome, "label": None,
                     "forwarded_to": owner}  # fmt: skip
         return {"object": "localroute.feedback", "id": fb.id, "outcome": outcome, "label": label}
+
+    async def _recheck(self, rid: str, outcome: Outcome, value: float) -> FeedbackAnswer:
+        """Unknown here and to the store: `serve --workers N` siblings share this file and write their
+        rows in batches (BATCH_S), so the store is read once more, after RECHECK_S, before a 404."""
+        if self.shared is None:  # with one, forward() has already waited ~1 s for the owner
+            await asyncio.sleep(RECHECK_S)
+        store = self.store
+        assert store is not None
+        queued = self._write(lambda: store.feedback(rid, outcome, value), force=True)
+        assert queued is not None  # a forced write is always queued
+        try:
+            label = await asyncio.wrap_future(queued)
+        except UnknownRequestError:
+            raise NotFoundError(f"No request with id '{rid}' is stored here.", param="id") from None
+        return {"object": "localroute.feedback", "id": rid, "outcome": outcome, "label": label}
 
     async def _forward(self, rid: str, outcome: Outcome, value: float) -> str | None:
         if self.shared is None:
@@ -274,26 +290,38 @@ class Learning:
         """Apply the labels other replicas queued for requests served here; how many were taken."""
         if self.shared is None or self.store is None:
             return 0
+        take = asyncio.ensure_future(self.shared.take())
         try:
-            items = await self.shared.take()
+            items = await asyncio.shield(take)
+        except asyncio.CancelledError:  # shutdown: what the store already handed over is applied
+            with contextlib.suppress(Exception):
+                self._apply(await take)  # bounded: take() has its own timeout
+            raise
         except Exception as exc:  # down: they stay queued in the store for the next drain
             log.debug("feedback queue not read: %s", exc.__class__.__name__)
             return 0
-        store = self.store
-        for rid, outcome, value in items:
-            if outcome not in OUTCOMES:
-                continue
+        self._apply(items)
+        return len(items)
 
-            def apply(rid: str = rid, outcome: Any = outcome, value: float = value) -> None:
+    def _apply(self, items: list[tuple[str, str, float]]) -> None:
+        """Apply labels taken from the queue: a forced write (they are gone from the store, a full
+        backlog must not drop them), after the rows waiting on the loop (which they may label)."""
+        store = self.store
+        labels = [(rid, outcome, value) for rid, outcome, value in items if outcome in OUTCOMES]
+        if store is None or not labels:
+            return
+
+        def apply() -> None:
+            for rid, outcome, value in labels:
                 try:
-                    store.feedback(rid, outcome, value)
+                    store.feedback(rid, cast("Outcome", outcome), value)
                 except UnknownRequestError:  # pruned here since
                     log.info("feedback for %s arrived after its row was pruned", rid)
                 except Exception as exc:
                     log.error("feedback store write failed: %s", exc.__class__.__name__)
 
-            self._write(apply)
-        return len(items)
+        self._hop()
+        self._write(apply, force=True)
 
     async def drain_forever(self) -> None:
         """`drain` every DRAIN_S, for the gateway's lifetime (cancelled at shutdown)."""

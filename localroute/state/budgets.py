@@ -53,6 +53,10 @@ class Budgets(Protocol):
         """Add one request's cost to `key`'s current period."""
         ...
 
+    async def flush(self) -> None:
+        """Send what was charged here and not yet shared (at shutdown)."""
+        ...
+
 
 class LocalBudgets:
     """Spend per key and period in this process (one gateway, or `[state]` unset)."""
@@ -79,6 +83,9 @@ class LocalBudgets:
             self.forget_before({period_id("day"), period_id("month")})
             self.add((key, period_id(period)), usd)
 
+    async def flush(self) -> None:
+        """Nothing to send: this process is the only counter."""
+
 
 # KEYS[1]: the counter; ARGV[1]: USD to add; ARGV[2]: expiry in seconds. Returns the new total.
 _CHARGE = """
@@ -96,7 +103,8 @@ class SharedBudgets:
         self._script: Callable[..., Awaitable[Any]] = self._client.register_script(_CHARGE)
         self._prefix = limiter._prefix + "bud:"
         self._timeout = limiter._timeout
-        self._on_error = limiter._degraded
+        self._on_error = limiter._on_error  # counted with the store's other failures (metrics)
+        self._warned_at = -1e9
         self._known = LocalBudgets()  # the last total read from the store
         self._unsent = LocalBudgets()  # charged here while the store was down
         self._down_until = -1e9
@@ -105,8 +113,32 @@ class SharedBudgets:
         return f"{self._prefix}{pid}:{key}"
 
     def _failed(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + RETRY_S
-        self._on_error(exc)
+        """The store failed a budget call: budgets (only) go on local figures for RETRY_S. Rate limiting
+        keeps its own flag: a budget failure does not make it per replica."""
+        now = time.monotonic()
+        self._down_until = now + RETRY_S
+        if self._on_error is not None:
+            self._on_error()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            # The exception's class only: a connection error's text can carry the URL and its password.
+            log.warning(
+                "shared state unreachable (%s); budgets count this replica's spend until it is back",
+                exc.__class__.__name__,
+            )
+
+    async def flush(self) -> None:
+        """Send the spend kept while the store was down (at shutdown); what still fails is logged."""
+        for slot in list(self._unsent._spent):
+            pending = self._unsent._spent.pop(slot, 0.0)
+            if pending <= 0:
+                continue
+            try:
+                async with asyncio.timeout(self._timeout * 2):
+                    await self._script(keys=[self._name(*slot)], args=[repr(pending), _ttl(slot[1])])
+            except Exception as exc:
+                self._unsent.add(slot, pending)
+                log.warning("budget spend not sent at shutdown: %s", exc.__class__.__name__)
 
     async def spent(self, key: str, period: Period) -> float:
         slot = (key, period_id(period))
@@ -127,13 +159,19 @@ class SharedBudgets:
         if time.monotonic() < self._down_until:
             self._unsent.add(slot, usd)
             return
-        total = usd + self._unsent.get(slot)
+        # Taken before the await: a concurrent charge cannot send it again, nor a failure's spend be lost.
+        pending = self._unsent._spent.pop(slot, 0.0)
         ttl = int(seconds_left(period)) + 86_400  # kept a day past its period, then gone
         try:
             async with asyncio.timeout(self._timeout * 2):
-                value = await self._script(keys=[self._name(*slot)], args=[repr(total), ttl])
-            self._unsent._spent.pop(slot, None)
+                value = await self._script(keys=[self._name(*slot)], args=[repr(usd + pending), ttl])
             self._known._spent[slot] = float(value)
         except Exception as exc:  # kept here and sent with this key's next charge that succeeds
-            self._unsent.add(slot, usd)
+            self._unsent.add(slot, usd + pending)
             self._failed(exc)
+
+
+def _ttl(pid: str) -> int:
+    """A counter's expiry: a day past the end of its period (named by `pid`)."""
+    period: Period = "day" if len(pid) == len("2026-12-03") else "month"
+    return int(seconds_left(period)) + 86_400

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 MAX_QUEUED = 10_000  # labels waiting for one replica; the oldest go first beyond it
 TAKE_AT_ONCE = 256
+OWNER_TRIES, OWNER_STEP_S = 9, 0.125  # an unknown id's owner is looked for during ~1 s
 QUEUE_TTL_S = 7 * 86_400  # a replica gone for a week loses what was queued for it
 
 # KEYS[1]: the queue; ARGV[1]: how many. LRANGE + LTRIM in one step: no label is taken twice.
@@ -65,13 +66,25 @@ class SharedFeedback:
     async def forward(self, rid: str, outcome: str, value: float) -> str | None:
         """Queue a label for the replica that served `rid`; its id, or None when no other replica did.
         Raises when the store cannot be reached (the caller answers 503: a label is not dropped silently)."""
+        owner = await self._owner(rid)
+        if not owner or owner == self.replica:
+            return None
         async with asyncio.timeout(self._timeout * 2):
-            owner = await self._client.get(f"{self._prefix}fbr:{rid}")
-            if not owner or owner == self.replica:
-                return None
             item = json.dumps({"id": rid, "outcome": outcome, "value": value})
             await self._put(keys=[f"{self._prefix}fbq:{owner}"], args=[item, MAX_QUEUED, QUEUE_TTL_S])
         return str(owner)
+
+    async def _owner(self, rid: str) -> str | None:
+        """The replica that served `rid`. `served` writes it in the background, so a label posted to
+        another replica right after the answer may arrive first: asked again, OWNER_TRIES times."""
+        for attempt in range(OWNER_TRIES):
+            if attempt:
+                await asyncio.sleep(OWNER_STEP_S)
+            async with asyncio.timeout(self._timeout * 2):
+                owner = await self._client.get(f"{self._prefix}fbr:{rid}")
+            if owner:
+                return str(owner)
+        return None
 
     async def take(self) -> list[tuple[str, str, float]]:
         """Labels other replicas queued for this one (up to TAKE_AT_ONCE), oldest first."""
