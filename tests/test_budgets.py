@@ -23,7 +23,7 @@ from localroute.errors import BudgetExceededError
 from localroute.gateway.app import create_app
 from localroute.gateway.budget import Billing
 from localroute.routing.policy import Hints
-from localroute.state import budgets
+from localroute.state import limits
 from localroute.state.budgets import LocalBudgets, SharedBudgets, period_id, seconds_left
 from localroute.state.limits import SharedRateLimiter
 from tests import conftest
@@ -121,7 +121,7 @@ def test_two_replicas_charge_one_counter(redis_url: str) -> None:  # noqa: F811
 def test_a_store_that_is_down_keeps_the_budget_and_gets_the_spend_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(budgets, "RETRY_S", 0.0)  # retry the store on the next call
+    monkeypatch.setattr(limits, "RETRY_S", 0.0)  # retry the store on the next call
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"  # nothing listens there yet
     errors: list[int] = []
@@ -251,13 +251,13 @@ def test_a_budget_store_failure_leaves_rate_limiting_shared() -> None:
         b = SharedBudgets(lim)
         try:
             await b.charge("k", "day", 2.0)
-            return await b.spent("k", "day"), lim._down_until
+            return await b.spent("k", "day"), lim._outage.down()
         finally:
             await lim.aclose()
 
-    spent, limiter_down_until = asyncio.run(run())
+    spent, limiter_down = asyncio.run(run())
     assert spent == 2.0 and errors  # counted here, and as a state error
-    assert limiter_down_until < 0  # the rate limiter was not switched to per-replica mode
+    assert not limiter_down  # the rate limiter was not switched to per-replica mode
 
 
 @needs_redis

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from localroute.state.limits import Outage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("localroute.state")
 Period = Literal["day", "month"]
-RETRY_S = 5.0  # after the store failed a call, this long on local figures before retrying
 
 
 def period_id(period: Period, now: datetime | None = None) -> str:
@@ -103,29 +103,14 @@ class SharedBudgets:
         self._script: Callable[..., Awaitable[Any]] = self._client.register_script(_CHARGE)
         self._prefix = limiter._prefix + "bud:"
         self._timeout = limiter._timeout
-        self._on_error = limiter._on_error  # counted with the store's other failures (metrics)
-        self._warned_at = -1e9
+        # Budgets keep their own outage: a budget failure does not make rate limits per replica. Counted
+        # with the store's other failures (metrics).
+        self._outage = Outage("budgets count this replica's spend", limiter._on_error)
         self._known = LocalBudgets()  # the last total read from the store
         self._unsent = LocalBudgets()  # charged here while the store was down
-        self._down_until = -1e9
 
     def _name(self, key: str, pid: str) -> str:
         return f"{self._prefix}{pid}:{key}"
-
-    def _failed(self, exc: BaseException) -> None:
-        """The store failed a budget call: budgets (only) go on local figures for RETRY_S. Rate limiting
-        keeps its own flag: a budget failure does not make it per replica."""
-        now = time.monotonic()
-        self._down_until = now + RETRY_S
-        if self._on_error is not None:
-            self._on_error()
-        if now - self._warned_at >= 60:
-            self._warned_at = now
-            # The exception's class only: a connection error's text can carry the URL and its password.
-            log.warning(
-                "shared state unreachable (%s); budgets count this replica's spend until it is back",
-                exc.__class__.__name__,
-            )
 
     async def flush(self) -> None:
         """Send the spend kept while the store was down (at shutdown); what still fails is logged."""
@@ -142,21 +127,21 @@ class SharedBudgets:
 
     async def spent(self, key: str, period: Period) -> float:
         slot = (key, period_id(period))
-        if time.monotonic() >= self._down_until:
+        if not self._outage.down():
             try:
                 async with asyncio.timeout(self._timeout * 2):
                     value = await self._client.get(self._name(*slot))
                 self._known.forget_before({period_id("day"), period_id("month")})
                 self._known._spent[slot] = float(value or 0.0)
             except Exception as exc:  # down or slow: decide on what this replica knows
-                self._failed(exc)
+                self._outage.failed(exc)
         return self._known.get(slot) + self._unsent.get(slot)
 
     async def charge(self, key: str, period: Period, usd: float) -> None:
         if usd <= 0:
             return
         slot = (key, period_id(period))
-        if time.monotonic() < self._down_until:
+        if self._outage.down():
             self._unsent.add(slot, usd)
             return
         # Taken before the await: a concurrent charge cannot send it again, nor a failure's spend be lost.
@@ -168,7 +153,7 @@ class SharedBudgets:
             self._known._spent[slot] = float(value)
         except Exception as exc:  # kept here and sent with this key's next charge that succeeds
             self._unsent.add(slot, usd + pending)
-            self._failed(exc)
+            self._outage.failed(exc)
 
 
 def _ttl(pid: str) -> int:

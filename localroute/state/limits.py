@@ -34,6 +34,33 @@ class Limiter(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Outage:
+    """A shared store's failures as one replica's user of it sees them: after a failure the store is
+    left alone for RETRY_S (no timeout paid on every request), the failure is counted (`on_error`),
+    and a warning saying what goes on meanwhile (`meanwhile`) is logged at most once a minute."""
+
+    def __init__(self, meanwhile: str, on_error: Callable[[], None] | None = None) -> None:
+        self.meanwhile = meanwhile
+        self.on_error = on_error
+        self._warned_at = -1e9
+        self._until = -1e9
+
+    def down(self) -> bool:
+        return time.monotonic() < self._until
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._until = now + RETRY_S
+        if self.on_error is not None:
+            self.on_error()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            # The exception's class only: a connection error's text can carry the URL and its password.
+            log.warning(
+                "shared state unreachable (%s); %s until it is back", exc.__class__.__name__, self.meanwhile
+            )
+
+
 class RateLimiter:
     """A token bucket per caller in this process: `per_minute` a minute, bursts up to the same number."""
 
@@ -92,32 +119,18 @@ class SharedRateLimiter:
         self._timeout = cfg.timeout_s
         self._local = RateLimiter()  # while the store is unreachable
         self._on_error = on_error
-        self._warned_at = -1e9
-        self._down_until = -1e9  # after a failure, the store is left alone for RETRY_S
+        self._outage = Outage("rate limits are per replica", on_error)
 
     async def take(self, caller: str, per_minute: int) -> float:
-        if time.monotonic() < self._down_until:  # known down: no timeout paid on every request
+        if self._outage.down():  # known down: no timeout paid on every request
             return self._local.spend(caller, per_minute)
         try:
             async with asyncio.timeout(self._timeout * 2):
                 wait = await self._script(keys=[f"{self._prefix}rl:{caller}"], args=[per_minute])
             return float(wait)
         except Exception as exc:  # redis-py's errors, timeouts, a closed connection: all mean 'down'
-            self._degraded(exc)
+            self._outage.failed(exc)
             return self._local.spend(caller, per_minute)
-
-    def _degraded(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + RETRY_S
-        if self._on_error is not None:
-            self._on_error()
-        now = time.monotonic()
-        if now - self._warned_at >= 60:
-            self._warned_at = now
-            # The exception's class only: a connection error's text can carry the URL and its password.
-            log.warning(
-                "shared state unreachable (%s); rate limits are per replica until it is back",
-                exc.__class__.__name__,
-            )
 
     async def aclose(self) -> None:
         await self._client.aclose()
