@@ -23,7 +23,8 @@ from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
 EngineState = Literal["stopped", "starting", "ready", "crashed", "failed", "unavailable"]
-ErrorType = Literal["invalid_request_error", "rate_limit_error", "server_error"]
+# `insufficient_quota`: a key whose spend budget is used up (429, as OpenAI answers a spent quota).
+ErrorType = Literal["invalid_request_error", "rate_limit_error", "insufficient_quota", "server_error"]
 
 Count = Annotated[int, Field(ge=0)]
 Byte = Annotated[int, Field(ge=0, le=255)]
