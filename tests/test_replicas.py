@@ -244,6 +244,17 @@ def test_a_request_recorded_in_two_logs_is_reported(tmp_path: Path) -> None:
     assert "request req-1 recorded also in" in result.report()
 
 
+def follow_up(gw: Server, headers: dict[str, str]) -> list[dict[str, str]]:
+    """A first question pinned to the remote rung on `gw`, and the follow-up that carries its answer
+    back (what stickiness recognises)."""
+    first = [{"role": "user", "content": "Plan the migration."}]
+    pinned = {"model": conftest.REMOTE_RUNG, "messages": first}
+    r = httpx.post(gw.url + "/v1/chat/completions", json=pinned, headers=headers, timeout=60)
+    assert r.status_code == 200 and r.headers["x-localroute-model"] == conftest.REMOTE_RUNG
+    answer = r.json()["choices"][0]["message"]["content"]
+    return [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
+
+
 def test_a_conversation_stays_up_across_replicas(
     tmp_path: Path, provider: StandinProvider, redis_url: str
 ) -> None:
@@ -257,12 +268,7 @@ def test_a_conversation_stays_up_across_replicas(
     a, b = replica(cfg, "gw-a"), replica(cfg, "gw-b")
     try:
         auth = {"authorization": f"Bearer {OPEN}"}
-        first = [{"role": "user", "content": "Plan the migration."}]
-        pinned = {"model": conftest.REMOTE_RUNG, "messages": first}
-        r = httpx.post(a.url + "/v1/chat/completions", json=pinned, headers=auth, timeout=60)
-        assert r.status_code == 200 and r.headers["x-localroute-model"] == conftest.REMOTE_RUNG
-        answer = r.json()["choices"][0]["message"]["content"]
-        follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
+        follow = follow_up(a, auth)
 
         def route() -> tuple[str, str]:
             got = httpx.post(b.url + "/v1/chat/completions", json={"model": "auto", "messages": follow},
@@ -296,12 +302,7 @@ def test_stickiness_is_per_caller(tmp_path: Path, provider: StandinProvider, red
     a, b = replica(cfg, "gw-a"), replica(cfg, "gw-b")
     try:
         mine, theirs = {"authorization": f"Bearer {OPEN}"}, {"authorization": f"Bearer {OTHER}"}
-        first = [{"role": "user", "content": "Plan the migration."}]
-        pinned = {"model": conftest.REMOTE_RUNG, "messages": first}
-        r = httpx.post(a.url + "/v1/chat/completions", json=pinned, headers=mine, timeout=60)
-        assert r.status_code == 200 and r.headers["x-localroute-model"] == conftest.REMOTE_RUNG
-        answer = r.json()["choices"][0]["message"]["content"]
-        follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
+        follow = follow_up(a, mine)
 
         def route(url: str, headers: dict[str, str]) -> tuple[str, str]:
             got = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": follow},
