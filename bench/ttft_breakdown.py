@@ -37,6 +37,7 @@ import httpx
 from bench import servers
 from bench.common import append_result, median, pct
 from bench.local_sides import PROMPT, RawSide, free_port, http_client
+from bench.ttft_floors import FLOORS, Floors
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
@@ -48,7 +49,8 @@ STAGES = [  # (label, from, to)
     ("worker stream → llama call (queue, thread)", "w_in", "w_call"),
     ("llama.cpp: call → first content chunk", "w_call", "w_llama"),
     ("decode thread → worker yields bytes", "w_llama", "w_yield"),
-    ("worker bytes → gateway chunk (UDS, httpx, decode)", "w_yield", "g_chunk"),
+    ("worker bytes → engine headers", "w_yield", "g_headers"),
+    ("engine headers → gateway chunk", "g_headers", "g_chunk"),
     ("gateway chunk → frame out (supervisor, router, handler)", "g_chunk", "g_frame"),
     ("frame out → client reads it (uvicorn, TCP, client)", "g_frame", "c_first"),
 ]
@@ -200,6 +202,18 @@ def render(names: list[str], stages: dict[str, list[dict[str, float]]], got: dic
             f"(pairs p25 {pct(pairs, 0.25):+.1f}, p75 {pct(pairs, 0.75):+.1f})"
         )
     lines.append("| added over raw (medians) | " + " | ".join(adds) + " |")
+    for floor, what in FLOORS.items():
+        if got.get(floor):
+            pad = " | " * (len(names) - 1)
+            lines.append(f"| {floor}: TTFT of {what} (median) | {median(got[floor]) * 1e3:.2f}{pad} |")
+    if got.get("floor:relay"):
+        floor_ms = median(got["floor:relay"]) * 1e3
+        own = []
+        for n in names:
+            around_ms = [(r["c_first"] - r["c_send"] - (r["w_llama"] - r["w_call"])) * 1e3
+                         for r in stages[n] if len(r) == 11]  # fmt: skip
+            own.append(f"{median(around_ms) - floor_ms:+.2f}" if around_ms else "-")
+        lines.append("| **the router's own** (around llama.cpp - floor:relay) | " + " | ".join(own) + " |")
     return head + "\n".join(lines)
 
 
@@ -228,6 +242,7 @@ def main() -> None:
     ap.add_argument("--models-dir", default=str(Path("~/.cache/localroute/models").expanduser()))
     ap.add_argument("--no-cascade", action="store_true", help="pinned requests only (the cascade's are slow)")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--no-floors", action="store_true", help="skip the bare-server floors")
     args = ap.parse_args()
     trees = {"tree": ROOT, **{f"ref{i}:{Path(p).name}": Path(p).resolve() for i, p in enumerate(args.ref)}}
     started, load0 = time.monotonic(), os.getloadavg()[0]
@@ -239,6 +254,7 @@ def main() -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", servers.KEY_ENV: "sk-bench-mock"}
         raw = RawSide(cfg, MODEL, {**env, "PYTHONPATH": str(ROOT)}, same_cache=True)
         gws: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
+        floors = None if args.no_floors else Floors(work, env)
         try:
             for name, tree in trees.items():
                 gws[name] = start_gateway(tree, cfg, work, name, env)
@@ -254,6 +270,11 @@ def main() -> None:
             for _, _, m in gws.values():
                 m.write_text("")
             sides = ["raw", *gws, *(() if args.no_cascade else (f"{n}+cascade" for n in gws))]
+            floor_clients = {f: http_client(p) for f, p in (floors.ports.items() if floors else ())}
+            for fc in floor_clients.values():
+                for _ in range(3):
+                    gateway_run(fc, _nothing, args.max_tokens, "m")
+            sides += list(floor_clients)
             got: dict[str, list[float]] = {s: [] for s in sides}
             cpu: dict[str, float] = {s: 0.0 for s in sides}  # the gateway process's CPU, per side
             kinds: dict[str, list[str]] = {n: [] for n in gws}  # each gateway's requests, in order
@@ -263,6 +284,9 @@ def main() -> None:
                     time.sleep(args.gap)
                     if s == "raw":
                         got[s].append(raw.run("stream", args.max_tokens)[0])
+                        continue
+                    if s in floor_clients:
+                        got[s].append(gateway_run(floor_clients[s], _nothing, args.max_tokens, "m"))
                         continue
                     n, cascade = s.removesuffix("+cascade"), s.endswith("+cascade")
                     kinds[n].append(s)
@@ -277,6 +301,8 @@ def main() -> None:
         finally:
             raw.close()
             mock.stop()
+            if floors is not None:
+                floors.close()
             for proc, _, _ in gws.values():
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(30)
@@ -286,7 +312,7 @@ def main() -> None:
     if not args.no_cascade:
         table += "\n\n" + render_cascade(names, stages, got)
     table += "\n\nGateway process CPU per request (ms, /proc ticks summed over the run): " + ", ".join(
-        f"{s} {cpu[s] / len(got[s]) * 1e3:.2f}" for s in sides if s != "raw"
+        f"{s} {cpu[s] / len(got[s]) * 1e3:.2f}" for s in sides if s != "raw" and s not in FLOORS
     )
     notes = (
         "SmolLM2-135M Q4_1, n_ctx 2048, threads 2, cache_prompt on, model pinned (no cascade), "

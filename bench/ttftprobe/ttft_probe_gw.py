@@ -42,6 +42,23 @@ def patch() -> None:
 
     httpx.AsyncClient.send = probed_send  # type: ignore[method-assign]
 
+    try:  # trees whose engine client sends straight to its transport (rungs/remote_send.Sender)
+        from localroute.rungs.remote_send import Sender
+    except ImportError:
+        pass
+    else:
+        direct = Sender.send
+
+        async def probed_direct(self: Any, request: Any) -> Any:
+            if self.transport is not None and request.url.path.endswith("/chat/completions"):
+                mark("g_send")
+                resp = await direct(self, request)
+                mark("g_headers")
+                return resp
+            return await direct(self, request)
+
+        Sender.send = probed_direct  # type: ignore[method-assign]
+
     stream = openai_http.OpenAIHTTP.stream
 
     async def probed_stream(self: Any, body: Any, extensions: Any = None) -> Any:

@@ -16,6 +16,7 @@ from localroute.protocol import sse
 from localroute.protocol.completions import is_completion, wire_body
 from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk
+from localroute.rungs.remote_send import Sender
 from localroute.rungs.transport_errors import TRANSPORT_ERRORS, Peer, transport_error
 
 
@@ -28,13 +29,18 @@ class EngineTimeoutError(EngineUnavailableError):
 
 
 class OpenAIHTTP:
-    """POSTs to `/v1/chat/completions` on one base URL and maps every failure to an APIError."""
+    """POSTs to `/v1/chat/completions` on one base URL and maps every failure to an APIError.
+
+    With `transport` (the client's own, one that we built), requests go straight to it, past httpx's
+    client layer, as the remote rung sends (rungs/remote_send.py): on a local stream that layer was
+    most of the gateway's work before the first token (docs/bench-overhead.md)."""
 
     def __init__(
         self,
         client: httpx.AsyncClient,
         path: str = "/v1/chat/completions",
         completions_path: str = "/v1/completions",
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.client = client
         self.path = path
@@ -42,6 +48,15 @@ class OpenAIHTTP:
         read = client.timeout.read
         deadline = "in time" if read is None else f"within request_timeout_s={read:g}s"
         self.peer = Peer("The engine", deadline, EngineTimeoutError, ConnectionLostError)
+        self._sender = Sender(client, transport, client.timeout, {})
+        base = str(client.base_url).rstrip("/")
+        self._urls = {p: httpx.URL(base + p) for p in (path, completions_path)}
+
+    def _request(self, path: str, body: dict[str, Any], extensions: dict[str, Any] | None) -> httpx.Request:
+        req = self._sender.request(self._urls[path], body, {})
+        if extensions:
+            req.extensions = {**req.extensions, **extensions}
+        return req
 
     async def complete(
         self, body: dict[str, Any], extensions: dict[str, Any] | None = None
@@ -50,8 +65,11 @@ class OpenAIHTTP:
         text = is_completion(body)
         path, body = (self.completions_path, wire_body(body)) if text else (self.path, body)
         try:
-            resp = await self.client.post(path, json=body, extensions=extensions)
-            content = resp.content
+            resp = await self._sender.send(self._request(path, body, extensions))
+            try:
+                content = await resp.aread()
+            finally:
+                await resp.aclose()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.peer) from None
         if resp.status_code != 200:
@@ -71,9 +89,8 @@ class OpenAIHTTP:
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         text = is_completion(body)
         path, body = (self.completions_path, wire_body(body)) if text else (self.path, body)
-        req = self.client.build_request("POST", path, json=body, extensions=extensions)
         try:
-            resp = await self.client.send(req, stream=True)
+            resp = await self._sender.send(self._request(path, body, extensions))
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.peer) from None
         try:

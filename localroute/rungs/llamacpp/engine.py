@@ -116,13 +116,15 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
             self.restarts += 1
         self._starts += 1
         self._supervise(proc)
+        # our HTTP/1.1 transport, not httpcore's, and sent to directly: less gateway CPU per request
+        # and a shorter way to the first token (docs/bench-overhead.md)
+        lean = LeanTransport(uds=str(self.socket))
         self._client = httpx.AsyncClient(
-            # our HTTP/1.1 transport, not httpcore's: less gateway CPU per request (docs/bench-overhead.md)
-            transport=LeanTransport(uds=str(self.socket)),
+            transport=lean,
             base_url="http://engine",
             timeout=httpx.Timeout(self.cfg.request_timeout_s, connect=5.0, pool=None),
         )
-        self._http = OpenAIHTTP(self._client)
+        self._http = OpenAIHTTP(self._client, transport=lean)
         await self._wait_healthy(proc, t0)
         self.rss_at_load = resources.rss(proc.pid)
         fp = self.footprint()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -38,22 +39,29 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
 
 
 class RenderClock:
-    """Bounds the render of one chat completion at a time (the runner serialises them)."""
+    """Bounds the render of one chat completion at a time (the runner serialises them).
+
+    One watchdog thread, started with the first render and kept, waits for the armed deadline: a
+    `threading.Timer` per request started a thread on the way to every first token (Thread.start
+    waits for the new thread to run: up to milliseconds on a busy box, docs/bench-overhead.md)."""
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._thread: int | None = None  # the thread rendering now; None: nothing is timed
+        self._deadline: float | None = None  # when the armed render runs out (monotonic)
         self._fired = False
-        self._timer: threading.Timer | None = None
+        self._watchdog: threading.Thread | None = None
 
     def bounded(self, call: Callable[[], T]) -> T:
         """`call()` on this thread, its template render limited to `limit_s` (see `rendered`)."""
-        with self._lock:
+        with self._cond:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="render-clock", daemon=True)
+                self._watchdog.start()
             self._thread, self._fired = threading.get_ident(), False
-            self._timer = threading.Timer(self.limit_s, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+            self._deadline = time.monotonic() + self.limit_s
+            self._cond.notify()
         try:
             return call()
         finally:
@@ -66,21 +74,27 @@ class RenderClock:
             raise RenderTimeout
 
     def _stop(self) -> bool:
-        with self._lock:
-            thread, fired, timer = self._thread, self._fired, self._timer
-            self._thread, self._timer = None, None
-        if timer is not None:
-            timer.cancel()
-        if fired and thread is not None:
-            _raise_in(thread, None)
+        with self._cond:
+            thread, fired = self._thread, self._fired
+            self._thread, self._deadline = None, None
+            if fired and thread is not None:
+                _raise_in(thread, None)
         return fired
 
-    def _fire(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                return
-            self._fired = True
-            _raise_in(self._thread, RenderTimeout)
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._deadline = None
+                if self._thread is not None:
+                    self._fired = True
+                    _raise_in(self._thread, RenderTimeout)
 
     def error(self) -> InternalError:
         """What the client gets: the model's template is at fault, not the request."""
