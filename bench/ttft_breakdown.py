@@ -15,6 +15,11 @@ those processes only) that write `time.monotonic()` stamps, one clock for all pr
     g_chunk   the engine client yields that chunk     g_frame   the gateway hands the client its frame
     c_first   the client reads the first content line
 
+Two floors run in the same rotation (bench/ttft_floors.py, `--no-floors` to skip): `floor:http`, a bare
+uvicorn + Starlette server answering a fixed chunk (what serving over HTTP costs this client at all),
+and `floor:relay`, the same relaying over a Unix socket to a bare server in another process (the floor
+of a model kept in its own process). "The router's own" is around llama.cpp minus `floor:relay`.
+
 The model is pinned (no cascade). Raw TTFT is the same call's time in-process; llama's own part inside
 the worker (w_call to w_llama) is shown beside it, so what the hops add is the rest.
 """

@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from localroute.config.models import LlamaCppModel, VllmModel
@@ -37,6 +37,7 @@ from localroute.privacy.guard import EgressGuard
 from localroute.protocol import sse
 from localroute.protocol.backend import Backend
 from localroute.protocol.chat import parse_chat_request
+from localroute.protocol.event_stream import EventStream
 from localroute.rungs.registry import build_backend
 
 log = logging.getLogger("localroute.engine_server")
@@ -100,7 +101,7 @@ class EngineServer:
             first = await anext(chunks, None)  # a failure before the first chunk still gets its status
         except APIError as exc:
             return _error(exc)
-        return StreamingResponse(_events(first, chunks), media_type="text/event-stream")
+        return EventStream(_events(first, chunks))
 
 
 async def _events(first: Any, chunks: Any) -> AsyncIterator[bytes]:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from localroute.config.schema import Config
 from localroute.errors import (
@@ -44,6 +44,7 @@ from localroute.privacy.detect import Detector
 from localroute.privacy.guard import CURRENT, SCANNED_CLEAN, Privacy, body_texts, resolve
 from localroute.protocol.backend import Backend, Embedder
 from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
+from localroute.protocol.event_stream import EventStream
 from localroute.protocol.feedback import parse_feedback
 from localroute.protocol.records import Attempt, Stats
 from localroute.protocol.surface import CHAT, Surface
@@ -297,7 +298,7 @@ class Gateway:
                     self.learning.answered(rid, req, trace, privacy, "".join(parts), caller)
 
         headers = {**trace.headers(), "cache-control": "no-cache", "x-request-id": rid}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return EventStream(events(), headers=headers)
 
     async def stats(self, request: Request) -> Response:
         now = datetime.now(UTC)

@@ -31,8 +31,10 @@ def build_app(runner: Runner) -> Any:
     """The worker's HTTP surface: /health, /v1/chat/completions and /v1/completions, nothing else."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
+
+    from localroute.protocol.event_stream import EventStream
 
     def error(exc: APIError) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -83,7 +85,7 @@ def build_app(runner: Runner) -> Any:
                     async for part in agen:
                         yield part
 
-                return StreamingResponse(rest(), media_type="text/event-stream")
+                return EventStream(rest())
             try:
                 done = text.complete(runner, body, gen) if raw else runner.complete(body, gen)
                 return JSONResponse(await done)
