@@ -61,7 +61,7 @@ STAGES = [  # (label, from, to)
 ]
 
 
-def config_text(models_dir: Path, audit: Path, mock_port: int = 0) -> str:
+def config_text(models_dir: Path, audit: Path, mock_port: int = 0, threads: int = 2) -> str:
     """SmolLM2 pinned; with `mock_port`, a remote rung above it on the loopback mock, for `auto`
     requests that the cascade judges (public by default, so `auto` may escalate)."""
     remote = (
@@ -87,7 +87,7 @@ name = "{MODEL}"
 engine = "llama_cpp"
 tier = 0
 n_ctx = 2048
-threads = 2
+threads = {threads}
 preload = true
 source = {{ kind = "path", path = "{models_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"}" }}
 
@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--no-cascade", action="store_true", help="pinned requests only (the cascade's are slow)")
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--no-floors", action="store_true", help="skip the bare-server floors")
+    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads (2 takes both cores here)")
     args = ap.parse_args()
     trees = {"tree": ROOT, **{f"ref{i}:{Path(p).name}": Path(p).resolve() for i, p in enumerate(args.ref)}}
     started, load0 = time.monotonic(), os.getloadavg()[0]
@@ -255,7 +256,7 @@ def main() -> None:
         work = Path(os.environ.get("TTFT_KEEP") or tmp)
         cfg = work / "models.toml"
         mock = servers.start_mock(work)
-        cfg.write_text(config_text(Path(args.models_dir), work / "audit.jsonl", mock.port))
+        cfg.write_text(config_text(Path(args.models_dir), work / "audit.jsonl", mock.port, args.threads))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", servers.KEY_ENV: "sk-bench-mock"}
         raw = RawSide(cfg, MODEL, {**env, "PYTHONPATH": str(ROOT)}, same_cache=True)
         gws: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
@@ -320,7 +321,7 @@ def main() -> None:
         f"{s} {cpu[s] / len(got[s]) * 1e3:.2f}" for s in sides if s != "raw" and s not in FLOORS
     )
     notes = (
-        "SmolLM2-135M Q4_1, n_ctx 2048, threads 2, cache_prompt on, model pinned (no cascade), "
+        f"SmolLM2-135M Q4_1, n_ctx 2048, threads {args.threads}, cache_prompt on, model pinned (no cascade), "
         f"temperature 0, max_tokens {args.max_tokens}, {args.reps} repetitions of raw and each tree, "
         f"rotated, {args.gap:g} s idle before each; medians of each stage over the requests (stages do not "
         "add up exactly to the median TTFT). Raw evaluates prompts as the worker does (prompt_cache: a "
