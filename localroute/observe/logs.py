@@ -30,6 +30,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields if isinstance(fields, dict) else {}
 
 
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
 def dumps(out: dict[str, Any]) -> str:
     """One compact JSON line. orjson writes the same JSON as `json.dumps(separators=(",", ":"),
     ensure_ascii=False)` (floats may read `1e-5` for `1e-05`) in a tenth of the CPU: one line per
@@ -42,13 +46,15 @@ def dumps(out: dict[str, Any]) -> str:
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        ts = fields.get("ts")  # a request's own `ts` (its audit record's) wins: not formatted twice
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": ts if isinstance(ts, str) else _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update(_fields(record))  # a request's own `ts` (its audit record's) wins
+        out.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__  # the type only: no traceback, no paths
         return dumps(out)
