@@ -111,8 +111,9 @@ def test_stored_features_read_back_bit_for_bit(tmp_path: Path) -> None:
     featurize = recipe_featurizer()
     store = FeedbackStore(tmp_path / "fb.sqlite3", FeedbackConfig(), featurize)
     r = req(("system", "Be brief."), ("user", "Explain why the sky is blue, in two sentences, 1e-05 ü."))
+    signals = {"mean": -1 / 3, "margin": 1e-300}
     store.remember("rid", r, rung="small", tier=0, local=True, decided="small", score=0.2,
-                   route="policy:score<=0.30", private=False, signals={"mean": -1 / 3, "margin": 1e-300})  # fmt: skip
+                   route="policy:score<=0.30", private=False, signals=signals)  # fmt: skip
     assert store.feedback("rid", "good") == 0.0
     (row,) = list(store.labelled())
     store.close()
