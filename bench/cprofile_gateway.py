@@ -73,7 +73,6 @@ ENTRIES: tuple[tuple[str, str, str], ...] = (
     ("      AuditLog.append", "localroute/privacy/audit.py", "append"),
     ("    Billing.charge", "localroute/gateway/budget.py", "charge"),
     ("    Learning.answered (queue the feedback row)", "localroute/gateway/learn.py", "answered"),
-    ("feedback writer: FeedbackStore.remember (its thread)", "localroute/observe/feedback.py", "remember"),
     ("stream relay: Gateway.chat events() (the whole relay)", "localroute/gateway/handlers.py", "events"),
     (
         "  RemoteBackend.stream (open + per chunk: deadline, next chunk)",
