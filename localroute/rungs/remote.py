@@ -36,7 +36,7 @@ from localroute.protocol.completions import is_completion, wire_body
 from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 from localroute.rungs import lean_http
-from localroute.rungs.remote_send import Sender
+from localroute.rungs.remote_send import Sender, read_all
 from localroute.rungs.transport_errors import Peer, transport_error
 
 log = logging.getLogger("localroute.remote")
@@ -270,7 +270,7 @@ class RemoteBackend:
     async def _complete_once(self, out: dict[str, Any]) -> ChatCompletion:
         resp = await self._send(out)
         try:
-            content = await _body(resp)
+            content = await read_all(resp)
         except httpx.HTTPError as exc:
             raise self._failed(transport_error(exc, self.peer, started=True)) from None
         finally:
@@ -364,14 +364,6 @@ class RemoteBackend:
             return EngineUnavailableError(f"{who} is unavailable (HTTP {status}).", code="remote_unavailable")
         code = shaped["error"].get("code") if shaped else None
         return UpstreamError(f"{who} answered HTTP {status}.", code=code if isinstance(code, str) else None)
-
-
-async def _body(resp: httpx.Response) -> bytes:
-    """The whole response body. Unencoded (as providers send JSON), straight from the transport's
-    stream: httpx's decoder and chunker layers only copy it (docs/bench-overhead.md)."""
-    if resp.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
-        return await resp.aread()  # gzip, deflate, ...: httpx decodes it
-    return b"".join([part async for part in resp.stream])  # type: ignore[union-attr]
 
 
 def _json(text: bytes | str) -> Any:

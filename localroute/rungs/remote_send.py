@@ -88,3 +88,11 @@ class Sender:
         resp = await self.transport.handle_async_request(request)
         resp.request = request
         return resp
+
+
+async def read_all(resp: httpx.Response) -> bytes:
+    """The whole response body. Unencoded (as providers send JSON), straight from the transport's
+    stream: httpx's decoder and chunker layers only copy it (docs/bench-overhead.md)."""
+    if resp.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
+        return await resp.aread()  # gzip, deflate, ...: httpx decodes it
+    return b"".join([part async for part in resp.stream])  # type: ignore[union-attr]
