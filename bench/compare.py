@@ -95,7 +95,9 @@ def start_gateway(
         "PYTHONPATH": str(tree),
         **(extra or {}),
     }
-    child = servers.spawn(name, cmd, port, side, env)
+    # `python -m` imports from its working directory before PYTHONPATH: run each side in its own tree,
+    # or both sides import this one (as every bench.compare run before this fix did).
+    child = servers.spawn(name, cmd, port, side, env, cwd=tree)
     servers.wait_ready(child, "/health", 60)
     return child
 

@@ -1,7 +1,7 @@
 """CPU time and Python calls per request inside localroute, by stage: cProfile in the gateway process.
 
     python -m bench.cprofile_gateway [--seconds 10] [--clients 8] [--mode json|stream] [--no-audit]
-                                     [--out gateway.pstats]
+                                     [--no-feedback] [--out gateway.pstats]
 
 Where `bench.profile_gateway` samples (and so counts a thread that waits for a CPU as busy: on a
 loaded machine, socket writes look expensive), this runs `localroute serve` under cProfile with a
@@ -10,6 +10,11 @@ profiling slows Python calls about 1.5-3x, so read the times as shares; the call
 and machine-independent. Printed: inclusive CPU µs per request of each stage's entry function
 (nested as they call each other; a coroutine's time counts only while it runs), and Python function
 calls per request by package. `--out` keeps the pstats file (snakeviz, `python -m pstats`).
+
+Only the event loop's thread is profiled, but the clock is the process's: a helper thread's CPU
+(the feedback writer) is charged to whatever the loop was doing while it ran, mostly the calls that
+release the GIL (socket and file writes, `os.urandom`). `--no-feedback` gives the clean picture;
+`python -m bench.gateway_threads` measures the threads apart.
 """
 
 from __future__ import annotations
@@ -43,32 +48,32 @@ sys.exit(main())
 """
 # (label, file the function is defined in, its name): inclusive CPU per request, in call order.
 ENTRIES: tuple[tuple[str, str, str], ...] = (
-    ("Guard.check (header size, API key, rate limit)", "localroute/gateway/security.py", "check"),
-    ("Gateway.chat (the handler, all of it)", "localroute/gateway/app.py", "chat"),
-    ("  read_body", "localroute/gateway/app.py", "read_body"),
+    ("Guard (middleware: header size, API key, rate limit)", "localroute/gateway/security.py", "__call__"),
+    ("  Guard.check", "localroute/gateway/security.py", "check"),
+    ("Gateway.chat (the handler, all of it)", "localroute/gateway/handlers.py", "chat"),
+    ("  read_body", "localroute/gateway/body.py", "read_body"),
     ("  parse_chat_request (json + pydantic)", "localroute/protocol/chat.py", "parse_chat_request"),
-    ("  Gateway.classify (model_dump + PII scan)", "localroute/gateway/app.py", "classify"),
-    ("  Router.complete", "localroute/routing/router.py", "complete"),
-    ("  Router.stream (until the first chunk)", "localroute/routing/router.py", "stream"),
-    ("    Router.decide (policy, backend health)", "localroute/routing/router.py", "decide"),
-    ("      RemoteBackend.health", "localroute/rungs/remote.py", "health"),
-    ("    Router._body (engine_body: model_dump)", "localroute/routing/router.py", "_body"),
-    ("    RemoteBackend.complete", "localroute/rungs/remote.py", "complete"),
-    ("      EgressGuard (PII re-scan)", "localroute/privacy/guard.py", "__call__"),
-    (
-        "      RemoteBackend._complete_once (send + read the body)",
-        "localroute/rungs/remote.py",
-        "_complete_once",
-    ),
-    ("        RemoteBackend._send (httpx: build, send, headers)", "localroute/rungs/remote.py", "_send"),
+    ("  Gateway.serve", "localroute/gateway/handlers.py", "serve"),
+    ("    Gateway.classify (model_dump + PII scan)", "localroute/gateway/handlers.py", "classify"),
+    ("    tracing.start_request", "localroute/observe/tracing.py", "start_request"),
+    ("    Billing.admit", "localroute/gateway/budget.py", "admit"),
+    ("    Router.complete", "localroute/routing/router.py", "complete"),
+    ("    Router.stream (until the first chunk)", "localroute/routing/router.py", "stream"),
+    ("      Router.decide (policy, backend health)", "localroute/routing/router.py", "decide"),
+    ("        Policy.features (keyword signals)", "localroute/routing/policy.py", "features"),
+    ("      Router._body (engine_body: model_dump)", "localroute/routing/router.py", "_body"),
+    ("      RemoteBackend.complete", "localroute/rungs/remote.py", "complete"),
+    ("        EgressGuard (PII re-scan)", "localroute/privacy/guard.py", "__call__"),
+    ("        RemoteBackend._send (build, send, read)", "localroute/rungs/remote.py", "_send"),
     ("        remote _json (upstream JSON decode)", "localroute/rungs/remote.py", "_json"),
-    ("      RemoteBackend._next_chunk (httpx lines + JSON)", "localroute/rungs/remote.py", "_next_chunk"),
-    ("  Gateway._record (per-request record)", "localroute/gateway/app.py", "_record"),
-    ("    Metrics.observe", "localroute/observe/metrics.py", "observe"),
-    ("    Logger.info (request log line)", "logging/__init__.py", "info"),
-    ("    AuditLog.append", "localroute/privacy/audit.py", "append"),
-    ("  uuid4 (request id)", "uuid.py", "uuid4"),
-    ("stream relay: Gateway.chat events() (the whole relay)", "localroute/gateway/app.py", "events"),
+    ("    Recorder.record (per-request record)", "localroute/gateway/record.py", "record"),
+    ("      Metrics.observe", "localroute/observe/metrics.py", "observe"),
+    ("      Logger.info (request log line)", "logging/__init__.py", "info"),
+    ("        JSONFormatter.format", "localroute/observe/logs.py", "format"),
+    ("      AuditLog.append", "localroute/privacy/audit.py", "append"),
+    ("    Billing.charge", "localroute/gateway/budget.py", "charge"),
+    ("    Learning.answered (queue the feedback row)", "localroute/gateway/learn.py", "answered"),
+    ("stream relay: Gateway.chat events() (the whole relay)", "localroute/gateway/handlers.py", "events"),
     (
         "  RemoteBackend.stream (open + per chunk: deadline, next chunk)",
         "localroute/rungs/remote.py",
@@ -138,6 +143,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8, help="closed-loop clients")
     ap.add_argument("--mode", choices=("json", "stream"), default="json")
     ap.add_argument("--no-audit", action="store_true", help="run localroute with audit_enabled = false")
+    ap.add_argument("--no-feedback", action="store_true", help="run localroute with the feedback store off")
     ap.add_argument("--out", type=Path, help="keep the pstats file here")
     ap.add_argument("--analyze", type=Path, help="only summarize this pstats file")
     ap.add_argument("--requests", type=int, default=1, help="with --analyze: requests it covers")
@@ -153,7 +159,9 @@ def main() -> None:
         mock = servers.start_mock(work)
         try:
             prefix = [sys.executable, "-c", WRAPPER, str(out.resolve())]
-            lr = servers.start_localroute(mock.port, work, audit=not args.no_audit, prefix=prefix)
+            lr = servers.start_localroute(
+                mock.port, work, audit=not args.no_audit, prefix=prefix, feedback=not args.no_feedback
+            )
             try:
                 target = make_target("localroute", lr.port, None)
                 payload, stream = target.payloads[args.mode], args.mode == "stream"

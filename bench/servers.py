@@ -50,11 +50,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(name: str, cmd: list[str], port: int, workdir: Path, env: dict[str, str] | None = None) -> Child:
+def spawn(
+    name: str, cmd: list[str], port: int, workdir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Child:
+    """`cmd` in its own session, output to `workdir/<name>.log`. `python -m` puts `cwd` first on
+    sys.path, ahead of PYTHONPATH: a child that must import another tree must run in that tree."""
     log = workdir / f"{name}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             start_new_session=True,
         )  # fmt: skip
     return Child(name, proc, port, log)

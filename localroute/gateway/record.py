@@ -86,7 +86,12 @@ class Recorder:
         self.metrics.observe(rec)
         tracing.finish(rec)
         if request_log.isEnabledFor(logging.INFO):
-            request_log.info("request", extra={"fields": rec})
+            # makeRecord + handle is what info() does, less its walk up the stack for the caller's file
+            # and line (findCaller), which no formatter here prints (docs/bench-overhead.md).
+            line = request_log.makeRecord(
+                REQUEST_LOGGER, logging.INFO, "(unknown file)", 0, "request", (), None, extra={"fields": rec}
+            )
+            request_log.handle(line)
         if self.audit is None:
             return rec
         record = rec

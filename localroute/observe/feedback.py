@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import orjson
+
 from localroute.config.feedback import FeedbackConfig
 from localroute.protocol.chat import ChatCompletionRequest
 
@@ -147,13 +149,17 @@ class FeedbackStore:
         if self.cfg.store_prompts:
             prompt = json.dumps([{"role": m.role, "content": m.text()} for m in req.messages])
         sig = {k: float(v) for k, v in (signals or {}).items() if math.isfinite(v)}
+        # orjson, not json: a row holds ~130 floats, and the stdlib's shortest-repr float formatting
+        # cost ~180 µs of the store's ~430 µs per row (orjson: ~9 µs). The text is the same JSON, and
+        # every float reads back bit for bit (docs/bench-overhead.md).
+        features_json, signals_json = orjson.dumps(features).decode(), orjson.dumps(sig).decode()
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
         self._db.execute(
             "INSERT OR REPLACE INTO requests (id, ts, rung, tier, local, decided, score, route, private,"
             " features, signals, judged, prompt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rid, time.time(), rung, tier, int(local), decided, score, route, int(private),
-             json.dumps(features), json.dumps(sig), judged, prompt),
+             features_json, signals_json, judged, prompt),
         )  # fmt: skip
         self._inserts += 1
         self._uncommitted += 1

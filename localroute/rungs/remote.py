@@ -36,7 +36,7 @@ from localroute.protocol.completions import is_completion, wire_body
 from localroute.protocol.text_completion import as_chat, as_chat_chunk
 from localroute.protocol.wire import ChatCompletion, ChatCompletionChunk, EngineHealth, EngineState
 from localroute.rungs import lean_http
-from localroute.rungs.remote_send import Sender
+from localroute.rungs.remote_send import Sender, read_all
 from localroute.rungs.transport_errors import Peer, transport_error
 
 log = logging.getLogger("localroute.remote")
@@ -270,7 +270,7 @@ class RemoteBackend:
     async def _complete_once(self, out: dict[str, Any]) -> ChatCompletion:
         resp = await self._send(out)
         try:
-            content = await resp.aread()
+            content = await read_all(resp)
         except httpx.HTTPError as exc:
             raise self._failed(transport_error(exc, self.peer, started=True)) from None
         finally:

@@ -50,15 +50,36 @@ class Sender:
             s: {**_BASE, "Accept": "text/event-stream" if s else "application/json", **auth}
             for s in (False, True)
         }
+        # (origin, stream?) -> the head as httpx would order it (Host first), normalised once.
+        self._heads: dict[tuple[bytes, bool], httpx.Headers] = {}
 
     def request(self, url: httpx.URL, out: Mapping[str, Any], extra: Mapping[str, str]) -> httpx.Request:
-        headers = self._headers[bool(out.get("stream"))]
+        stream = bool(out.get("stream"))
+        headers = self._headers[stream]
         if extra:
             headers = {**headers, **extra}
         if self.transport is None:
             return self.client.build_request("POST", url, content=dump(out), headers=headers)
-        return httpx.Request("POST", url, content=dump(out), headers=headers,
-                             extensions={"timeout": self._timeout})  # fmt: skip
+        if extra:  # trace context (OpenTelemetry on): the plain way
+            return httpx.Request("POST", url, content=dump(out), headers=headers,
+                                 extensions={"timeout": self._timeout})  # fmt: skip
+        return self._prebuilt(url, stream, dump(out))
+
+    def _prebuilt(self, url: httpx.URL, stream: bool, body: bytes) -> httpx.Request:
+        """The request `httpx.Request(content=body, headers=...)` builds, the same head byte for byte,
+        without normalising every header again for each request: its head is copied from one made
+        when the origin is first called, and only Content-Length is added (docs/bench-overhead.md)."""
+        netloc = url.netloc
+        head = self._heads.get((netloc, stream))
+        if head is None:
+            head = httpx.Headers({"Host": netloc.decode("ascii"), **self._headers[stream]})
+            self._heads[(netloc, stream)] = head
+        headers = httpx.Headers(head)  # a copy of its list
+        headers["Content-Length"] = str(len(body))
+        request = httpx.Request("POST", url, headers=headers, stream=httpx.ByteStream(body),
+                                extensions={"timeout": self._timeout})  # fmt: skip
+        request.read()  # the body is in memory: `request.content`, as `content=` gives it
+        return request
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The response, its body not yet read (as `client.send(..., stream=True)`)."""
@@ -67,3 +88,11 @@ class Sender:
         resp = await self.transport.handle_async_request(request)
         resp.request = request
         return resp
+
+
+async def read_all(resp: httpx.Response) -> bytes:
+    """The whole response body. Unencoded (as providers send JSON), straight from the transport's
+    stream: httpx's decoder and chunker layers only copy it (docs/bench-overhead.md)."""
+    if resp.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
+        return await resp.aread()  # gzip, deflate, ...: httpx decodes it
+    return b"".join([part async for part in resp.stream])  # type: ignore[union-attr]
