@@ -1,14 +1,16 @@
-"""Label bench.math_problems with real weak models and write the `../shared/eval`-format CSV.
+"""Write the math word problem set (`../shared/eval` format) and check real weak models on it.
 
-    nice -n 19 python -m bench.label_math --n 240 --seed 16 --out bench/data/mathword/mathword.csv
+    python -m bench.label_math --n 240 --seed 16 --out bench/data/mathword/mathword.csv
+    nice -n 19 python -m bench.label_math --n 240 --seed 16 --check 60   # needs llama-cpp-python, GGUFs
 
-Each problem goes through llama-cpp-python at temperature 0 to gemma-3-270m (a base model: a two-shot
-completion prompt, written for this project, that asks for the final number) and to SmolLM2-135M-Instruct
-(its chat template, a system line asking for the final number only); the first integer of the answer is
-compared with the known one. Columns: `prompt` (the problem as a user would send it), `weak` (gemma was
-right), `smollm2` (SmolLM2 was right), `strong` (always True: the known answer stands for a frontier
-model, which solves 1-6 step integer chains; an assumption, not a measurement), `steps`, `answer`,
-`group` ("mathword"). The GGUFs are the ones `localroute pull` put in the models folder.
+`--check N` asks gemma-3-270m (a base model: a two-shot completion prompt written for this project,
+asking for the final number, at most 12 tokens) and SmolLM2-135M-Instruct (its chat template, a system
+line asking for the final number only, at most 16 tokens) through llama-cpp-python at temperature 0,
+and prints how often the first integer of the answer is the known one, by step count. Both were right
+on 0 of 60 (bench/RESULTS.md), far under the 10 % a usable label needs, so the CSV's `weak` column is a
+*synthetic difficulty label*: `weak = steps < --hard-steps` (default 3: one or two operations count as
+easy). `strong` is always True: the known answer stands for a frontier model, which solves 1-6 step
+integer chains (an assumption, not a measurement). Also written: `steps`, `answer`, `group` ("mathword").
 """
 
 from __future__ import annotations

@@ -16,8 +16,32 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-NAMES = ("Ana", "Ben", "Chloe", "Dev", "Emre", "Fatima", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena",
-         "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tomas", "Uma", "Victor", "Wen", "Yusuf")  # fmt: skip
+NAMES = (
+    "Ana",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Emre",
+    "Fatima",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jade",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tomas",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Yusuf",
+)
 
 
 @dataclass(frozen=True)
@@ -32,17 +56,51 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("marbles", "bag", ("finds", "wins", "is given"), ("loses", "gives away", "trades away"), "at school"),
-    Setting("stickers", "sheet", ("buys", "gets", "is given"), ("uses", "gives away", "sticks on a card"), "at home"),
-    Setting("apples", "crate", ("picks", "buys", "collects"), ("eats", "sells", "bakes into pies"), "at the orchard"),
-    Setting("dollars", "envelope", ("earns", "saves", "is paid"), ("spends", "pays out", "donates"), "this month"),
-    Setting("stamps", "album page", ("collects", "buys", "is sent"), ("trades away", "gives away", "sells"), "this week"),
-    Setting("liters of water", "tank", ("pumps in", "adds", "collects"), ("uses", "drains", "pours out"), "on the farm"),
+    Setting(
+        "marbles", "bag", ("finds", "wins", "is given"), ("loses", "gives away", "trades away"), "at school"
+    ),
+    Setting(
+        "stickers",
+        "sheet",
+        ("buys", "gets", "is given"),
+        ("uses", "gives away", "sticks on a card"),
+        "at home",
+    ),
+    Setting(
+        "apples",
+        "crate",
+        ("picks", "buys", "collects"),
+        ("eats", "sells", "bakes into pies"),
+        "at the orchard",
+    ),
+    Setting(
+        "dollars", "envelope", ("earns", "saves", "is paid"), ("spends", "pays out", "donates"), "this month"
+    ),
+    Setting(
+        "stamps",
+        "album page",
+        ("collects", "buys", "is sent"),
+        ("trades away", "gives away", "sells"),
+        "this week",
+    ),
+    Setting(
+        "liters of water",
+        "tank",
+        ("pumps in", "adds", "collects"),
+        ("uses", "drains", "pours out"),
+        "on the farm",
+    ),
     Setting("eggs", "carton", ("collects", "buys", "gathers"), ("cracks", "sells", "uses"), "at the market"),
-    Setting("coins", "jar", ("finds", "saves", "is given"), ("spends", "loses", "gives away"), "in the piggy bank"),
-    Setting("cookies", "tray", ("bakes", "buys", "makes"), ("eats", "shares out", "packs away"), "for the fair"),
-    Setting("books", "shelf", ("buys", "borrows", "receives"), ("donates", "lends out", "sells"), "at the library"),
-)  # fmt: skip
+    Setting(
+        "coins", "jar", ("finds", "saves", "is given"), ("spends", "loses", "gives away"), "in the piggy bank"
+    ),
+    Setting(
+        "cookies", "tray", ("bakes", "buys", "makes"), ("eats", "shares out", "packs away"), "for the fair"
+    ),
+    Setting(
+        "books", "shelf", ("buys", "borrows", "receives"), ("donates", "lends out", "sells"), "at the library"
+    ),
+)
 
 DISTRACTORS = (
     "{o} is {k} years old.",
@@ -102,7 +160,10 @@ def _div(rng: random.Random, v: int, n: str, s: Setting) -> tuple[str, int] | No
     k = rng.choice(ks)
     if k == 2 and rng.random() < 0.5:
         return f"Then {n} gives half of the {s.item} to a friend.", v // 2
-    return f"Then {n} shares the {s.item} equally among {k} people, {n} included, and keeps one share.", v // k
+    return (
+        f"Then {n} shares the {s.item} equally among {k} people, {n} included, and keeps one share.",
+        v // k,
+    )
 
 
 def _boxes(rng: random.Random, v: int, n: str, s: Setting) -> tuple[str, int]:
@@ -122,7 +183,9 @@ def make_problem(rng: random.Random, steps: int) -> Problem:
     n, o = rng.sample(NAMES, 2)
     while True:
         v = rng.randint(5, 60)
-        start = rng.choice(("{n} has {v} {i} {p}.", "{n} starts with {v} {i} {p}.", "At first, {n} has {v} {i} {p}."))
+        start = rng.choice(
+            ("{n} has {v} {i} {p}.", "{n} starts with {v} {i} {p}.", "At first, {n} has {v} {i} {p}.")
+        )
         lines = [start.format(n=n, v=v, i=s.item, p=s.place)]
         left = steps
         while left:

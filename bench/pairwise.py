@@ -90,8 +90,8 @@ def fit_pairwise(
         s = z @ wd + np.bincount(ro, weights=hv * wh[hi], minlength=n)
         coef = -pw / (1.0 + np.exp(s[h] - s[e]))  # d loss / d margin, per pair
         per_row = np.bincount(h, weights=coef, minlength=n) - np.bincount(e, weights=coef, minlength=n)
-        grads = [z.T @ per_row + l2_dense * wd,
-                 np.bincount(hi, weights=hv * per_row[ro], minlength=len(hashed)) + l2_hashed * wh]  # fmt: skip
+        gh = np.bincount(hi, weights=hv * per_row[ro], minlength=len(hashed))
+        grads = [z.T @ per_row + l2_dense * wd, gh + l2_hashed * wh]
         for j, gr in enumerate(grads):
             m[j] = b1 * m[j] + (1 - b1) * gr
             v2[j] = b2 * v2[j] + (1 - b2) * gr * gr
