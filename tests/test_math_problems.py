@@ -89,3 +89,23 @@ def test_committed_csv_is_what_the_command_writes(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert {r["weak"] for r in rows} == {"True", "False"}
     assert all((r["weak"] == "True") == (int(r["steps"]) < 3) for r in rows)
+
+
+def test_pairwise_pairs_stay_within_groups() -> None:
+    from bench.pairwise import pairs
+
+    got = pairs([1, 0, 0, 1, 0], ["a", "a", "a", "b", "c"])
+    assert sorted(got) == [(0, 1, "a"), (0, 2, "a")]  # b has no easy prompt, c no hard one
+
+
+def test_pairwise_fit_learns_the_within_group_order() -> None:
+    from bench.pairwise import fit_pairwise
+
+    # Group "a" is easy on average and "b" hard, but within each group x decides: a pointwise fit would
+    # lean on the group's base rate, the pairwise one only sees x's within-group order.
+    rows = [{"x": float(v), "g": float(g == "b")} for v, g in
+            [(0, "a"), (1, "a"), (2, "a"), (3, "a"), (0, "b"), (1, "b"), (2, "b"), (3, "b")]]  # fmt: skip
+    y = [0, 0, 0, 1, 0, 1, 1, 1]
+    model = fit_pairwise(rows, y, ["a"] * 4 + ["b"] * 4)
+    assert model.weights["x"] > 0
+    assert model.logit({"x": 3.0, "g": 0.0}) > model.logit({"x": 2.0, "g": 0.0})
