@@ -9,12 +9,16 @@ and two refits of the shipped recipe that see every set but the one scored (poin
 and the pairwise objective of bench/pairwise.py). The heuristic's
 figures on `../shared/eval` and everyday are printed too, so a change to it is read in one run.
 `--ablate`: the heuristic with each keyword signal dropped in turn, and length alone inside it.
+`--candidates`: the two changes to the heuristic tried and not adopted (docs/routing.md): a term per
+number in the prompt, and `negation` restricted to upper-case exam wording.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -58,6 +62,31 @@ def heuristic(config: Config, drop: str = "", only_length: bool = False) -> Scor
     return Policy(config).score_turns
 
 
+NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+UPPER = r"(?-i:\b(?:NOT|EXCEPT|LEAST|FALSE|INCORRECT|NEVER|CANNOT)\b)"
+UPPER_NEGATION = Signal(name="negation", weight=0.4, max_hits=3, patterns=[UPPER])
+
+
+def with_numbers(config: Config, weight: float, cap: int) -> Scores:
+    """Candidate fix: the heuristic's logit plus `weight` per number in the last user turn's window."""
+    score = heuristic(config)
+
+    def f(turns: Sequence[Turn]) -> float:
+        p = min(max(score(turns), 1e-12), 1 - 1e-12)
+        last = next((t.text for t in reversed(turns) if t.role == "user"), "")
+        last = last if len(last) <= 1200 else last[:800] + "\n" + last[-400:]
+        return math.log(p / (1 - p)) + weight * min(len(NUMBER.findall(last)), cap)
+
+    return f
+
+
+def upper_negation(config: Config) -> Scores:
+    """Candidate fix: `negation` only for exam-style upper-case NOT/EXCEPT/..."""
+    sigs = [UPPER_NEGATION if s.name == "negation" else s for s in DEFAULT_SIGNALS]
+    routing = config.routing.model_copy(update={"signals": sigs, "replace_default_signals": True})
+    return Policy(config.model_copy(update={"routing": routing})).score_turns
+
+
 def sets(data: Labelled) -> dict[str, list[int]]:
     names = ("mmlu (pooled)", "everyday", "mathword", "multiturn")  # the order of the --data paths
     return {k: [i for i, s in enumerate(data.sources) if s == n] for n, k in enumerate(names)}
@@ -66,6 +95,7 @@ def sets(data: Labelled) -> dict[str, list[int]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--candidates", action="store_true", help="the heuristic changes tried (not adopted)")
     args = ap.parse_args()
     base, base_rows = load()
     new = load_labelled([MATH, MULTI], WEAK, STRONG)
@@ -98,6 +128,10 @@ def main() -> None:
         scores["h:len+depth"] = list(map(heuristic(config, only_length=True), convs))
         for sig in DEFAULT_SIGNALS:
             scores[f"h-{sig.name}"] = list(map(heuristic(config, drop=sig.name), convs))
+    if args.candidates:
+        for w, cap in ((0.05, 4), (0.1, 4), (0.1, 8), (0.2, 8)):
+            scores[f"h+numbers {w}x<={cap}"] = list(map(with_numbers(config, w, cap), convs))
+        scores["h:NEGATION upper"] = list(map(upper_negation(config), convs))
     parts = sets(data)
     print(f"{'router':<16} " + " ".join(f"{k[:24]:>24}" for k in parts))
     print(f"{'random':<16} " + " ".join(f"{random_apgr(data, idx):>24.3f}" for idx in parts.values()))
