@@ -26,6 +26,7 @@ from bench.pairwise import fit_pairwise
 from bench.scorer_search import EVERYDAY, MMLU, load
 from localroute.config.routing import Signal
 from localroute.config.schema import Config, load_config
+from localroute.routing.evaluate import oracle_scores
 from localroute.routing.features import Featuriser, Turn
 from localroute.routing.fit import fit
 from localroute.routing.policy import Policy
@@ -123,6 +124,7 @@ def main() -> None:
         "shipped": [shipped.score(c).probability for c in convs],
         "refit": refit,
         "refit/pair": pair,
+        "oracle": oracle_scores(data.weak, data.strong),
     }
     if args.ablate:
         scores["h:len+depth"] = list(map(heuristic(config, only_length=True), convs))
