@@ -1,16 +1,17 @@
 """Routing on our own held-out groups: math word problems and multi-turn chats (issue 16).
 
-    nice -n 19 python -m bench.route_heldout [--ablate]
+    nice -n 19 python -m bench.route_heldout [--ablate] [--candidates]
 
 Both sets are held out whole. Per set: APGR of the heuristic (repo models.toml), length (characters
 of the whole conversation), random (mean of 20 seeded permutations), the shipped learned scorer
 (`routing/data/scorer.json`, fitted on `../shared/eval` + everyday: both new sets are unseen by it),
 and two refits of the shipped recipe that see every set but the one scored (pointwise "weak wrong",
-and the pairwise objective of bench/pairwise.py). The heuristic's
-figures on `../shared/eval` and everyday are printed too, so a change to it is read in one run.
+and the pairwise objective of bench/pairwise.py). The heuristic's figures on `../shared/eval` and
+everyday are printed too, so a change to it is read in one run.
 `--ablate`: the heuristic with each keyword signal dropped in turn, and length alone inside it.
 `--candidates`: the two changes to the heuristic tried and not adopted (docs/routing.md): a term per
-number in the prompt, and `negation` restricted to upper-case exam wording.
+number in the prompt, and `negation` restricted to upper-case exam wording. The MMLU and everyday
+features come from bench.scorer_search's cache (/tmp; computed once, minutes, when it is missing).
 """
 
 from __future__ import annotations
