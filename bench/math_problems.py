@@ -214,6 +214,37 @@ def generate(n: int, seed: int) -> list[Problem]:
     return [make_problem(rng, 1 + i % 6) for i in range(n)]
 
 
+# Ordinary story sentences that happen to hold words the heuristic's signals list for other reasons
+# ("not", "class", "plan", "again", "both", "program", "why", "thanks"), and two that hold none.
+NARRATIVE = (
+    "{o} did not come along this time.",
+    "{o} could not decide what to do first.",
+    "It was the last day before the class trip.",
+    "{o} plans to do the same again next year.",
+    "Both of them were in the after-school program.",
+    "{o} never keeps count.",
+    "Everyone wanted to know why.",
+    "{o} said thanks.",
+    "It was a sunny afternoon.",
+    "Everybody was in a good mood.",
+)
+
+
+def narrate(problems: list[Problem], seed: int) -> list[Problem]:
+    """A stress variant: one NARRATIVE sentence in 6 of 10 problems, drawn independently of the step
+    count (its own seeded draw; the problems and answers are unchanged)."""
+    rng = random.Random(seed)
+    out = []
+    for p in problems:
+        if rng.random() < 0.6:
+            parts = p.text.split(". ")
+            at = rng.randint(1, len(parts) - 1)
+            line = rng.choice(NARRATIVE).format(o=rng.choice(NAMES))[:-1]
+            p = Problem(". ".join([*parts[:at], line, *parts[at:]]), p.answer, p.steps, p.setting)
+        out.append(p)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=12)

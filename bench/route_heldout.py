@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.math_problems import generate, narrate
 from bench.pairwise import fit_pairwise
 from bench.scorer_search import EVERYDAY, MMLU, load
 from localroute.config.routing import Signal
@@ -89,6 +90,19 @@ def upper_negation(config: Config) -> Scores:
     return Policy(config.model_copy(update={"routing": routing})).score_turns
 
 
+def narrative_check(config: Config, candidates: bool) -> None:
+    """The math set with incidental signal words inserted at random (math_problems.narrate)."""
+    probs = narrate(generate(240, 16), seed=1)
+    data = Labelled(tuple((Turn("user", p.text),) for p in probs), tuple(p.steps < 3 for p in probs),
+                    (True,) * len(probs), ("mathword",) * len(probs))  # fmt: skip
+    idx = list(range(len(probs)))
+    routers: dict[str, Scores] = {"heuristic": heuristic(config), "length": lambda c: float(len(c[0].text))}
+    if candidates:
+        routers["h:NEGATION upper"] = upper_negation(config)
+    for name, f in routers.items():
+        print(f"mathword+narrative  {name:<18} {group_apgr([f(c) for c in data.convs], data, idx) or 0:.3f}")
+
+
 def sets(data: Labelled) -> dict[str, list[int]]:
     names = ("mmlu (pooled)", "everyday", "mathword", "multiturn")  # the order of the --data paths
     return {k: [i for i, s in enumerate(data.sources) if s == n] for n, k in enumerate(names)}
@@ -144,6 +158,7 @@ def main() -> None:
     for k, idx in parts.items():
         hard = sum(1 for i in idx if not data.weak[i])
         print(f"{k}: n={len(idx)}, weak wrong on {hard}")
+    narrative_check(config, args.candidates)
     print(
         "refit, refit/pair: each new set scored by a model fitted on the three other sets (pointwise,"
         " pairwise); their mmlu and everyday columns are not held out (0.000)"

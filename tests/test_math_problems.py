@@ -109,3 +109,14 @@ def test_pairwise_fit_learns_the_within_group_order() -> None:
     model = fit_pairwise(rows, y, ["a"] * 4 + ["b"] * 4)
     assert model.weights["x"] > 0
     assert model.logit({"x": 3.0, "g": 0.0}) > model.logit({"x": 2.0, "g": 0.0})
+
+
+def test_narrate_keeps_answers_and_adds_only_story() -> None:
+    from bench.math_problems import narrate
+
+    base = generate(60, 16)
+    told = narrate(base, seed=1)
+    assert told == narrate(base, seed=1)
+    assert sum(a.text != b.text for a, b in zip(base, told, strict=True)) > 20
+    for p in told:
+        assert solve(p.text) == (p.answer, p.steps), p.text
