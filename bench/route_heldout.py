@@ -9,9 +9,10 @@ and two refits of the shipped recipe that see every set but the one scored (poin
 and the pairwise objective of bench/pairwise.py). The heuristic's figures on `../shared/eval` and
 everyday are printed too, so a change to it is read in one run.
 `--ablate`: the heuristic with each keyword signal dropped in turn, and length alone inside it.
-`--candidates`: the two changes to the heuristic tried and not adopted (docs/routing.md): a term per
-number in the prompt, and `negation` restricted to upper-case exam wording. The MMLU and everyday
-features come from bench.scorer_search's cache (/tmp; computed once, minutes, when it is missing).
+`--candidates`: the changes to the heuristic tried and not adopted (docs/routing.md): a term per
+number in the prompt, `negation` restricted to upper-case exam wording, a larger length weight.
+The MMLU and everyday features come from bench.scorer_search's cache (/tmp; computed once, minutes,
+when it is missing).
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ def with_numbers(config: Config, weight: float, cap: int) -> Scores:
     return f
 
 
+LENGTH_WEIGHTS = ((0.5, 1.5), (0.7, 1.5), (1.0, 3.0))  # (length_weight, length_cap); default 0.35, 1.5
+
+
+def longer(config: Config, weight: float, cap: float) -> Scores:
+    """Candidate fix: the heuristic with a larger length weight (and cap)."""
+    routing = config.routing.model_copy(update={"length_weight": weight, "length_cap": cap})
+    return Policy(config.model_copy(update={"routing": routing})).score_turns
+
+
 def upper_negation(config: Config) -> Scores:
     """Candidate fix: `negation` only for exam-style upper-case NOT/EXCEPT/..."""
     sigs = [UPPER_NEGATION if s.name == "negation" else s for s in DEFAULT_SIGNALS]
@@ -99,6 +109,8 @@ def narrative_check(config: Config, candidates: bool) -> None:
     routers: dict[str, Scores] = {"heuristic": heuristic(config), "length": lambda c: float(len(c[0].text))}
     if candidates:
         routers["h:NEGATION upper"] = upper_negation(config)
+        for w, cap in LENGTH_WEIGHTS:
+            routers[f"h:length {w}/{cap}"] = longer(config, w, cap)
     for name, f in routers.items():
         print(f"mathword+narrative  {name:<18} {group_apgr([f(c) for c in data.convs], data, idx) or 0:.3f}")
 
@@ -149,6 +161,8 @@ def main() -> None:
         for w, cap in ((0.05, 4), (0.1, 4), (0.1, 8), (0.2, 8)):
             scores[f"h+numbers {w}x<={cap}"] = list(map(with_numbers(config, w, cap), convs))
         scores["h:NEGATION upper"] = list(map(upper_negation(config), convs))
+        for w, cap in LENGTH_WEIGHTS:
+            scores[f"h:length {w}/{cap}"] = list(map(longer(config, w, cap), convs))
     parts = sets(data)
     print(f"{'router':<16} " + " ".join(f"{k[:24]:>24}" for k in parts))
     print(f"{'random':<16} " + " ".join(f"{random_apgr(data, idx):>24.3f}" for idx in parts.values()))
