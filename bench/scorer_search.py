@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.pairwise import fit_pairwise
 from bench.scorer_structure import structural
 from localroute.routing.features import Featuriser
 from localroute.routing.fit import fit
@@ -67,6 +68,14 @@ CONFIGS: dict[str, tuple[tuple[str, ...], str, bool, float]] = {
     "all+x": ((*DENSE, "x:", "e", "h"), "weak", False, 1.0),
     "len+x": (("len", "x:"), "weak", False, 1.0),
     "len+x+e": (("len", "x:", "e"), "weak", False, 1.0),
+    # pairwise ranking within groups (bench/pairwise.py): missed-by-weak above got-by-weak
+    "len/pair": (("len",), "pair", False, 1.0),
+    "dense+x/pair": ((*DENSE, "x:"), "pair", False, 1.0),
+    "dense+x+e/pair": ((*DENSE, "x:", "e"), "pair", False, 1.0),
+    "dense+x+e/pair/l2x10": ((*DENSE, "x:", "e"), "pair", False, 10.0),
+    "recipe/pair": ((*DENSE, "e", "h"), "pair", False, 1.0),
+    "all+x/pair": ((*DENSE, "x:", "e", "h"), "pair", False, 1.0),
+    "dense+x+e/pairgap": ((*DENSE, "x:", "e"), "pairgap", False, 1.0),  # strong-only wins above the rest
 }
 
 
@@ -80,8 +89,11 @@ def run(name: str, data: Labelled, rows: list[Row], folds: int) -> list[float]:
     prefixes, label, grouped, l2 = CONFIGS[name]
     sel = keep(prefixes)
     xs = [sel(r) for r in rows]
-    if label == "weak":
+    if label in ("weak", "pair"):
         y = [int(not w) for w in data.weak]
+        sw = data.weights()
+    elif label == "pairgap":
+        y = [int(s and not w) for w, s in zip(data.weak, data.strong, strict=True)]
         sw = data.weights()
     else:  # "gap": only prompts where the two models differ carry a label
         y = [int(s and not w) for w, s in zip(data.weak, data.strong, strict=True)]
@@ -95,9 +107,13 @@ def run(name: str, data: Labelled, rows: list[Row], folds: int) -> list[float]:
     for k in range(folds):
         held = set(order[k::folds])
         tr = [i for i, g in enumerate(data.groups) if g not in held]
-        model = fit([xs[i] for i in tr], [y[i] for i in tr], [sw[i] for i in tr],
-                    l2_dense=1e-2 * l2, l2_hashed=3e-3 * l2,
-                    groups=[data.groups[i] for i in tr] if grouped else None)  # fmt: skip
+        if label.startswith("pair"):
+            model = fit_pairwise([xs[i] for i in tr], [y[i] for i in tr], [data.groups[i] for i in tr],
+                                 [sw[i] for i in tr], l2_dense=1e-2 * l2, l2_hashed=3e-3 * l2)  # fmt: skip
+        else:
+            model = fit([xs[i] for i in tr], [y[i] for i in tr], [sw[i] for i in tr],
+                        l2_dense=1e-2 * l2, l2_hashed=3e-3 * l2,
+                        groups=[data.groups[i] for i in tr] if grouped else None)  # fmt: skip
         for i, g in enumerate(data.groups):
             if g in held:
                 oof[i] = model.logit(xs[i])
