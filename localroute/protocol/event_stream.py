@@ -2,7 +2,7 @@
 
 Starlette streams under ASGI spec 2.3 (uvicorn's) with an anyio task group of two tasks per response,
 one of them waiting for the client to leave: ~220 µs of CPU per response here, where this takes ~20
-(docs/bench-overhead.md, "Local stream TTFT"). A local stream crosses two such responses (worker and
+(docs/bench-ttft.md). A local stream crosses two such responses (worker and
 gateway) on the way to its first token. Same contract: headers as `Response` builds them, the body's
 parts sent as they come, and a client that leaves stops the stream: the body iterator sees a
 cancellation at the await it is in, so its `finally` (records, freeing the engine) runs, and the

@@ -33,7 +33,7 @@ class OpenAIHTTP:
 
     With `transport` (the client's own, one that we built), requests go straight to it, past httpx's
     client layer, as the remote rung sends (rungs/remote_send.py): on a local stream that layer was
-    most of the gateway's work before the first token (docs/bench-overhead.md)."""
+    most of the gateway's work before the first token (docs/bench-ttft.md)."""
 
     def __init__(
         self,

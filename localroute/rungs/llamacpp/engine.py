@@ -117,7 +117,7 @@ class LlamaCppEngine(SupervisedEngine[LlamaCppModel]):
         self._starts += 1
         self._supervise(proc)
         # our HTTP/1.1 transport, not httpcore's, and sent to directly: less gateway CPU per request
-        # and a shorter way to the first token (docs/bench-overhead.md)
+        # and a shorter way to the first token (docs/bench-ttft.md)
         lean = LeanTransport(uds=str(self.socket))
         self._client = httpx.AsyncClient(
             transport=lean,

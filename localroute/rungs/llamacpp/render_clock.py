@@ -43,7 +43,7 @@ class RenderClock:
 
     One watchdog thread, started with the first render and kept, waits for the armed deadline: a
     `threading.Timer` per request started a thread on the way to every first token (Thread.start
-    waits for the new thread to run: up to milliseconds on a busy box, docs/bench-overhead.md)."""
+    waits for the new thread to run: up to milliseconds on a busy box, docs/bench-ttft.md)."""
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
