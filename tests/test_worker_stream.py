@@ -73,3 +73,15 @@ def test_an_error_before_the_first_token_is_raised_not_streamed(runner: Runner) 
     with pytest.raises(ContextLengthExceededError):
         asyncio.run(_stream(runner, body))
     assert runner.lock.locked() is False
+
+
+def test_the_first_block_carries_the_role_and_the_first_text_together(runner: Runner) -> None:
+    """The role chunk is never written alone: the decode thread hands it over with the first token's
+    chunk, so the first write holds text before the next token's decode takes the cores. Run a few
+    times: the grouping must not depend on which thread got there first."""
+    body = {**BODY, "stream": True}
+    for _ in range(5):
+        first = [json.loads(f) for f in frames(asyncio.run(_stream(runner, body))[0])]
+        deltas = [c["choices"][0]["delta"] for c in first]
+        assert deltas[0].get("role") == "assistant"
+        assert any(d.get("content") for d in deltas), deltas

@@ -3,6 +3,7 @@ loop (a worker thread): cancellation, the tokens sampled and their logprobs, and
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,3 +64,18 @@ def chat_generation(body: dict[str, Any]) -> Generation:
     top = body.get("top_logprobs")
     top_n = top if want and isinstance(top, int) and not isinstance(top, bool) and 0 < top <= 20 else 0
     return Generation(want_logprobs=want, top_n=top_n)
+
+
+def put_all(queue: asyncio.Queue[tuple[str, Any]], items: list[tuple[str, Any]]) -> None:
+    for item in items:
+        queue.put_nowait(item)
+
+
+def role_only(chunk: dict[str, Any]) -> bool:
+    """A stream's opening chunk: the assistant's role, no text, no end."""
+    choices: list[dict[str, Any]] = chunk.get("choices") or []
+    return (
+        len(choices) == 1
+        and choices[0].get("finish_reason") is None
+        and set(choices[0].get("delta") or {}) <= {"role"}
+    )

@@ -22,7 +22,7 @@ from localroute.errors import (
 )
 from localroute.protocol import sse
 from localroute.rungs.llamacpp import prompt_cache
-from localroute.rungs.llamacpp.generation import Generation, chat_generation
+from localroute.rungs.llamacpp.generation import Generation, chat_generation, put_all, role_only
 from localroute.rungs.llamacpp.markers import control_markers, defuse
 from localroute.rungs.llamacpp.render_clock import RenderClock, RenderTimeout
 from localroute.rungs.llamacpp.structured import Structured, flatten
@@ -288,8 +288,12 @@ class Runner:
             self._release()
             raise
 
+        held: list[tuple[str, Any]] = []  # the role chunk, sent with the chunk that follows it
+
         def put(kind: str, item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+            items = [*held, (kind, item)]
+            held.clear()
+            loop.call_soon_threadsafe(put_all, queue, items)
 
         def produce() -> None:
             gen.start_clock()
@@ -298,7 +302,14 @@ class Runner:
                     lambda: self.llm.create_chat_completion(**kw)
                 )
                 for chunk in chunks:
-                    put("chunk", (chunk, len(gen.tokens)))  # tokens sampled up to this chunk
+                    item = (chunk, len(gen.tokens))  # tokens sampled up to this chunk
+                    if not held and role_only(chunk):
+                        # llama-cpp-python yields the role chunk just before the first token's: one
+                        # wakeup for both, so the first write never goes out without its text while
+                        # the next token's decode takes the cores (docs/bench-ttft.md).
+                        held.append(("chunk", item))
+                        continue
+                    put("chunk", item)
             except APIError as exc:  # ours, raised from a hook
                 put("error", exc)
             except RenderTimeout:
