@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 
 from localroute.protocol.event_stream import EventStream
@@ -136,3 +137,33 @@ def test_a_client_that_leaves_while_a_part_is_being_written_closes_the_body_at_o
         assert seen == ["finally"]  # now, not at some later collection
 
     asyncio.run(main())
+
+
+def test_a_client_that_leaves_during_the_bodys_shielded_clean_up_does_not_cut_it_short() -> None:
+    """The gateway's stream records the request and frees the engine in a shielded scope as it ends;
+    a disconnect landing then must not skip the record (it would under a plain task.cancel())."""
+    seen: list[str] = []
+
+    async def main() -> None:
+        peer = Peer()
+        closing, may_finish = asyncio.Event(), asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield b"data: last\n\n"
+            finally:
+                with anyio.CancelScope(shield=True):
+                    closing.set()
+                    await may_finish.wait()  # closing the engine stream
+                seen.append("recorded")
+
+        response = asyncio.ensure_future(EventStream(body())({"type": "http"}, peer.receive, peer.send))
+        await closing.wait()
+        peer.leave()
+        for _ in range(5):  # let the disconnect be delivered while the clean-up waits
+            await asyncio.sleep(0)
+        may_finish.set()
+        await response
+
+    asyncio.run(main())
+    assert seen == ["recorded"]

@@ -53,6 +53,8 @@ class OpenAIHTTP:
         self._urls = {p: httpx.URL(base + p) for p in (path, completions_path)}
 
     def _request(self, path: str, body: dict[str, Any], extensions: dict[str, Any] | None) -> httpx.Request:
+        if self.client.is_closed:  # the engine was stopped: its transport must not reconnect
+            raise ConnectionLostError("The engine is not running.")
         req = self._sender.request(self._urls[path], body, {})
         if extensions:
             req.extensions = {**req.extensions, **extensions}

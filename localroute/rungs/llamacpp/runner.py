@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from localroute.errors import (
@@ -274,7 +274,7 @@ class Runner:
             )
         return result
 
-    async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
+    async def stream(self, body: dict[str, Any], gen: Generation) -> AsyncGenerator[bytes, None]:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         await self._acquire()
         if gen.cancel.is_set():  # the client left while this request was queued

@@ -11,7 +11,7 @@ N most likely tokens, read off the one logits row the sampler already has. The p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 from localroute.errors import APIError, InternalError, InvalidRequestError
@@ -114,7 +114,7 @@ async def complete(runner: Runner, body: dict[str, Any], gen: Generation) -> dic
     return result
 
 
-async def stream(runner: Runner, body: dict[str, Any], gen: Generation) -> AsyncIterator[bytes]:
+async def stream(runner: Runner, body: dict[str, Any], gen: Generation) -> AsyncGenerator[bytes, None]:
     """`text_completion` chunks as SSE frames, a usage chunk when asked, then `[DONE]`."""
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     await runner._acquire()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -81,9 +82,10 @@ def build_app(runner: Runner) -> Any:
                     watch.cancel()  # from here on the streaming response notices a disconnect
 
                 async def rest() -> AsyncIterator[bytes]:
-                    yield first
-                    async for part in agen:
-                        yield part
+                    async with contextlib.aclosing(agen):  # closed here, not by the collector
+                        yield first
+                        async for part in agen:
+                            yield part
 
                 return EventStream(rest())
             try:
