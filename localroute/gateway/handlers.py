@@ -47,7 +47,7 @@ from localroute.protocol.chat import ChatCompletionRequest, parse_chat_request
 from localroute.protocol.event_stream import EventStream
 from localroute.protocol.feedback import parse_feedback
 from localroute.protocol.records import Attempt, Stats
-from localroute.protocol.surface import CHAT, Surface
+from localroute.protocol.surface import CHAT, Surface, opening
 from localroute.protocol.wire import EngineHealth, Health, Model, ModelList
 from localroute.routing.deciding import explanation
 from localroute.routing.embeddings import EmbeddingRouter
@@ -255,6 +255,7 @@ class Gateway:
             status, error = 200, None
             parts: list[str] = []  # the answer: its digest for stickiness, its text for a shadow run
             first: float | None = None  # when the first content reached the client: TTFT
+            held = b""  # the opening role chunk's frames, written with the next chunk's (one write)
             try:
                 while True:
                     try:
@@ -271,16 +272,19 @@ class Gateway:
                             first = time.monotonic()
                         parts.append(text)
                     frames = out.feed(chunk)
-                    if frames:
+                    if first is None and not held and opening(chunk):
+                        held = frames
+                    elif frames or held:
+                        frames, held = held + frames, b""
                         yield frames
-                yield out.close()
+                yield held + out.close()
             except APIError as exc:
                 status, error = exc.status, exc.code or exc.type
-                yield out.fail(exc)  # headers are gone; the SDKs raise on an error event
+                yield held + out.fail(exc)  # headers are gone; the SDKs raise on an error event
             except Exception as exc:  # a bug mid-stream: end it with an error event, record a 500
                 log.error("unhandled %s streaming %s", exc.__class__.__name__, rid)
                 status, error = 500, "internal_error"
-                yield out.fail(InternalError("Internal error in localroute."))
+                yield held + out.fail(InternalError("Internal error in localroute."))
             except BaseException:  # the client left (we are cancelled or closed): not a success
                 status, error = 499, "client_gone"
                 raise

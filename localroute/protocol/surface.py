@@ -69,3 +69,14 @@ class ChatSurface:
 
 
 CHAT = ChatSurface()
+
+
+def opening(chunk: Mapping[str, Any]) -> bool:
+    """A stream's opening chunk: the assistant's role, no text, no tool call, no end. Engines send it
+    just before the first token's chunk; it is written together with that one (docs/bench-ttft.md)."""
+    choices = chunk.get("choices") or []
+    return (
+        len(choices) == 1
+        and choices[0].get("finish_reason") is None
+        and set(choices[0].get("delta") or {}) <= {"role"}
+    )

@@ -69,13 +69,3 @@ def chat_generation(body: dict[str, Any]) -> Generation:
 def put_all(queue: asyncio.Queue[tuple[str, Any]], items: list[tuple[str, Any]]) -> None:
     for item in items:
         queue.put_nowait(item)
-
-
-def role_only(chunk: dict[str, Any]) -> bool:
-    """A stream's opening chunk: the assistant's role, no text, no end."""
-    choices: list[dict[str, Any]] = chunk.get("choices") or []
-    return (
-        len(choices) == 1
-        and choices[0].get("finish_reason") is None
-        and set(choices[0].get("delta") or {}) <= {"role"}
-    )

@@ -21,8 +21,9 @@ from localroute.errors import (
     InvalidRequestError,
 )
 from localroute.protocol import sse
+from localroute.protocol.surface import opening
 from localroute.rungs.llamacpp import prompt_cache
-from localroute.rungs.llamacpp.generation import Generation, chat_generation, put_all, role_only
+from localroute.rungs.llamacpp.generation import Generation, chat_generation, put_all
 from localroute.rungs.llamacpp.markers import control_markers, defuse
 from localroute.rungs.llamacpp.render_clock import RenderClock, RenderTimeout
 from localroute.rungs.llamacpp.structured import Structured, flatten
@@ -303,7 +304,7 @@ class Runner:
                 )
                 for chunk in chunks:
                     item = (chunk, len(gen.tokens))  # tokens sampled up to this chunk
-                    if not held and role_only(chunk):
+                    if not held and opening(chunk):
                         # llama-cpp-python yields the role chunk just before the first token's: one
                         # wakeup for both, so the first write never goes out without its text while
                         # the next token's decode takes the cores (docs/bench-ttft.md).
