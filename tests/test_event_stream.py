@@ -167,3 +167,23 @@ def test_a_client_that_leaves_during_the_bodys_shielded_clean_up_does_not_cut_it
 
     asyncio.run(main())
     assert seen == ["recorded"]
+
+
+def test_the_head_goes_out_with_the_first_part_not_before_it() -> None:
+    async def main() -> None:
+        peer = Peer()
+        ready = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            await ready.wait()  # the first token is not there yet
+            yield b"data: first\n\n"
+
+        response = asyncio.ensure_future(EventStream(body())({"type": "http"}, peer.receive, peer.send))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert peer.sent == []  # nothing yet: the client wakes once, for the head and the first part
+        ready.set()
+        await response
+        assert [m["type"] for m in peer.sent] == ["http.response.start", *["http.response.body"] * 2]
+
+    asyncio.run(main())

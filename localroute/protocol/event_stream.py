@@ -50,9 +50,16 @@ class EventStream(Response):
         with anyio.CancelScope() as cancel:
             watcher = asyncio.ensure_future(watch(cancel))
             try:
-                await out({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                # The head waits for the first part and goes out right before it: the client wakes
+                # once for both, not once for a head and again for the first token (docs/bench-ttft.md).
+                started = False
                 async for part in self.body_iterator:
+                    if not started:
+                        await out({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                        started = True
                     await out({"type": "http.response.body", "body": part, "more_body": True})
+                if not started:
+                    await out({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 done = True
                 await out({"type": "http.response.body", "body": b"", "more_body": False})
             except _Gone:
