@@ -52,26 +52,27 @@ def test_parts_go_out_in_order_with_the_headers_first() -> None:
     assert [m["more_body"] for m in sent[1:]] == [True, True, False]
 
 
+async def stalled(seen: list[str], waiting: asyncio.Event) -> AsyncIterator[bytes]:
+    """One part, then a wait for the engine's next token, which never comes."""
+    try:
+        yield b"data: first\n\n"
+        waiting.set()
+        await asyncio.Event().wait()
+        yield b"data: never\n\n"
+    except asyncio.CancelledError:
+        seen.append("cancelled")
+        raise
+    finally:
+        seen.append("finally")
+
+
 def test_a_client_that_leaves_stops_the_body_where_it_waits_and_its_finally_runs() -> None:
     seen: list[str] = []
 
     async def main() -> None:
-        peer = Peer()
-        waiting = asyncio.Event()
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                yield b"data: first\n\n"
-                waiting.set()
-                await asyncio.Event().wait()  # the engine's next token, which never comes
-                yield b"data: never\n\n"
-            except asyncio.CancelledError:
-                seen.append("cancelled")
-                raise
-            finally:
-                seen.append("finally")
-
-        response = asyncio.ensure_future(EventStream(body())({"type": "http"}, peer.receive, peer.send))
+        peer, waiting = Peer(), asyncio.Event()
+        stream = EventStream(stalled(seen, waiting))
+        response = asyncio.ensure_future(stream({"type": "http"}, peer.receive, peer.send))
         await waiting.wait()
         peer.leave()
         await response  # returns normally: the client is gone, nothing to answer
@@ -86,25 +87,16 @@ def test_a_cancellation_from_elsewhere_propagates_and_still_closes_the_body() ->
     seen: list[str] = []
 
     async def main() -> None:
-        peer = Peer()
-        waiting = asyncio.Event()
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                yield b"data: first\n\n"
-                waiting.set()
-                await asyncio.Event().wait()
-            finally:
-                seen.append("finally")
-
-        response = asyncio.ensure_future(EventStream(body())({"type": "http"}, peer.receive, peer.send))
+        peer, waiting = Peer(), asyncio.Event()
+        stream = EventStream(stalled(seen, waiting))
+        response = asyncio.ensure_future(stream({"type": "http"}, peer.receive, peer.send))
         await waiting.wait()
         response.cancel()  # the server shutting down, not the client leaving
         with pytest.raises(asyncio.CancelledError):
             await response
 
     asyncio.run(main())
-    assert seen == ["finally"]
+    assert seen == ["cancelled", "finally"]
 
 
 def test_a_client_that_leaves_while_a_part_is_being_written_closes_the_body_at_once() -> None:
