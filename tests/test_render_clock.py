@@ -3,6 +3,9 @@ never fires at a render that finished or at the thread's later work (unit, no mo
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -42,8 +45,8 @@ def test_a_finished_render_is_never_fired_at_later() -> None:
 
 
 def test_a_render_that_runs_out_just_as_it_finishes_raises_once() -> None:
-    """The deadline passed before `rendered()` ran: the pending exception is withdrawn and raised
-    there, once, so the thread's next bytecode is not hit by it again."""
+    """The deadline passed before `rendered()` ran: the pending exception lands there, once, so the
+    thread's next bytecode is not hit by it again."""
     clock = RenderClock(0.01)
 
     def slow_then_rendered() -> str:
@@ -54,3 +57,36 @@ def test_a_render_that_runs_out_just_as_it_finishes_raises_once() -> None:
     with pytest.raises(RenderTimeout):
         clock.bounded(slow_then_rendered)
     assert clock.bounded(lambda: "next") == "next"
+
+
+def test_a_timed_out_render_leaves_a_traced_thread_running() -> None:
+    """Under a tracer (coverage, a debugger) the thread goes on after a render that ran out as it
+    finished. Withdrawing the pending exception with PyThreadState_SetAsyncExc(NULL) left Python's
+    async-exception flag set for good before 3.13, and a traced thread then spun in place for ever:
+    the suite hung here under `coverage run`. A child process, so that a hang fails the test."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from localroute.rungs.llamacpp.render_clock import RenderClock, RenderTimeout
+
+        def tracer(frame, event, arg):
+            return tracer
+
+        clock = RenderClock(0.01)
+
+        def slow_then_rendered():
+            time.sleep(0.1)
+            clock.rendered()
+
+        sys.settrace(tracer)
+        for _ in range(2):
+            try:
+                clock.bounded(slow_then_rendered)
+            except RenderTimeout:
+                pass
+        print(sum(range(1000)), clock.bounded(lambda: "next"))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["499500", "next"]
