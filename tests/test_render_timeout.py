@@ -46,18 +46,16 @@ def rung(path: Path) -> dict[str, object]:
             "render_timeout_s": 1, "source": {"kind": "path", "path": str(path)}}  # fmt: skip
 
 
-# `make test` runs every gateway and worker under coverage. Its C trace function holds back the
-# exception the render clock raises in the rendering thread, so under coverage an endless template is
-# never stopped (seen: the request hangs past 120 s; without coverage it ends at render_timeout_s).
-# These gateways run untraced; docs/security.md says a tracer or profiler attached to a worker has the
-# same effect.
-UNTRACED = {"COVERAGE_PROCESS_CONFIG": None}
+# `make test` runs every gateway and worker under coverage, and so do these: a traced worker must stop
+# an endless template too. (They ran untraced once, on a wrong reading: the request hung under coverage
+# because the clock withdrew its fired exception, which left a traced thread spinning for ever before
+# Python 3.13; tests/test_render_clock.py pins that.)
 
 
 @pytest.fixture(scope="module")
 def gateway(endless: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_gateway(
-        tmp_path_factory.mktemp("render"), config_text(models=[rung(endless)]), UNTRACED, until=answering
+        tmp_path_factory.mktemp("render"), config_text(models=[rung(endless)]), until=answering
     )
     yield srv
     srv.stop()
@@ -93,7 +91,7 @@ def test_a_private_request_whose_template_times_out_never_leaves_the_machine(
     request may fall back to the remote rung, a private one fails closed and sends nothing."""
     with StandinProvider(api_key=STANDIN_KEY) as provider:
         models = [rung(endless), remote_rung(provider.base_url, KEY_ENV, max_retries=0)]
-        env = {KEY_ENV: STANDIN_KEY, **UNTRACED}
+        env = {KEY_ENV: STANDIN_KEY}
         srv = start_gateway(tmp_path, config_text(models=models), env, until=answering)
         try:
             for stream in (False, True):
