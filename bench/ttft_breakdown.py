@@ -1,6 +1,7 @@
 """Where a streamed request's time to first token goes, from the client to llama.cpp and back, in one run.
 
     python -m bench.ttft_breakdown [--ref PATH ...] [--reps 20] [--max-tokens 16] [--gap 0.5] [--no-append]
+                                   [--detail]
 
 One raw llama-cpp-python child (bench.local_sides, timing itself) and one `localroute serve` per tree
 (this one, and each `--ref` checkout, run from its folder through PYTHONPATH) serve SmolLM2-135M with
@@ -58,6 +59,16 @@ STAGES = [  # (label, from, to)
     ("engine headers → gateway chunk", "g_headers", "g_chunk"),
     ("gateway chunk → frame out (supervisor, router, handler)", "g_chunk", "g_frame"),
     ("frame out → client reads it (uvicorn, TCP, client)", "g_frame", "c_first"),
+]
+AROUND = {name for _, a, b in STAGES for name in (a, b)}  # the marks every probed request has
+DETAIL = [  # `--detail`: the first two stages, step by step
+    ("client → the gateway's middleware (client, TCP, uvicorn)", "c_send", "g_edge"),
+    ("middleware → handler (guard, routing, request)", "g_edge", "g_in"),
+    ("handler → body read", "g_in", "g_body"),
+    ("body → parsed (JSON, validation)", "g_body", "g_parsed"),
+    ("parsed → classified (privacy: dump, PII scan)", "g_parsed", "g_classified"),
+    ("classified → decided (tracing, budget, policy)", "g_classified", "g_decided"),
+    ("decided → engine request (body, admission, request)", "g_decided", "g_send"),
 ]
 
 
@@ -175,11 +186,17 @@ def requests_of(path: Path) -> list[dict[str, float]]:
     return out
 
 
-def render(names: list[str], stages: dict[str, list[dict[str, float]]], got: dict[str, list[float]]) -> str:
+def render(
+    names: list[str],
+    stages: dict[str, list[dict[str, float]]],
+    got: dict[str, list[float]],
+    detail: bool = False,
+) -> str:
     raw_ms = median(got["raw"]) * 1e3
     head = "| stage | " + " | ".join(f"{n} ms" for n in names) + " |\n|---|" + "---|" * len(names) + "\n"
     lines = []
-    for label, a, b in STAGES:
+    for name, a, b in STAGES[:1] + DETAIL[:2] * detail + STAGES[1:2] + DETAIL[2:] * detail + STAGES[2:]:
+        label = f"  {name}" if (name, a, b) in DETAIL else name  # a step of the stage above
         cells = []
         for n in names:
             ds = [(r[b] - r[a]) * 1e3 for r in stages[n] if a in r and b in r]
@@ -192,7 +209,7 @@ def render(names: list[str], stages: dict[str, list[dict[str, float]]], got: dic
         own = [
             (r["c_first"] - r["c_send"] - (r["w_llama"] - r["w_call"])) * 1e3
             for r in stages[n]
-            if len(r) == 11
+            if AROUND <= r.keys()
         ]
         around.append(
             f"**{median(own):.2f}** (p25 {pct(own, 0.25):.1f}, p75 {pct(own, 0.75):.1f})" if own else "-"
@@ -216,7 +233,7 @@ def render(names: list[str], stages: dict[str, list[dict[str, float]]], got: dic
         own = []
         for n in names:
             around_ms = [(r["c_first"] - r["c_send"] - (r["w_llama"] - r["w_call"])) * 1e3
-                         for r in stages[n] if len(r) == 11]  # fmt: skip
+                         for r in stages[n] if AROUND <= r.keys()]  # fmt: skip
             own.append(f"{median(around_ms) - floor_ms:+.2f}" if around_ms else "-")
         lines.append("| **the router's own** (around llama.cpp - floor:relay) | " + " | ".join(own) + " |")
     return head + "\n".join(lines)
@@ -248,6 +265,7 @@ def main() -> None:
     ap.add_argument("--no-cascade", action="store_true", help="pinned requests only (the cascade's are slow)")
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--no-floors", action="store_true", help="skip the bare-server floors")
+    ap.add_argument("--detail", action="store_true", help="split the first two stages (5 more marks)")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads (2 takes both cores here)")
     args = ap.parse_args()
     trees = {"tree": ROOT, **{f"ref{i}:{Path(p).name}": Path(p).resolve() for i, p in enumerate(args.ref)}}
@@ -263,7 +281,8 @@ def main() -> None:
         floors = None if args.no_floors else Floors(work, env)
         try:
             for name, tree in trees.items():
-                gws[name] = start_gateway(tree, cfg, work, name, env)
+                genv = {**env, "LOCALROUTE_TTFT_DETAIL": "1"} if args.detail else env
+                gws[name] = start_gateway(tree, cfg, work, name, genv)
             for _, port, _ in gws.values():
                 wait_ready(port)
             clients = {n: http_client(p) for n, (_, p, _) in gws.items()}
@@ -314,7 +333,7 @@ def main() -> None:
                 proc.wait(30)
     seconds, load1 = time.monotonic() - started, os.getloadavg()[0]
     names = list(gws)
-    table = render(names, stages, got)
+    table = render(names, stages, got, args.detail)
     if not args.no_cascade:
         table += "\n\n" + render_cascade(names, stages, got)
     table += "\n\nGateway process CPU per request (ms, /proc ticks summed over the run): " + ", ".join(

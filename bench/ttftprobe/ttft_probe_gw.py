@@ -7,6 +7,7 @@ first content frame handed to the response; the worker it starts runs `ttft_prob
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -83,8 +84,59 @@ def patch() -> None:
     surface._ChatStream.feed = probed_feed  # type: ignore[method-assign]
 
 
+def patch_detail() -> None:
+    """With $LOCALROUTE_TTFT_DETAIL: the first two stages split by step (the outermost middleware's
+    entry; the handler's body read, parsed, classified, decided). Five more marks, each an `os.write`
+    (a few µs): read the TTFT of such a run as slightly high."""
+    from localroute.gateway import handlers, security
+    from localroute.routing import router
+
+    guard = security.Guard.__call__
+
+    async def probed_guard(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/v1/chat/completions":
+            mark("g_edge")
+        await guard(self, scope, receive, send)
+
+    security.Guard.__call__ = probed_guard  # type: ignore[method-assign]
+    receive = handlers.Gateway.receive
+
+    async def probed_receive(self: Any, request: Any, deadline: float) -> Any:
+        out = await receive(self, request, deadline)
+        mark("g_body")
+        return out
+
+    handlers.Gateway.receive = probed_receive  # type: ignore[method-assign]
+    parse = handlers.parse_chat_request
+
+    def probed_parse(raw: bytes) -> Any:
+        out = parse(raw)
+        mark("g_parsed")
+        return out
+
+    handlers.parse_chat_request = probed_parse
+    classify = handlers.Gateway.classify
+
+    def probed_classify(self: Any, *args: Any) -> Any:
+        out = classify(self, *args)
+        mark("g_classified")
+        return out
+
+    handlers.Gateway.classify = probed_classify  # type: ignore[method-assign]
+    decide = router.Router.decide
+
+    def probed_decide(self: Any, *args: Any, **kw: Any) -> Any:
+        out = decide(self, *args, **kw)
+        mark("g_decided")
+        return out
+
+    router.Router.decide = probed_decide  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     patch()
+    if os.environ.get("LOCALROUTE_TTFT_DETAIL"):
+        patch_detail()
     from localroute.cli import main
 
     sys.exit(main(sys.argv[1:]))
