@@ -85,7 +85,7 @@ def patch() -> None:
 
 
 def patch_detail() -> None:
-    """With $LOCALROUTE_TTFT_DETAIL: the first two stages split by step (the outermost middleware's
+    """With $LOCALROUTE_TTFT_DETAIL: the first two stages split by step (the guard middleware's
     entry; the handler's body read, parsed, classified, decided). Five more marks, each an `os.write`
     (a few µs): read the TTFT of such a run as slightly high."""
     from localroute.gateway import handlers, security
