@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 from bench.route_heldout import heuristic
-from bench.scorer_search import keep, load, sign_p
-from bench.scorer_structure import structural
+from bench.scorer_search import add_structural, keep, load, sign_p
 from localroute.config.schema import load_config
 from localroute.routing.fit import fit
 from localroute.routing.train import group_apgr
@@ -48,8 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     started, load0 = time.monotonic(), os.getloadavg()[0]
     data, rows = load()
-    for r, c in zip(rows, data.convs, strict=True):
-        r.update(structural(c[-1].text if c else ""))
+    add_structural(data, rows)
     score = heuristic(load_config(ROOT / "models.toml"))
     fixed = {
         "length": [float(len(data.text(i))) for i in range(len(rows))],
@@ -62,6 +60,7 @@ def main() -> None:
     weights = data.weights()
     subjects = sorted({g for g in data.groups if g.startswith("mmlu_")})
     got: dict[str, list[float]] = {n: [] for n in [*fixed, *VARIANTS]}
+    xs = {name: list(map(keep(prefixes), rows)) for name, (prefixes, _, _) in VARIANTS.items()}
     rng = random.Random(1)
     for _ in range(args.splits):
         held = set(rng.sample(subjects, args.held))
@@ -71,18 +70,18 @@ def main() -> None:
             continue
         for name, scores in fixed.items():
             got[name].append(group_apgr(scores, data, test) or 0.0)
-        for name, (prefixes, label, mmlu_only) in VARIANTS.items():
-            sel, y = keep(prefixes), labels[label]
+        for name, (_, label, mmlu_only) in VARIANTS.items():
+            x, y = xs[name], labels[label]
             train = [
                 i
                 for i, g in enumerate(data.groups)
                 if g not in held and (g.startswith("mmlu_") or not mmlu_only)
             ]
-            model = fit([sel(rows[i]) for i in train], [y[i] for i in train], [weights[i] for i in train],
+            model = fit([x[i] for i in train], [y[i] for i in train], [weights[i] for i in train],
                         l2_dense=1e-2, l2_hashed=3e-3)  # fmt: skip
             scores = [0.0] * len(rows)
             for i in test:
-                scores[i] = model.logit(sel(rows[i]))
+                scores[i] = model.logit(x[i])
             got[name].append(group_apgr(scores, data, test) or 0.0)
     base = got["length"]
     print("| router | median APGR | mean | median diff vs length | draws above length (sign test p) |")

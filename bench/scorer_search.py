@@ -44,6 +44,12 @@ def load(cache: Path = CACHE) -> tuple[Labelled, list[Row]]:
     return data, rows
 
 
+def add_structural(data: Labelled, rows: list[Row]) -> None:
+    """The structural features (bench/scorer_structure.py) of each prompt's last turn, into its row."""
+    for r, c in zip(rows, data.convs, strict=True):
+        r.update(structural(c[-1].text if c else ""))
+
+
 def keep(prefixes: tuple[str, ...]) -> Callable[[Row], Row]:
     def sel(r: Row) -> Row:
         return {k: v for k, v in r.items() if k.startswith(prefixes)}
@@ -158,8 +164,7 @@ def main() -> None:
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     data, rows = load(args.cache)
-    for r, c in zip(rows, data.convs, strict=True):
-        r.update(structural(c[-1].text if c else ""))
+    add_structural(data, rows)
     length = [float(len(data.text(i))) for i in range(len(rows))]
     print(f"{'variant':<20} | MMLU subjects (held out) | everyday domains (held out) | pooled")
     print(summarise("length", length, length, data, args.folds), flush=True)

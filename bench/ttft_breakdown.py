@@ -186,6 +186,15 @@ def requests_of(path: Path) -> list[dict[str, float]]:
     return out
 
 
+def around_ms(requests: list[dict[str, float]]) -> list[float]:
+    """Each fully probed request's client TTFT minus its own llama.cpp part, in ms."""
+    return [
+        (r["c_first"] - r["c_send"] - (r["w_llama"] - r["w_call"])) * 1e3
+        for r in requests
+        if AROUND <= r.keys()
+    ]
+
+
 def render(
     names: list[str],
     stages: dict[str, list[dict[str, float]]],
@@ -206,11 +215,7 @@ def render(
     lines.append(f"| **client TTFT (median)** | {ttft} |")
     around = []
     for n in names:
-        own = [
-            (r["c_first"] - r["c_send"] - (r["w_llama"] - r["w_call"])) * 1e3
-            for r in stages[n]
-            if AROUND <= r.keys()
-        ]
+        own = around_ms(stages[n])
         around.append(
             f"**{median(own):.2f}** (p25 {pct(own, 0.25):.1f}, p75 {pct(own, 0.75):.1f})" if own else "-"
         )
@@ -232,9 +237,8 @@ def render(
         floor_ms = median(got["floor:relay"]) * 1e3
         own = []
         for n in names:
-            around_ms = [(r["c_first"] - r["c_send"] - (r["w_llama"] - r["w_call"])) * 1e3
-                         for r in stages[n] if AROUND <= r.keys()]  # fmt: skip
-            own.append(f"{median(around_ms) - floor_ms:+.2f}" if around_ms else "-")
+            ms = around_ms(stages[n])
+            own.append(f"{median(ms) - floor_ms:+.2f}" if ms else "-")
         lines.append("| **the router's own** (around llama.cpp - floor:relay) | " + " | ".join(own) + " |")
     return head + "\n".join(lines)
 

@@ -7,6 +7,7 @@ first content frame handed to the response; the worker it starts runs `ttft_prob
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Any
@@ -99,38 +100,31 @@ def patch_detail() -> None:
         await guard(self, scope, receive, send)
 
     security.Guard.__call__ = probed_guard  # type: ignore[method-assign]
-    receive = handlers.Gateway.receive
+    _mark_after(handlers.Gateway, "receive", "g_body")
+    _mark_after(handlers, "parse_chat_request", "g_parsed")  # looked up through the module by chat()
+    _mark_after(handlers.Gateway, "classify", "g_classified")
+    _mark_after(router.Router, "decide", "g_decided")
 
-    async def probed_receive(self: Any, request: Any, deadline: float) -> Any:
-        out = await receive(self, request, deadline)
-        mark("g_body")
+
+def _mark_after(owner: Any, attr: str, name: str) -> None:
+    """Wrap `owner.attr` (a function or a coroutine function) to mark `name` when it returns."""
+    inner = getattr(owner, attr)
+    if inspect.iscoroutinefunction(inner):
+
+        async def probed_async(*args: Any, **kw: Any) -> Any:
+            out = await inner(*args, **kw)
+            mark(name)
+            return out
+
+        setattr(owner, attr, probed_async)
+        return
+
+    def probed(*args: Any, **kw: Any) -> Any:
+        out = inner(*args, **kw)
+        mark(name)
         return out
 
-    handlers.Gateway.receive = probed_receive  # type: ignore[method-assign]
-    parse = handlers.parse_chat_request
-
-    def probed_parse(raw: bytes) -> Any:
-        out = parse(raw)
-        mark("g_parsed")
-        return out
-
-    handlers.parse_chat_request = probed_parse
-    classify = handlers.Gateway.classify
-
-    def probed_classify(self: Any, *args: Any) -> Any:
-        out = classify(self, *args)
-        mark("g_classified")
-        return out
-
-    handlers.Gateway.classify = probed_classify  # type: ignore[method-assign]
-    decide = router.Router.decide
-
-    def probed_decide(self: Any, *args: Any, **kw: Any) -> Any:
-        out = decide(self, *args, **kw)
-        mark("g_decided")
-        return out
-
-    router.Router.decide = probed_decide  # type: ignore[method-assign]
+    setattr(owner, attr, probed)
 
 
 if __name__ == "__main__":
