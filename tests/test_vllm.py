@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 import tomllib
+import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import pytest
 from localroute.config.schema import parse_config
 from localroute.errors import ConfigError, OverloadedError
 from localroute.host.pull import pull_models
+from localroute.rungs import supervisor
 from localroute.rungs.vllm import VllmEngine, from_config, gpu_problem
 from tests.conftest import ROOT, Server, answering, free_port, pid_alive, wait_until
 from tests.endpoint_servers import FakeEngine
@@ -296,6 +298,20 @@ def test_crash_at_start_fails_the_rung_and_auto_is_still_served(gw: EnvServer) -
     assert len(starts(gw, "fake-org/Broken-7B")) == before + 1  # after the backoff: tried again
     assert gw.engine("gpu-broken")["restarts"] == before
     assert not any(pid_alive(s["pid"]) for s in starts(gw, "fake-org/Broken-7B"))
+
+
+def test_retry_in_s_reads_0_only_once_the_next_request_would_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`retry_in_s` rounds up: 40 ms of backoff left reads 0.1, so a client that waits for 0 is not
+    still inside the backoff (the test above once waited for 0 and was refused without a start)."""
+    monkeypatch.setattr(supervisor, "time", types.SimpleNamespace(monotonic=lambda: 100.0))
+    cfg = parse_config(config_text([vllm("gpu-x", "fake-org/X-7B", 5, url="http://127.0.0.1:9")]))
+    engine = VllmEngine(cfg.models[0], cwd=tmp_path)  # type: ignore[arg-type]
+    engine.state = "failed"
+    for left, shown in ((0.04, 0.1), (0.96, 1.0), (1.01, 1.1), (0.0, 0.0), (-0.5, 0.0)):
+        engine._retry_at = 100.0 + left
+        assert engine.health()["retry_in_s"] == shown
 
 
 def test_hang_at_start_is_killed_after_load_timeout(gw: EnvServer) -> None:

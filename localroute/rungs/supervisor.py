@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -170,8 +171,9 @@ class SupervisedEngine(EngineProcess[C]):
                 "restarts": self.restarts,
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
                 "last_error": self.last_error,
-                # Seconds until a failed load is tried again (0: the next request tries it).
-                "retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 1)
+                # Seconds until a failed load is tried again (0: the next request tries it). Rounded
+                # up: 0.04 s left must not read as 0, or a client that waits for 0 is still refused.
+                "retry_in_s": math.ceil(max(0.0, self._retry_at - time.monotonic()) * 10) / 10
                 if self.state == "failed"
                 else 0,
                 **self._health_extra(pid),
