@@ -10,7 +10,8 @@ mock upstream:
 - `httpx`: forwards the body with one shared `httpx.AsyncClient`, parses the JSON, returns a
   JSONResponse: the floor of any gateway built on httpx;
 - `raw`: the same with a pool of raw keep-alive asyncio connections (`bench.loadclient`) instead
-  of httpx: the floor with a lean upstream client;
+  of httpx: the floor with a lean upstream client (a stream is relayed as its bytes arrive, untouched:
+  `bench.overhead --floor` uses it as a latency floor);
 - `localroute`: the real gateway, for comparison.
 
 The differences price each layer: localroute - httpx is localroute's own per-request work;
@@ -31,10 +32,10 @@ from bench.loadclient import closed_loop
 from bench.overhead import cpu_seconds, make_target
 
 APP = """
-import json, sys
+import asyncio, json, sys
 import httpx, uvicorn
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from bench.loadclient import Connection, request_bytes
 from bench.mock_upstream import COMPLETION
@@ -62,9 +63,35 @@ async def via_httpx(request):
         await r.aclose()
     return JSONResponse(json.loads(content))
 
+class Relay(Connection):  # a raw connection that also hands each piece of a stream on as it comes
+
+    queue = None
+    sent = 0
+
+    def data_received(self, data):
+        super().data_received(data)
+        ended = self.fut is not None and self.fut.done()
+        if self.queue is not None and (len(self.body) > self.sent or ended):
+            self.queue.put_nowait(bytes(self.body[self.sent :]))  # b"" once only the end came
+            self.sent = len(self.body)
+
+async def relay(conn, done):
+    while True:
+        piece = await conn.queue.get()
+        if piece:
+            yield piece
+        if done.done() and conn.queue.empty():
+            break
+    conn.queue = None
+    idle.append(conn)
+
 async def via_raw(request):
     body = json.loads(await request.body())
-    conn = idle.pop() if idle else await Connection.open("127.0.0.1", mock)
+    conn = idle.pop() if idle else await Relay.open("127.0.0.1", mock)
+    if body.get("stream"):  # relayed as it comes, bytes untouched (bench.overhead --floor)
+        conn.queue, conn.sent = asyncio.Queue(), 0
+        done = conn.request(request_bytes("127.0.0.1", mock, "/v1/chat/completions", body), True)
+        return StreamingResponse(relay(conn, done), media_type="text/event-stream")
     await conn.request(request_bytes("127.0.0.1", mock, "/v1/chat/completions", body), False)
     idle.append(conn)
     return JSONResponse(json.loads(conn.body))
@@ -99,13 +126,9 @@ def floors_table(seconds: float, clients: int, audit: bool = True) -> str:
         mock = servers.start_mock(work)
         try:
             for kind in KINDS:
-                port = servers.free_port()
-                child = servers.spawn(
-                    kind, [sys.executable, "-c", APP, kind, str(port), str(mock.port)], port, work
-                )
+                child = start_floor(kind, mock.port, work)
                 try:
-                    _wait_port(child)
-                    rps, cpu, errors = measure(port, child.proc.pid, clients, seconds)
+                    rps, cpu, errors = measure(child.port, child.proc.pid, clients, seconds)
                 finally:
                     child.stop()
                 rows.append(f"| {kind} | {rps:.0f} | {cpu:.0f} | {errors} |")
@@ -122,6 +145,18 @@ def floors_table(seconds: float, clients: int, audit: bool = True) -> str:
         finally:
             mock.stop()
     return "\n".join(rows)
+
+
+def start_floor(kind: str, mock_port: int, work: Path) -> servers.Child:
+    """One floor server (`fixed`, `raw` or `httpx`) in front of the mock, listening."""
+    port = servers.free_port()
+    child = servers.spawn(kind, [sys.executable, "-c", APP, kind, str(port), str(mock_port)], port, work)
+    try:
+        _wait_port(child)
+    except BaseException:
+        child.stop()
+        raise
+    return child
 
 
 def _wait_port(child: servers.Child, timeout: float = 30.0) -> None:

@@ -3,18 +3,27 @@ the same deterministic OpenAI-compatible mock, measured in one run.
 
     python -m bench.overhead [--reps 1000] [--latency-seconds 60] [--concurrency 1,8,32,128]
                              [--sweep-seconds 5] [--warmup 1] [--mock-latency-ms 0] [--no-audit]
-                             [--no-litellm] [--no-install] [--sweep-stream] [--no-append]
+                             [--no-litellm] [--no-install] [--sweep-stream] [--floor]
+                             [--order blocks|shuffled] [--no-append]
 
 Three targets answer the same request bytes (model `mock-1`): the mock itself (`direct`, a raw
 asyncio server on uvloop in its own process, `bench/mock_upstream.py`), `localroute serve` with one
 remote rung pointed at the mock (audit log on, as by default, in a temporary folder), and the LiteLLM
 proxy (`bench/litellm_env.py`: its own venv, installed on first use, one worker, offline settings).
-If LiteLLM cannot be installed or started the run says why and goes on without it.
+If LiteLLM cannot be installed or started the run says why and goes on without it. `--floor` adds
+a fourth, bench.floors' `raw` forwarder (uvicorn + Starlette + a raw keep-alive upstream pool, the
+JSON parsed and dumped once, a stream relayed untouched): what any Python gateway on this stack adds.
 
-1. Latency, one client: `--reps` rounds (after up to 100 warm-up rounds; all within
-   `--latency-seconds`), each sending one non-streaming and one streaming request to every target
-   in a shuffled order, over one keep-alive connection per target. Added latency = the target's
-   percentile minus direct's. Streaming: time to the last byte (`[DONE]`), and TTFT (first body byte).
+1. Latency, one client, over one keep-alive connection per target, all within `--latency-seconds`:
+   about `--reps` measured requests of each kind (non-streaming, streaming) per target, after up to
+   100 warm-up ones. `--order blocks` (the default): rounds of one block of 24 requests per target,
+   the targets shuffled each round, json and stream alternating, the first 4 of a block unmeasured,
+   so that what a target does after answering (LiteLLM logs and runs callbacks after its response)
+   is not charged to the next target's request. `--order shuffled`, the method until 2026-12-04:
+   each round one request per target and kind in a shuffled order (a run on an idle box measured
+   localroute's added JSON p50 at 1.46-1.50 ms with LiteLLM in that rotation, 0.97-1.00 without it).
+   Added latency = the target's percentile minus direct's. Streaming: time to the last byte
+   (`[DONE]`), and TTFT (first body byte).
 2. Throughput: for each `--concurrency` level and target, that many closed-loop keep-alive clients;
    after `--warmup` seconds, and once every client has had a reply (a slow server's queue has
    filled), `--sweep-seconds` are measured: requests per second, p50/p99, errors (non-200, cut
@@ -89,33 +98,67 @@ class Samples:
     errors: int = 0
 
 
-async def latency_phase(targets: list[Target], reps: int, seconds: float) -> dict[tuple[str, str], Samples]:
+ORDERS = {
+    "blocks": "in blocks of 24 requests per target, the first 4 of each unmeasured",
+    "shuffled": "one request per target and kind per round, shuffled",
+}
+BLOCK, BLOCK_SKIP = 24, 4  # --order blocks: requests per block (json and stream alternating), unmeasured
+
+
+async def latency_phase(
+    targets: list[Target], reps: int, seconds: float, order: str = "blocks"
+) -> dict[tuple[str, str], Samples]:
+    """`order = "blocks"`: rounds of one block per target (shuffled each round), a block being `BLOCK`
+    requests to one target, json and stream alternating, its first `BLOCK_SKIP` not measured. What a
+    target does after it has answered (LiteLLM's logging and callbacks run after the response) then
+    lands on its own next request, or on the skipped head of the next block, not on another target's
+    measured one. `order = "shuffled"` (the earlier method): each round, one request of each (target,
+    mode) in a shuffled order, so a fast target's request often follows LiteLLM's and pays for it."""
     conns = {t.name: await Connection.open("127.0.0.1", t.port) for t in targets}
     out = {(t.name, m): Samples() for t in targets for m in MODES}
-    cells = [(t, m) for t in targets for m in MODES]
     rng = random.Random(0)
     warm = min(WARMUP_REPS, max(10, reps // 10))
     t0 = time.monotonic()
-    for rep in range(warm + reps):
-        measured = rep >= warm
-        if not measured and time.monotonic() - t0 > seconds * 0.15:
-            continue  # a slow machine: the warm-up may take at most 15 % of the time
-        rng.shuffle(cells)
-        for t, mode in cells:
-            s = out[(t.name, mode)]
-            try:
-                r = await conns[t.name].request(t.payloads[mode], mode == "stream")
-            except OSError:
-                s.errors += 1
-                conns[t.name] = await Connection.open("127.0.0.1", t.port)
+
+    async def one(t: Target, mode: str, measured: bool) -> None:
+        s = out[(t.name, mode)]
+        try:
+            r = await conns[t.name].request(t.payloads[mode], mode == "stream")
+        except OSError:
+            s.errors += 1
+            conns[t.name] = await Connection.open("127.0.0.1", t.port)
+            return
+        if not r.ok:
+            s.errors += 1
+        elif measured:
+            s.total.append((r.end - r.start) * 1000)
+            s.ttft.append((r.first - r.start) * 1000)
+
+    if order == "shuffled":
+        cells = [(t, m) for t in targets for m in MODES]
+        for rep in range(warm + reps):
+            measured = rep >= warm
+            if not measured and time.monotonic() - t0 > seconds * 0.15:
+                continue  # a slow machine: the warm-up may take at most 15 % of the time
+            rng.shuffle(cells)
+            for t, mode in cells:
+                await one(t, mode, measured)
+            if measured and time.monotonic() - t0 > seconds:
+                break
+    else:
+        order_ = list(targets)
+        per_block = (BLOCK - BLOCK_SKIP) // len(MODES)
+        rounds = warm // per_block + 1 + -(-reps // per_block)
+        for rnd in range(rounds):
+            measured = rnd * per_block >= warm
+            if not measured and time.monotonic() - t0 > seconds * 0.15:
                 continue
-            if not r.ok:
-                s.errors += 1
-            elif measured:
-                s.total.append((r.end - r.start) * 1000)
-                s.ttft.append((r.first - r.start) * 1000)
-        if measured and time.monotonic() - t0 > seconds:
-            break
+            rng.shuffle(order_)
+            for t in order_:
+                for i in range(BLOCK):
+                    await one(t, MODES[i % len(MODES)], measured and i >= BLOCK_SKIP)
+            if measured and time.monotonic() - t0 > seconds:
+                break
     for c in conns.values():
         c.close()
     return out
@@ -258,6 +301,18 @@ def goals(
         )
     else:
         out.append(f"- overhead ≥ {GOAL_RATIO:g}x lower than LiteLLM: not measured (no LiteLLM)")
+    if "raw.json.add50" in facts:
+        floor = [facts[f"raw.{m}.add50"] for m in MODES]
+        own = [facts[f"localroute.{m}.add50"] - f for m, f in zip(MODES, floor, strict=True)]
+        line = (
+            f"- the latency floor (bench.floors' `raw`: uvicorn + Starlette, a raw upstream pool, "
+            f"no other work) adds {ms(floor[0])} / {ms(floor[1])} ms p50 (json / stream); "
+            f"localroute adds {ms(own[0])} / {ms(own[1])} ms beyond it"
+        )
+        if litellm:
+            allow = [facts[f"litellm.{m}.add50"] / GOAL_RATIO - f for m, f in zip(MODES, floor, strict=True)]
+            line += f"; the LiteLLM goal leaves {ms(allow[0])} / {ms(allow[1])} ms beyond it"
+        out.append(line)
     out.append(
         f"- ≥ {GOAL_RPS:,.0f} rps with 0 errors: peak {peak:,.0f} rps, {errors} errors over all levels, "
         f"{mark(peak >= GOAL_RPS and errors == 0)}"
@@ -273,17 +328,25 @@ def start_targets(
     children.append(mock)
     lr = servers.start_localroute(mock.port, work, audit=not args.no_audit)
     children.append(lr)
+    floor: list[Target] = []
+    if args.floor:
+        from bench.floors import start_floor  # bench.floors imports this module
+
+        raw = start_floor("raw", mock.port, work)
+        children.append(raw)
+        floor.append(make_target("raw", raw.port, None, raw.proc.pid))
     if args.no_litellm:
         direct, local = (
             make_target("direct", mock.port, None, mock.proc.pid),
             make_target("localroute", lr.port, None, lr.proc.pid),
         )
-        return [direct, local], "LiteLLM: skipped (--no-litellm)."
+        return [direct, *floor, local], "LiteLLM: skipped (--no-litellm)."
     venv = litellm_env.venv_dir()
     exe, info = litellm_env.ensure_installed(venv, args.litellm_spec, work, install=not args.no_install)
     ll, token, why = (None, None, info) if exe is None else litellm_env.start(exe, mock.port, work)
     targets = [
         make_target("direct", mock.port, token, mock.proc.pid),
+        *floor,
         make_target("localroute", lr.port, token, lr.proc.pid),
     ]
     if ll is None:
@@ -302,12 +365,19 @@ def main() -> None:
     )
     ap.add_argument("--latency-seconds", type=float, default=60.0, help="stop the latency rounds after this")
     ap.add_argument("--concurrency", default="1,8,32,128", help="comma-separated client counts")
+    ap.add_argument(
+        "--order",
+        choices=("blocks", "shuffled"),
+        default="blocks",
+        help="see latency_phase",
+    )
     ap.add_argument("--sweep-seconds", type=float, default=5.0, help="measured seconds per sweep cell")
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each sweep cell")
     ap.add_argument("--sweep-stream", action="store_true", help="also sweep streaming requests")
     ap.add_argument("--mock-latency-ms", type=float, default=0.0, help="upstream delay before its first byte")
     ap.add_argument("--no-audit", action="store_true", help="run localroute with audit_enabled = false")
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM column")
+    ap.add_argument("--floor", action="store_true", help="add bench.floors' `raw` forwarder: a latency floor")
     ap.add_argument("--no-install", action="store_true", help="do not pip-install LiteLLM when missing")
     ap.add_argument("--litellm-spec", default=litellm_env.SPEC, help="what to pip-install for LiteLLM")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
@@ -332,7 +402,7 @@ def main() -> None:
             gc.collect()
             gc.disable()  # the client's own collections would land on whichever target is in flight
             try:
-                lat = uvloop.run(latency_phase(targets, args.reps, args.latency_seconds))
+                lat = uvloop.run(latency_phase(targets, args.reps, args.latency_seconds, args.order))
                 lat_table, facts = latency_table(lat, names)
                 print("\nSingle client:\n\n" + lat_table + "\n", flush=True)
                 modes = ["json", "stream"] if args.sweep_stream else ["json"]
@@ -351,7 +421,7 @@ def main() -> None:
 
     load1 = os.getloadavg()[0]
     table = (
-        "Single client, one keep-alive connection per target, interleaved:\n\n"
+        f"Single client, one keep-alive connection per target, interleaved ({ORDERS[args.order]}):\n\n"
         + lat_table
         + "\n\n"
         + "\n\n".join(sweep_table(sweeps[m], levels, names, m) for m in sweeps)
