@@ -147,10 +147,10 @@ async def latency_phase(
                 break
     else:
         order_ = list(targets)
-        per_block = (BLOCK - BLOCK_SKIP) // len(MODES)
-        rounds = warm // per_block + 1 + -(-reps // per_block)
-        for rnd in range(rounds):
-            measured = rnd * per_block >= warm
+        per_block = (BLOCK - BLOCK_SKIP) // len(MODES)  # measured requests of each kind per block
+        warm_rounds = -(-warm // per_block)
+        for rnd in range(warm_rounds + -(-reps // per_block)):
+            measured = rnd >= warm_rounds
             if not measured and time.monotonic() - t0 > seconds * 0.15:
                 continue
             rng.shuffle(order_)
