@@ -75,6 +75,11 @@ class Relay(Connection):  # a raw connection that also hands each piece of a str
             self.queue.put_nowait(bytes(self.body[self.sent :]))  # b"" once only the end came
             self.sent = len(self.body)
 
+    def connection_lost(self, exc):
+        super().connection_lost(exc)  # fails the reply's future
+        if self.queue is not None:
+            self.queue.put_nowait(b"")  # wakes the relay, which sees the failure
+
 async def relay(conn, done):
     while True:
         piece = await conn.queue.get()
@@ -83,6 +88,7 @@ async def relay(conn, done):
         if done.done() and conn.queue.empty():
             break
     conn.queue = None
+    done.result()  # the upstream dropped mid-stream: the response fails, the connection is not reused
     idle.append(conn)
 
 async def via_raw(request):

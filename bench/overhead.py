@@ -15,13 +15,15 @@ a fourth, bench.floors' `raw` forwarder (uvicorn + Starlette + a raw keep-alive 
 JSON parsed and dumped once, a stream relayed untouched): what any Python gateway on this stack adds.
 
 1. Latency, one client, over one keep-alive connection per target, all within `--latency-seconds`:
-   about `--reps` measured requests of each kind (non-streaming, streaming) per target, after up to
-   100 warm-up ones. `--order blocks` (the default): rounds of one block of 24 requests per target,
-   the targets shuffled each round, json and stream alternating, the first 4 of a block unmeasured,
+   about `--reps` measured requests of each kind (non-streaming, streaming) per target, after a
+   warm-up (`--reps`/10, 10 to 100, of each kind; in blocks, whole rounds of them). `--order blocks`
+   (the default): rounds of one block of 24 requests per target, the targets shuffled each round,
+   json and stream alternating, a 50 ms pause before each block and its first 4 requests unmeasured,
    so that what a target does after answering (LiteLLM logs and runs callbacks after its response)
-   is not charged to the next target's request. `--order shuffled`, the method until 2026-12-04:
-   each round one request per target and kind in a shuffled order (a run on an idle box measured
-   localroute's added JSON p50 at 1.46-1.50 ms with LiteLLM in that rotation, 0.97-1.00 without it).
+   is not charged to the next target's requests. `--order shuffled`, the method until 2026-12-04:
+   each round one request per target and kind in a shuffled order (`python -m bench.neighbour_spill`
+   measured localroute's added JSON p50 at 1.40-1.46 ms with LiteLLM in that rotation, 0.78-0.79
+   without it).
    Added latency = the target's percentile minus direct's. Streaming: time to the last byte
    (`[DONE]`), and TTFT (first body byte).
 2. Throughput: for each `--concurrency` level and target, that many closed-loop keep-alive clients;
@@ -99,19 +101,20 @@ class Samples:
 
 
 ORDERS = {
-    "blocks": "in blocks of 24 requests per target, the first 4 of each unmeasured",
+    "blocks": "in blocks of 24 requests per target after a 50 ms pause, the first 4 of each unmeasured",
     "shuffled": "one request per target and kind per round, shuffled",
 }
 BLOCK, BLOCK_SKIP = 24, 4  # --order blocks: requests per block (json and stream alternating), unmeasured
+BLOCK_GAP_S = 0.05  # --order blocks: a pause before each block, for the last target's after-work
 
 
 async def latency_phase(
     targets: list[Target], reps: int, seconds: float, order: str = "blocks"
 ) -> dict[tuple[str, str], Samples]:
     """`order = "blocks"`: rounds of one block per target (shuffled each round), a block being `BLOCK`
-    requests to one target, json and stream alternating, its first `BLOCK_SKIP` not measured. What a
-    target does after it has answered (LiteLLM's logging and callbacks run after the response) then
-    lands on its own next request, or on the skipped head of the next block, not on another target's
+    requests to one target, json and stream alternating, its first `BLOCK_SKIP` not measured, after a
+    `BLOCK_GAP_S` pause. What a target does after it has answered (LiteLLM's logging and callbacks run
+    after the response) then lands on its own next request, or in the pause, not on another target's
     measured one. `order = "shuffled"` (the earlier method): each round, one request of each (target,
     mode) in a shuffled order, so a fast target's request often follows LiteLLM's and pays for it."""
     conns = {t.name: await Connection.open("127.0.0.1", t.port) for t in targets}
@@ -155,6 +158,7 @@ async def latency_phase(
                 continue
             rng.shuffle(order_)
             for t in order_:
+                await asyncio.sleep(BLOCK_GAP_S)
                 for i in range(BLOCK):
                     await one(t, MODES[i % len(MODES)], measured and i >= BLOCK_SKIP)
             if measured and time.monotonic() - t0 > seconds:
