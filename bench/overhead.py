@@ -22,7 +22,7 @@ JSON parsed and dumped once, a stream relayed untouched): what any Python gatewa
    so that what a target does after answering (LiteLLM logs and runs callbacks after its response)
    is not charged to the next target's requests. `--order shuffled`, the method until 2026-12-04:
    each round one request per target and kind in a shuffled order (`python -m bench.neighbour_spill`
-   measured localroute's added JSON p50 at 1.40-1.46 ms with LiteLLM in that rotation, 0.78-0.79
+   measured localroute's added JSON p50 at 1.40-1.57 ms with LiteLLM in that rotation, 0.78-0.83
    without it).
    Added latency = the target's percentile minus direct's. Streaming: time to the last byte
    (`[DONE]`), and TTFT (first body byte).
