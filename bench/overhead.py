@@ -100,12 +100,13 @@ class Samples:
     errors: int = 0
 
 
-ORDERS = {
-    "blocks": "in blocks of 24 requests per target after a 50 ms pause, the first 4 of each unmeasured",
-    "shuffled": "one request per target and kind per round, shuffled",
-}
 BLOCK, BLOCK_SKIP = 24, 4  # --order blocks: requests per block (json and stream alternating), unmeasured
 BLOCK_GAP_S = 0.05  # --order blocks: a pause before each block, for the last target's after-work
+ORDERS = {  # how each order is described in the results
+    "blocks": f"in blocks of {BLOCK} requests per target after a {BLOCK_GAP_S * 1000:g} ms pause, "
+    f"the first {BLOCK_SKIP} of each unmeasured",
+    "shuffled": "one request per target and kind per round, shuffled",
+}
 
 
 async def latency_phase(
